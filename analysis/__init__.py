@@ -1,0 +1,1 @@
+"""Analysis of finished studies: DataFrames and plots (no torch, no Ray)."""

@@ -1,0 +1,221 @@
+"""Core benchmarks, each a ratio against a peer measured in the same run on the same model and data.
+
+    make bench                      # or: .venv/bin/python benchmarks/bench_core.py [--base CKPT] [--n 1000]
+
+Rows:
+  1. Robust-accuracy evaluation throughput, PGD-10 at the paper's F-MNIST parameters (eps 0.3, alpha 0.01):
+     ours (`trainables.engine.evaluate`: attack only clean-correct samples, stop per sample once fooled)
+     vs `torchattacks.PGD` + a forward pass for accuracy. Undefended cnn3 and a patch-fine-tuned cnn3.
+     Target >= 3x on the undefended model at robust accuracy <= torchattacks'.
+  2. Patch-augmentation throughput: ours (batched, `trainables.augment.patch_augment`) vs the same five ops
+     done per sample with torchvision.transforms.v2.functional. Target >= 20x.
+
+Timings are medians of interleaved repeats after a warm-up. Results are printed and appended, with the
+machine, to benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from trainables.augment import make_generator, patch_augment  # noqa: E402
+from trainables.checkpoint import load_checkpoint  # noqa: E402
+from trainables.config import AttackCfg, AugCfg, DataCfg, PatchOp, TrainCfg  # noqa: E402
+from trainables.data import DataBundle, iterate_batches, load_data  # noqa: E402
+from trainables.engine import evaluate, fit, pick_device  # noqa: E402
+from trainables.models import InputSpec, build_model  # noqa: E402
+
+README = Path(__file__).with_name("README.md")
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds per function, alternating them so machine noise hits both alike."""
+    for fn in fns.values():  # warm-up (oneDNN primitive caches, allocator)
+        fn()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+def get_models(data: DataBundle, device: torch.device, base: str | None) -> dict[str, torch.nn.Module]:
+    i = data.info
+    spec = InputSpec(i.channels, i.height, i.width, i.num_classes, i.mean, i.std)
+    if base:
+        undefended = load_checkpoint(base, dataset="fmnist").build().to(device)
+    else:
+        torch.manual_seed(0)
+        undefended = build_model("cnn3", spec).to(device)
+        print("training an undefended cnn3 (3 epochs on 54k F-MNIST images)...", flush=True)
+        fit(undefended, data.train, data.val, TrainCfg(epochs=3, lr=1e-3), device=device, schedule=True, progress=False)
+    defended = build_model("cnn3", spec).to(device)
+    defended.load_state_dict(undefended.state_dict())
+    print("patch-fine-tuning a copy (1 epoch, Adam 1e-3, all five ops, w=8)...", flush=True)
+    fit(defended, data.train, data.val, TrainCfg(epochs=1, lr=1e-3), device=device, augment=AugCfg(patch_size=8),
+        progress=False)
+    return {"undefended": undefended.eval(), "patch-fine-tuned": defended.eval()}
+
+
+# ------------------------------------------------------------------------------------------------ rows
+
+
+def bench_pgd(models: dict[str, torch.nn.Module], data: DataBundle, device: torch.device, n: int, repeats: int) -> list[dict]:
+    import torchattacks
+
+    test = data.test.take(slice(0, n))
+    attack = AttackCfg(name="pgd", eps=0.3, alpha=0.01, steps=10)
+    batch = 250
+    rows = []
+    for name, model in models.items():
+        result: dict[str, float] = {}
+
+        def ours() -> None:
+            result["ours"] = evaluate(model, test, [attack], device=device, batch_size=batch, seed=0)["pgd10"]
+
+        def peer() -> None:
+            atk = torchattacks.PGD(model, eps=0.3, alpha=0.01, steps=10, random_start=True)
+            correct = 0
+            for x, y in iterate_batches(test, batch, device):
+                adv = atk(x, y)
+                with torch.no_grad():
+                    correct += int((model(adv).argmax(1) == y).sum())
+            result["peer"] = correct / len(test)
+
+        t = interleaved({"ours": ours, "peer": peer}, repeats)
+        rows.append({
+            "row": f"PGD-10 eval, {name} cnn3 ({n} F-MNIST test images, eps 0.3)",
+            "ours": f"{n / t['ours']:.0f} img/s, robust acc {100 * result['ours']:.2f}%",
+            "peer": f"{n / t['peer']:.0f} img/s, robust acc {100 * result['peer']:.2f}% (torchattacks.PGD)",
+            "ratio": t["peer"] / t["ours"],
+            "target": ">= 3x" if name == "undefended" else ">= 1.0x",
+            "ok_acc": result["ours"] <= result["peer"],
+        })
+    return rows
+
+
+def per_sample_augment(x: torch.Tensor, cfg: AugCfg, gen: torch.Generator) -> torch.Tensor:
+    """The peer: the same ops, one image at a time, with torchvision.transforms.v2.functional."""
+    from torchvision.transforms.v2 import functional as TF
+
+    out = x.clone()
+    _, _, h, w_img = x.shape
+    w = cfg.patch_size
+    top, left = (h - w) // 2, (w_img - w) // 2
+    for i in range(x.shape[0]):
+        op = cfg.pool[int(torch.randint(len(cfg.pool), (1,), generator=gen))]
+        patch = out[i, :, top : top + w, left : left + w]
+        if op is PatchOp.ROTATE:
+            angle = float(torch.empty(1).uniform_(-cfg.rotate_degrees, cfg.rotate_degrees, generator=gen))
+            patch = TF.rotate(patch, angle, interpolation=TF.InterpolationMode.BILINEAR)
+        elif op is PatchOp.TRANSLATE:
+            shift = (torch.empty(2).uniform_(-1, 1, generator=gen) * cfg.translate_fraction * w).tolist()
+            patch = TF.affine(patch, angle=0.0, translate=shift, scale=1.0, shear=[0.0, 0.0])
+        elif op is PatchOp.FLIP:
+            patch = TF.horizontal_flip(patch)
+        elif op is PatchOp.NOISE:
+            patch = (patch + cfg.noise_std * torch.randn(patch.shape, generator=gen)).clamp(0, 1)
+        else:
+            patch = torch.full_like(patch, cfg.occlude_value)
+        out[i, :, top : top + w, left : left + w] = patch
+    return out
+
+
+def bench_augment(data: DataBundle, repeats: int) -> list[dict]:
+    rows = []
+    for label, x, w in (
+        ("F-MNIST 1x28x28", data.train.x[:1024].float() / 255, 8),
+        ("CIFAR-size 3x32x32", torch.rand(1024, 3, 32, 32, generator=torch.Generator().manual_seed(0)), 10),
+    ):
+        cfg = AugCfg(patch_size=w)
+        g1, g2 = make_generator(0), torch.Generator().manual_seed(0)
+        t = interleaved({"ours": lambda: patch_augment(x, cfg, g1), "peer": lambda: per_sample_augment(x, cfg, g2)},
+                        repeats)
+        n = x.shape[0]
+        rows.append({
+            "row": f"patch augmentation, {label}, batch {n}, five ops",
+            "ours": f"{n / t['ours']:.0f} img/s",
+            "peer": f"{n / t['peer']:.0f} img/s (per-sample torchvision v2)",
+            "ratio": t["peer"] / t["ours"],
+            "target": ">= 20x",
+            "ok_acc": True,
+        })
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ output
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), {gpu}, "
+            f"Python {platform.python_version()}")
+
+
+def render(rows: list[dict], header: str) -> str:
+    lines = [header, "", "| benchmark | ours | peer | speed-up | target |", "|---|---|---|---|---|"]
+    for r in rows:
+        note = "" if r["ok_acc"] else " (robust acc above peer!)"
+        lines.append(f"| {r['row']} | {r['ours']} | {r['peer']} | **{r['ratio']:.2f}x**{note} | {r['target']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", help="undefended F-MNIST cnn3 checkpoint (default: train one, ~1 min)")
+    parser.add_argument("--n", type=int, default=1000, help="test images for the PGD rows (default 1000)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-record", action="store_true", help="print only; do not append to benchmarks/README.md")
+    args = parser.parse_args()
+
+    device = pick_device(os.environ.get("TORCH_DEVICE", "auto"))
+    data = load_data(DataCfg())
+    started = time.perf_counter()
+    rows = bench_pgd(get_models(data, device, args.base), data, device, args.n, args.repeats)
+    rows += bench_augment(data, args.repeats)
+    stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    header = f"### {stamp} — `make bench` on {device}\n\nMachine: {machine()}. Total {time.perf_counter() - started:.0f} s."
+    text = render(rows, header)
+    print(text)
+    if not args.no_record:
+        with README.open("a") as f:
+            f.write("\n" + text)
+        print(f"appended to {README}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,404 @@
+"""The `patchtune` command.
+
+Every user mistake ends as one line `patchtune <command>: error: ...` naming the bad value, exit status 2,
+before any data is loaded or file written. Heavy imports (torch, Ray) happen inside the commands so that
+`--help` and argument errors stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A user mistake detected after argument parsing (bad combination, missing file, bad checkpoint...)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse prints the whole usage block; users asked for one line that names the bad value.
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+# ------------------------------------------------------------------------------------------- argument types
+
+
+def _number(kind: Callable[[str], float], cond: Callable[[float], bool], what: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value) or not cond(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_float = _number(float, lambda v: v > 0, "a number > 0")
+unit_float = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+open_unit_float = _number(float, lambda v: 0 < v < 1, "a number in (0, 1)")
+positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
+nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+any_int = _number(int, lambda v: True, "an integer")
+
+
+def _choice_list(choices: Sequence[str], what: str) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        items = [t.strip().lower() for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(choices)}; got an empty {what}")
+        for item in items:
+            if item not in choices:
+                raise argparse.ArgumentTypeError(f"unknown {what} {item!r} (choose from {', '.join(choices)})")
+        if len(set(items)) != len(items):
+            raise argparse.ArgumentTypeError(f"{what} lists an entry twice: {text!r}")
+        return items
+
+    return parse
+
+
+DATASETS = ("fmnist", "cifar10", "imagenette")
+OPTIMIZERS = ("adam", "rmsprop", "sgd", "adamw")
+OPS = ("rotate", "translate", "flip", "noise", "occlude")
+ATTACKS = ("clean", "fgsm", "ifgsm", "pgd")
+ARCHS = ("cnn3", "vgg16")
+
+
+def _writable_target(path: str, flag: str) -> Path:
+    """Check, without creating anything, that `path` can be written later."""
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"{flag} {path!r} is a directory, expected a file path")
+    ancestor = target.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"{flag} {path!r}: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK):
+        raise UsageError(f"{flag} {path!r}: {ancestor} is not writable")
+    return target
+
+
+def _data_root(value: str | None) -> str | None:
+    if value is None:
+        return None
+    p = Path(value)
+    if not p.is_dir():
+        raise UsageError(f"--data-root {value!r} is not a directory")
+    if not os.access(p, os.R_OK | os.X_OK):
+        raise UsageError(f"--data-root {value!r} is not readable")
+    return str(p)
+
+
+# ------------------------------------------------------------------------------------------- parser
+
+
+def _add_data_args(p: argparse.ArgumentParser, *, dataset: bool = True) -> None:
+    if dataset:
+        p.add_argument("--dataset", type=str.lower, choices=DATASETS, default="fmnist", help="data set (default fmnist)")
+    p.add_argument("--data-root", help="directory searched first for the data set files")
+    p.add_argument("--limit-train", type=positive_int, help="use only the first N training images (quick runs)")
+    p.add_argument("--limit-val", type=positive_int, help="use only the first N validation images")
+    p.add_argument("--limit-test", type=positive_int, help="use only the first N test images")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--optimizer", type=str.lower, choices=OPTIMIZERS, help="optimizer (default adam)")
+    p.add_argument("--lr", type=positive_float, help="learning rate (default: the paper's, 1e-3 cnn3 / 1e-4 vgg16)")
+    p.add_argument("--batch-size", type=positive_int, help="images per step (default 128)")
+    p.add_argument("--epochs", type=positive_int, help="epochs (default: 10 pretrain cnn3, 200 vgg16; 2 fine-tune)")
+    p.add_argument("--seed", type=any_int, default=0, help="seed for initialisation, batch order and augmentation")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="patchtune", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("pretrain", help="train a base (undefended) model from scratch")
+    _add_data_args(p)
+    p.add_argument("--arch", type=str.lower, choices=ARCHS, help="architecture (default cnn3 for fmnist, else vgg16)")
+    p.add_argument("--val-fraction", type=open_unit_float, default=0.1, help="share of training data held out (default 0.1)")
+    _add_train_args(p)
+    p.add_argument("--out", help="checkpoint path (default runs/pretrain-DATASET-ARCH-sSEED.pt)")
+    p.set_defaults(run=cmd_pretrain)
+
+    p = sub.add_parser("finetune", help="the paper's defense: fine-tune on clean + patch-modified images")
+    p.add_argument("--base", required=True, help="base checkpoint from `patchtune pretrain`")
+    _add_data_args(p, dataset=False)
+    _add_train_args(p)
+    _add_aug_args(p)
+    p.add_argument("--out", help="checkpoint path (default runs/finetune-OPTIMIZER-sSEED.pt)")
+    p.set_defaults(run=cmd_finetune)
+
+    p = sub.add_parser("eval", help="clean and white-box robust accuracy of one or more checkpoints")
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT")
+    p.add_argument("--attacks", type=_choice_list(ATTACKS, "attack"), default=list(ATTACKS),
+                   help="comma-separated subset of clean,fgsm,ifgsm,pgd (default all)")
+    p.add_argument("--eps", type=unit_float, help="L-inf budget in [0,1] pixels (default: paper's, 0.3 fmnist / 0.03 others)")
+    p.add_argument("--alpha", type=unit_float, default=0.01, help="step size for ifgsm/pgd (default 0.01)")
+    p.add_argument("--steps", type=positive_int, default=10, help="iterations for ifgsm/pgd (default 10)")
+    p.add_argument("--restarts", type=positive_int, default=1, help="PGD random restarts (default 1)")
+    p.add_argument("--last-iterate", action="store_true", help="count only the final iterate (classic number)")
+    p.add_argument("--split", choices=("test", "val"), default="test", help="split to evaluate (default test)")
+    p.add_argument("--limit", type=positive_int, help="evaluate only the first N images of the split")
+    p.add_argument("--batch-size", type=positive_int, default=500, help="images per attack batch (default 500)")
+    p.add_argument("--seed", type=any_int, default=0, help="seed of the PGD random starts")
+    p.add_argument("--data-root", help="directory searched first for the data set files")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(run=cmd_eval)
+
+    p = sub.add_parser("show-augment", help="write a PNG grid of patch-augmentation examples, one row per op")
+    p.add_argument("--dataset", type=str.lower, choices=DATASETS, default="fmnist")
+    p.add_argument("--data-root", help="directory searched first for the data set files")
+    _add_aug_args(p)
+    p.add_argument("--n", type=positive_int, default=8, help="example images per row (default 8)")
+    p.add_argument("--seed", type=any_int, default=0)
+    p.add_argument("--out", default="augment.png", help="PNG path (default augment.png)")
+    p.set_defaults(run=cmd_show_augment)
+    return parser
+
+
+def _add_aug_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pool", type=_choice_list(OPS, "op"), default=list(OPS),
+                   help="comma-separated ops drawn uniformly per image (default all five)")
+    p.add_argument("--patch-size", type=positive_int, help="patch side w in pixels (default ~0.3 x image side)")
+    p.add_argument("--num-patches", type=positive_int, default=1, help="patches per image (default 1)")
+    p.add_argument("--jitter", type=nonneg_int, default=0, help="max patch offset from the centre in pixels (default 0)")
+
+
+# ------------------------------------------------------------------------------------------- commands
+
+
+def _device(name: str) -> Any:
+    from trainables.engine import pick_device
+
+    try:
+        return pick_device(name)
+    except (ValueError, RuntimeError) as exc:
+        raise UsageError(f"--device {name!r}: {exc}") from None
+
+
+def _aug_cfg(args: argparse.Namespace, dataset: Any, image_size: int | None) -> Any:
+    from trainables.config import AugCfg
+    from trainables.data import dataset_info
+    from trainables.pipeline import default_patch_size
+
+    size = args.patch_size or default_patch_size(dataset, image_size)
+    info = dataset_info(dataset, image_size)
+    if size > min(info.height, info.width):
+        raise UsageError(f"--patch-size {size} is larger than the {info.height}x{info.width} {dataset.value} images")
+    return AugCfg(pool=tuple(args.pool), patch_size=size, num_patches=args.num_patches, jitter=args.jitter)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from trainables.checkpoint import save_checkpoint
+    from trainables.config import DataCfg, Dataset
+    from trainables.data import load_data
+    from trainables.pipeline import DEFAULT_ARCH, default_train_cfg, pretrain
+
+    dataset = Dataset(args.dataset)
+    arch = args.arch or DEFAULT_ARCH[dataset]
+    cfg = default_train_cfg(arch, finetune=False, optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
+                            epochs=args.epochs, seed=args.seed)
+    data_cfg = DataCfg(dataset=dataset, root=_data_root(args.data_root), val_fraction=args.val_fraction,
+                       limit_train=args.limit_train, limit_val=args.limit_val, limit_test=args.limit_test)
+    out = _writable_target(args.out or f"runs/pretrain-{dataset.value}-{arch}-s{args.seed}.pt", "--out")
+    device = _device(args.device)
+    data = load_data(data_cfg)
+    _say(f"pretraining {arch} on {dataset.value} ({len(data.train)} train / {len(data.val)} val images from "
+         f"{data.source}) with {cfg.optimizer.value} lr {cfg.lr:g} for {cfg.epochs} epochs on {device}")
+    model, meta = pretrain(arch, data, data_cfg, cfg, device=device, progress=not args.quiet)
+    meta["seed"] = cfg.seed
+    save_checkpoint(out, model, meta)
+    _say(f"val acc {meta['val_acc']:.4f}, test acc {meta['test_acc']:.4f} ({len(data.test)} images) -> {out}")
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from trainables.checkpoint import load_checkpoint, save_checkpoint
+    from trainables.config import DataCfg
+    from trainables.data import load_data
+    from trainables.pipeline import default_train_cfg, finetune
+
+    ckpt = load_checkpoint(args.base)
+    dataset, arch = ckpt.dataset, ckpt.arch
+    split_meta = ckpt.meta.get("data") or {}
+    image_size = ckpt.meta.get("image_size")
+    aug = _aug_cfg(args, dataset, image_size)
+    cfg = default_train_cfg(arch, finetune=True, optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
+                            epochs=args.epochs, seed=args.seed)
+    data_cfg = DataCfg(dataset=dataset, root=_data_root(args.data_root),
+                       val_fraction=split_meta.get("val_fraction", 0.1), split_seed=split_meta.get("split_seed", 0),
+                       image_size=image_size, limit_train=args.limit_train, limit_val=args.limit_val,
+                       limit_test=args.limit_test)
+    out = _writable_target(args.out or f"runs/finetune-{cfg.optimizer.value}-s{args.seed}.pt", "--out")
+    device = _device(args.device)
+    base = ckpt.build()
+    data = load_data(data_cfg)
+    _say(f"fine-tuning {arch} ({args.base}) on {dataset.value} clean + patch-modified ({','.join(o.value for o in aug.pool)}, "
+         f"w={aug.patch_size}) with {cfg.optimizer.value} lr {cfg.lr:g} for {cfg.epochs} epochs on {device}")
+    model, meta = finetune(base, ckpt.meta, data, cfg, aug, device=device, progress=not args.quiet)
+    meta["seed"] = cfg.seed
+    meta["base_path"] = str(args.base)
+    save_checkpoint(out, model, meta)
+    _say(f"val acc {meta['val_acc']:.4f}, test acc {meta['test_acc']:.4f} -> {out}")
+    return 0
+
+
+def _column(meta: dict[str, Any]) -> str:
+    """Which of the paper's Table 1 columns a checkpoint corresponds to."""
+    if meta.get("kind") == "pretrain":
+        return "undefended"
+    return str((meta.get("train") or {}).get("optimizer", "?"))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from trainables.checkpoint import load_checkpoint
+    from trainables.config import PAPER_EPS, AttackCfg, DataCfg
+    from trainables.data import load_data
+    from trainables.pipeline import evaluate_model
+
+    ckpts = [load_checkpoint(p) for p in args.checkpoints]
+    first = ckpts[0]
+    for path, ck in zip(args.checkpoints[1:], ckpts[1:], strict=True):
+        if ck.dataset is not first.dataset or ck.meta.get("image_size") != first.meta.get("image_size"):
+            raise UsageError(f"{path} is for {ck.dataset.value}, but {args.checkpoints[0]} is for {first.dataset.value}")
+    eps = args.eps if args.eps is not None else PAPER_EPS[first.dataset]
+    attacks = [AttackCfg(name=a, eps=eps, alpha=args.alpha, steps=args.steps, restarts=args.restarts,
+                         last_iterate=args.last_iterate) for a in args.attacks]
+    split_meta = first.meta.get("data") or {}
+    limit = {"limit_test": args.limit} if args.split == "test" else {"limit_val": args.limit}
+    data_cfg = DataCfg(dataset=first.dataset, root=_data_root(args.data_root),
+                       val_fraction=split_meta.get("val_fraction", 0.1), split_seed=split_meta.get("split_seed", 0),
+                       image_size=first.meta.get("image_size"), **limit)
+    device = _device(args.device)
+    models = [ck.build() for ck in ckpts]
+    data = load_data(data_cfg)
+    split = data.split(args.split)
+    results = []
+    for path, ck, model in zip(args.checkpoints, ckpts, models, strict=True):
+        if not args.json:
+            _say(f"evaluating {path} on {len(split)} {args.split} images on {device}")
+        acc = evaluate_model(model, data, args.split, attacks, device=device, batch_size=args.batch_size,
+                             seed=args.seed, progress=not (args.quiet or args.json))
+        results.append({
+            "checkpoint": str(path),
+            "arch": ck.arch,
+            "kind": ck.meta.get("kind"),
+            "optimizer": (ck.meta.get("train") or {}).get("optimizer"),
+            "accuracy": {a.name.value: acc[a.label] for a in attacks},
+        })
+    info = {
+        "dataset": first.dataset.value,
+        "split": args.split,
+        "n": len(split),
+        "seed": args.seed,
+        "attacks": {a.name.value: a.describe() for a in attacks},
+    }
+    if args.json:
+        payload = {**results[0], **info} if len(results) == 1 else {**info, "models": results}
+        print(json.dumps(payload, indent=None))
+        return 0
+    print(_table(results, info))
+    return 0
+
+
+def _table(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
+    from analysis.paper import paper_value
+
+    names = [f"{_short(r)}" for r in results]
+    header = ["Attack", "Parameters"] + [f"{n} (ours)" for n in names] + [f"{n} (paper)" for n in names]
+    rows = []
+    for attack, params in info["attacks"].items():
+        desc = ", ".join(f"{k}={v}" for k, v in params.items() if k in ("eps", "alpha", "steps"))
+        ours = [f"{100 * r['accuracy'][attack]:.2f}" for r in results]
+        paper = []
+        for r in results:
+            column = "undefended" if r["kind"] == "pretrain" else str(r["optimizer"])
+            value = paper_value(info["dataset"], attack, column)
+            paper.append("-" if value is None else f"{value:.2f}")
+        rows.append([attack.upper() if attack != "clean" else "Clean", desc or "-", *ours, *paper])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
+
+    title = f"{info['dataset']} {info['split']} split, n={info['n']}, accuracy (%); paper = Agarwal et al. 2021, Table 1"
+    return "\n".join([title, line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def _short(result: dict[str, Any]) -> str:
+    return "Undefended" if result["kind"] == "pretrain" else {"adam": "Adam", "rmsprop": "RMSProp"}.get(
+        str(result["optimizer"]), str(result["optimizer"]))
+
+
+def cmd_show_augment(args: argparse.Namespace) -> int:
+    from trainables.config import DataCfg, Dataset
+    from trainables.data import load_data
+    from trainables.visualize import augment_grid
+
+    dataset = Dataset(args.dataset)
+    aug = _aug_cfg(args, dataset, None)
+    out = _writable_target(args.out, "--out")
+    if out.suffix.lower() != ".png":
+        raise UsageError(f"--out {args.out!r} must end in .png")
+    data = load_data(DataCfg(dataset=dataset, root=_data_root(args.data_root), limit_test=args.n))
+    augment_grid(data.test.x[: args.n], aug, seed=args.seed, path=out, title=f"{dataset.value}: patch augmentation, w={aug.patch_size}")
+    _say(f"wrote {out}")
+    return 0
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+_NEGATIVE_NUMBER = re.compile(r"^-(\d|\.\d|inf|nan)", re.IGNORECASE)
+
+
+def _join_negative_values(argv: Sequence[str]) -> list[str]:
+    """`--lr -1e-3` -> `--lr=-1e-3`: argparse would take '-1e-3' for an option and hide the real mistake."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and _NEGATIVE_NUMBER.match(token):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
+    from trainables.checkpoint import CheckpointError
+    from trainables.config import ConfigError
+    from trainables.data import DataError
+
+    try:
+        return int(args.run(args))
+    except (UsageError, ConfigError, CheckpointError, DataError) as exc:
+        print(f"patchtune {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"patchtune {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""The `patchtune` command end to end, in subprocesses, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def patchtune(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "study.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**ENV, "PYTHONPATH": str(Path(__file__).parents[1])})
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("cli")
+    proc = patchtune("pretrain", "--dataset", "fmnist", "--epochs", "1", "--limit-train", "2000", "--limit-val", "200",
+                     "--limit-test", "200", "--out", str(d / "base.pt"), "--quiet", cwd=d)
+    assert proc.returncode == 0, proc.stderr
+    assert "test acc" in proc.stderr
+    return d / "base.pt"
+
+
+BAD = [
+    (["pretrain", "--dataset", "mnist"], "invalid choice: 'mnist'"),
+    (["pretrain", "--epochs", "0"], "--epochs: expected an integer >= 1, got '0'"),
+    (["pretrain", "--lr", "-1e-3"], "--lr: expected a number > 0, got '-1e-3'"),
+    (["pretrain", "--lr", "nan"], "--lr: expected a number > 0, got 'nan'"),
+    (["pretrain", "--optimizer", "adagrad"], "invalid choice: 'adagrad'"),
+    (["pretrain", "--data-root", "/does/not/exist"], "--data-root '/does/not/exist' is not a directory"),
+    (["pretrain", "--out", "/dev/null/y.pt"], "/dev/null is not a directory"),
+    (["finetune", "--base", "missing.pt"], "checkpoint not found: missing.pt"),
+    (["finetune"], "the following arguments are required: --base"),
+    (["eval", "missing.pt"], "checkpoint not found: missing.pt"),
+    (["eval", "x.pt", "--eps", "0"], "--eps: expected a number in (0, 1], got '0'"),
+    (["eval", "x.pt", "--eps", "1.5"], "--eps: expected a number in (0, 1], got '1.5'"),
+    (["eval", "x.pt", "--steps", "0"], "--steps: expected an integer >= 1, got '0'"),
+    (["eval", "x.pt", "--attacks", "pgd,cw"], "unknown attack 'cw'"),
+    (["eval", "x.pt", "--attacks", ""], "got an empty attack"),
+    (["show-augment", "--pool", ""], "got an empty op"),
+    (["show-augment", "--pool", "rotate,blur"], "unknown op 'blur'"),
+    (["show-augment", "--patch-size", "29"], "--patch-size 29 is larger than the 28x28 fmnist images"),
+    (["show-augment", "--out", "grid.jpg"], "must end in .png"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path: Path, args: list[str], message: str) -> None:
+    proc = patchtune(*args, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert message in lines[0] and "error" in lines[0]
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_checkpoints_are_refused(tmp_path: Path, tiny_base: Path) -> None:
+    (tmp_path / "corrupt.pt").write_bytes(b"\x00" * 100)
+    proc = patchtune("eval", "corrupt.pt", cwd=tmp_path)
+    assert proc.returncode == 2 and "not a readable patchtune checkpoint" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    proc = patchtune("finetune", "--base", str(tiny_base), "--patch-size", "40", "--out", "ft.pt", cwd=tmp_path)
+    assert proc.returncode == 2 and "--patch-size 40 is larger than the 28x28" in proc.stderr
+    assert not (tmp_path / "ft.pt").exists()
+
+
+def test_pretrain_finetune_eval_json(tmp_path: Path, tiny_base: Path) -> None:
+    ft = tmp_path / "ft.pt"
+    proc = patchtune("finetune", "--base", str(tiny_base), "--optimizer", "rmsprop", "--lr", "1e-3", "--epochs", "1",
+                     "--patch-size", "8", "--pool", "rotate,flip,noise", "--limit-train", "1000", "--limit-val", "200",
+                     "--limit-test", "200", "--out", str(ft), "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    proc = patchtune("eval", str(ft), "--attacks", "clean,fgsm,ifgsm,pgd", "--limit", "100", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    acc = result["accuracy"]
+    assert set(acc) == {"clean", "fgsm", "ifgsm", "pgd"}
+    assert all(0.0 <= v <= acc["clean"] for v in acc.values()) and acc["clean"] > 0.25  # chance is 0.1
+    assert result["attacks"]["pgd"] == {"name": "pgd", "eps": 0.3, "alpha": 0.01, "steps": 10, "random_start": True,
+                                        "restarts": 1, "counted": "any_iterate"}
+    assert result["n"] == 100 and result["split"] == "test" and result["optimizer"] == "rmsprop"
+    # table output with the paper's numbers beside ours, for several checkpoints at once
+    proc = patchtune("eval", str(tiny_base), str(ft), "--limit", "50", "--attacks", "clean,pgd", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Undefended (paper)" in proc.stdout and "RMSProp (paper)" in proc.stdout and "50.08" in proc.stdout
+
+
+def test_show_augment_writes_a_png(tmp_path: Path) -> None:
+    proc = patchtune("show-augment", "--n", "4", "--out", "sub/grid.png", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "sub" / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

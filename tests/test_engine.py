@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import spec_of
+from trainables.config import AttackCfg, AugCfg, Optimizer, TrainCfg, paper_attacks
+from trainables.engine import DivergedError, evaluate, fit, make_optimizer
+from trainables.models import build_model
+
+
+@pytest.mark.parametrize("name", list(Optimizer))
+def test_optimizers_by_name(name: Optimizer) -> None:
+    p = [torch.nn.Parameter(torch.zeros(3))]
+    opt = make_optimizer(p, TrainCfg(optimizer=name, lr=0.1))
+    expected = {"adam": "Adam", "rmsprop": "RMSprop", "sgd": "SGD", "adamw": "AdamW"}[name.value]
+    assert type(opt).__name__ == expected and opt.param_groups[0]["lr"] == 0.1
+
+
+def test_fit_learns_and_schedule_reduces_lr(fmnist_small, device) -> None:
+    torch.manual_seed(0)
+    model = build_model("cnn3", spec_of(fmnist_small)).to(device)
+    cfg = TrainCfg(epochs=3, lr=1e-3, batch_size=64, plateau_patience=1)
+    hist = fit(model, fmnist_small.train.take(slice(0, 1500)), fmnist_small.val, cfg, device=device, schedule=True,
+               progress=False)
+    assert len(hist) == 3 and hist[-1].train_loss < hist[0].train_loss
+    assert hist[-1].val_acc > 0.6
+
+
+def test_finetune_with_augmentation_keeps_accuracy(trained_cnn3, fmnist_small, device) -> None:
+    import copy
+
+    model = copy.deepcopy(trained_cnn3)
+    base = evaluate(model, fmnist_small.test, [], device=device)["clean"]
+    fit(model, fmnist_small.train, fmnist_small.val, TrainCfg(epochs=1, lr=1e-3, batch_size=64), device=device,
+        augment=AugCfg(patch_size=8), progress=False)
+    after = evaluate(model, fmnist_small.test, [], device=device)["clean"]
+    assert after > base - 0.05
+
+
+def test_absurd_lr_diverges_loudly(fmnist_small, device) -> None:
+    torch.manual_seed(0)
+    model = build_model("cnn3", spec_of(fmnist_small)).to(device)
+    with pytest.raises(DivergedError, match="non-finite|nan|inf"):
+        fit(model, fmnist_small.train.take(slice(0, 640)), fmnist_small.val, TrainCfg(epochs=2, lr=10.0, optimizer="sgd",
+            batch_size=64), device=device, progress=False)
+
+
+def test_evaluate_robust_at_most_clean_and_reproducible(trained_cnn3, fmnist_small, device) -> None:
+    attacks = paper_attacks(fmnist_small.info.name) + [AttackCfg(name="pgd", eps=0.03, alpha=0.01, steps=5)]
+    a = evaluate(trained_cnn3, fmnist_small.test, attacks, device=device, batch_size=128, seed=1)
+    b = evaluate(trained_cnn3, fmnist_small.test, attacks, device=device, batch_size=200, seed=1)
+    assert set(a) == {"clean", "fgsm", "ifgsm10", "pgd10", "pgd5"}
+    assert all(0 <= v <= a["clean"] for v in a.values())
+    assert a["clean"] > 0.7 and a["pgd10"] < a["clean"] - 0.3 and a["pgd5"] < a["clean"]
+    assert a["clean"] == b["clean"] and a["fgsm"] == b["fgsm"] and a["ifgsm10"] == b["ifgsm10"]

@@ -1,0 +1,150 @@
+"""White-box L-inf attacks in pixel space: FGSM, IFGSM (BIM) and PGD share one loop, `pgd()`.
+
+Threat model: S = {delta : ||delta||_inf <= eps, x + delta in [0, 1]^d}. One step is
+
+    x_{t+1} = clip_[0,1]( x + clip_[-eps,eps]( x_t + alpha * sign(grad_x L(f(x_t), y)) - x ) )
+
+    FGSM   one step, alpha = eps, from x                    (Goodfellow et al. 2015, arXiv:1412.6572)
+    IFGSM  `steps` steps of alpha from x                    (Kurakin et al. 2017, arXiv:1607.02533)
+    PGD    `steps` steps of alpha from x + U(-eps, eps)     (Madry et al. 2018, arXiv:1706.06083)
+
+Robust accuracy counts a sample as broken if *any* iterate fools the model (worst case over iterates). That
+is never weaker than the last iterate, and it lets the loop stop spending compute on a sample as soon as the
+forward pass it needs for its gradient shows it misclassified. `last_iterate=True` gives the classic number
+and exactly the iterates of torchattacks' PGD/BIM.
+
+Contract: `x` float [B, C, H, W] in [0, 1], `y` int64 [B], both on the model's device. The model runs in eval
+mode during the attack and gets its previous mode back; gradients are taken w.r.t. the input only
+(`torch.autograd.grad`), so parameters' `.grad` is untouched. Returned `x_adv` has x's shape/dtype/device,
+stays in [0, 1] and within eps of x.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainables.config import AttackCfg, AttackName
+
+Autocast = Callable[[], AbstractContextManager[object]]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run `model` in eval mode and restore every submodule's previous train/eval flag afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def project(x: torch.Tensor, x_adv: torch.Tensor, eps: float) -> torch.Tensor:
+    """Nearest point of the threat set: clip the perturbation to [-eps, eps], then the image to [0, 1]."""
+    return (x + (x_adv - x).clamp(-eps, eps)).clamp(0.0, 1.0)
+
+
+def random_start(x: torch.Tensor, eps: float, generator: torch.Generator | None) -> torch.Tensor:
+    """x + U(-eps, eps) noise, clipped to [0, 1] (Madry et al.'s random start)."""
+    noise = torch.empty_like(x).uniform_(-eps, eps, generator=generator)
+    return (x + noise).clamp(0.0, 1.0)
+
+
+@dataclasses.dataclass
+class AttackOutput:
+    x_adv: torch.Tensor  # the fooling iterate for broken samples, the final iterate for the others
+    fooled: torch.Tensor  # bool [B]: some counted iterate is misclassified
+
+
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    alpha: float,
+    steps: int,
+    random_init: bool = True,
+    last_iterate: bool = False,
+    generator: torch.Generator | None = None,
+    autocast: Autocast = nullcontext,
+) -> AttackOutput:
+    """L-inf PGD with per-sample early stopping; FGSM and IFGSM are special cases (see `run_attack`).
+
+    Args:
+        eps: budget in [0, 1] pixel units (e.g. 0.3 for F-MNIST, 8/255 for CIFAR-10).
+        alpha: step size per iteration, pixel units.
+        steps: gradient steps; the loop makes steps + 1 forward and steps input-backward passes at most.
+        random_init: start from x + U(-eps, eps) (PGD) or from x (FGSM, IFGSM).
+        last_iterate: count only the final iterate and attack every sample for all steps.
+        generator: source of the random start (on x's device), for reproducible evaluations.
+    """
+    with eval_mode(model), torch.enable_grad():
+        x = x.detach()
+        start = random_start(x, eps, generator) if random_init else x.clone()
+        x_adv = start.clone()
+        fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        # Working copies hold only the samples still being attacked (`idx` maps them back).
+        idx = torch.arange(x.shape[0], device=x.device)
+        xa, xo, ya = start, x, y
+        for _ in range(steps):
+            xa = xa.detach().requires_grad_(True)
+            with autocast():
+                logits = model(xa)
+            loss = F.cross_entropy(logits.float(), ya, reduction="sum")  # sum: per-sample grads independent of batch
+            (grad,) = torch.autograd.grad(loss, xa)
+            if not last_iterate:
+                hit = logits.argmax(1) != ya
+                if bool(hit.any()):
+                    fooled[idx[hit]] = True
+                    x_adv[idx[hit]] = xa.detach()[hit]
+                    stay = ~hit
+                    idx, xa, xo, ya, grad = idx[stay], xa[stay], xo[stay], ya[stay], grad[stay]
+                    if idx.numel() == 0:
+                        return AttackOutput(x_adv, fooled)
+            xa = project(xo, xa.detach() + alpha * grad.sign(), eps)
+        with torch.no_grad(), autocast():
+            hit = model(xa).argmax(1) != ya
+        fooled[idx[hit]] = True
+        x_adv[idx] = xa.detach()
+        return AttackOutput(x_adv, fooled)
+
+
+def run_attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: AttackCfg,
+    *,
+    generator: torch.Generator | None = None,
+    autocast: Autocast = nullcontext,
+) -> AttackOutput:
+    """Dispatch an AttackCfg; PGD restarts attack only the samples that survived earlier restarts."""
+    if cfg.name is AttackName.CLEAN:
+        with eval_mode(model), torch.no_grad(), autocast():
+            return AttackOutput(x.clone(), model(x).argmax(1) != y)
+    if cfg.name is AttackName.FGSM:
+        return pgd(model, x, y, eps=cfg.eps, alpha=cfg.eps, steps=1, random_init=False,
+                   last_iterate=cfg.last_iterate, autocast=autocast)
+    if cfg.name is AttackName.IFGSM:
+        return pgd(model, x, y, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, random_init=False,
+                   last_iterate=cfg.last_iterate, autocast=autocast)
+    out = pgd(model, x, y, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, random_init=True,
+              last_iterate=cfg.last_iterate, generator=generator, autocast=autocast)
+    for _ in range(cfg.restarts - 1):
+        alive = (~out.fooled).nonzero().squeeze(1)
+        if alive.numel() == 0:
+            break
+        again = pgd(model, x[alive], y[alive], eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, random_init=True,
+                    last_iterate=cfg.last_iterate, generator=generator, autocast=autocast)
+        out.fooled[alive] = again.fooled
+        out.x_adv[alive] = again.x_adv
+    return out

@@ -1,0 +1,103 @@
+"""Checkpoints: model weights plus a JSON-safe metadata record, written atomically, read with weights_only=True.
+
+Layout: {"format": "patchtune-ckpt/1", "meta": {...}, "state_dict": {...}}. `meta` holds arch, data set,
+input shape, clean accuracy, seed, the training config and library versions; it is what lets `eval` rebuild
+the model and refuse a checkpoint that does not fit the requested architecture or data set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import pickle
+import platform
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainables.atomic import atomic_torch_save
+from trainables.config import Dataset, as_jsonable
+from trainables.data import dataset_info
+from trainables.models import InputSpec, build_model
+
+FORMAT = "patchtune-ckpt/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, or does not fit what was asked for."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    meta: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+
+    @property
+    def arch(self) -> str:
+        return str(self.meta["arch"])
+
+    @property
+    def dataset(self) -> Dataset:
+        return Dataset(self.meta["dataset"])
+
+    def input_spec(self) -> InputSpec:
+        image_size = self.meta.get("image_size")
+        info = dataset_info(self.dataset, image_size if self.dataset is Dataset.IMAGENETTE else None)
+        return InputSpec(info.channels, info.height, info.width, info.num_classes, info.mean, info.std)
+
+    def build(self) -> nn.Module:
+        """The model with these weights (on CPU; the caller moves it)."""
+        model = build_model(self.arch, self.input_spec())
+        try:
+            model.load_state_dict(self.state_dict)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise CheckpointError(f"weights do not fit arch {self.arch!r}: {first}") from None
+        return model
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version()}
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    """Write weights + metadata atomically. `meta` must contain at least arch and dataset."""
+    for key in ("arch", "dataset"):
+        if key not in meta:
+            raise ValueError(f"checkpoint metadata needs {key!r}")
+    record = {
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": as_jsonable(versions()),
+        **as_jsonable(meta),
+    }
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_torch_save({"format": FORMAT, "meta": record, "state_dict": state}, path)
+
+
+def load_checkpoint(path: str | Path, *, arch: str | None = None, dataset: Dataset | str | None = None) -> Checkpoint:
+    """Read a checkpoint safely; refuse corrupt files and ones for another arch or data set."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    try:
+        blob = torch.load(p, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{p} is not a readable patchtune checkpoint ({reason[:200]})") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT or "meta" not in blob or "state_dict" not in blob:
+        raise CheckpointError(f"{p} is not a patchtune checkpoint (expected format {FORMAT})")
+    ckpt = Checkpoint(meta=dict(blob["meta"]), state_dict=dict(blob["state_dict"]))
+    try:
+        ckpt_dataset = ckpt.dataset
+    except ValueError:
+        raise CheckpointError(f"{p}: unknown data set {ckpt.meta.get('dataset')!r} in metadata") from None
+    if arch is not None and ckpt.arch != arch:
+        raise CheckpointError(f"{p} holds arch {ckpt.arch!r}, not {arch!r}")
+    if dataset is not None and ckpt_dataset.value != Dataset(dataset).value:
+        raise CheckpointError(f"{p} was trained on {ckpt_dataset.value!r}, not {Dataset(dataset).value!r}")
+    return ckpt

@@ -1,0 +1,248 @@
+"""Validated, frozen configuration records for the pure tensor layer.
+
+Everything a user can type ends up in one of these dataclasses; `__post_init__` refuses bad values with a
+`ConfigError` whose message names the field and the value ("lr must be > 0, got -1.0"), so command-line
+tools and the study runner can turn it into a one-line error before any work starts.
+Units sit next to the defaults: pixel budgets are in [0, 1] image units, sizes in pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
+
+
+class ConfigError(ValueError):
+    """A user-supplied setting is invalid; the message names the setting and the bad value."""
+
+
+class Dataset(str, enum.Enum):
+    FMNIST = "fmnist"
+    CIFAR10 = "cifar10"
+    IMAGENETTE = "imagenette"
+
+
+class Optimizer(str, enum.Enum):
+    ADAM = "adam"
+    RMSPROP = "rmsprop"
+    SGD = "sgd"
+    ADAMW = "adamw"
+
+
+class PatchOp(str, enum.Enum):
+    ROTATE = "rotate"
+    TRANSLATE = "translate"
+    FLIP = "flip"
+    NOISE = "noise"
+    OCCLUDE = "occlude"
+
+
+class AttackName(str, enum.Enum):
+    CLEAN = "clean"
+    FGSM = "fgsm"
+    IFGSM = "ifgsm"
+    PGD = "pgd"
+
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def parse_enum(enum_type: type[E], value: object, field: str) -> E:
+    """`value` as a member of `enum_type`, or a ConfigError listing the valid choices."""
+    if isinstance(value, enum_type):
+        return value
+    try:
+        return enum_type(str(value).strip().lower())
+    except ValueError:
+        choices = ", ".join(str(m.value) for m in enum_type)
+        raise ConfigError(f"{field} must be one of {choices}; got {value!r}") from None
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def _finite_positive(value: float, field: str) -> None:
+    _check(isinstance(value, (int, float)) and not isinstance(value, bool), f"{field} must be a number, got {value!r}")
+    _check(math.isfinite(value) and value > 0, f"{field} must be > 0, got {value!r}")
+
+
+def _positive_int(value: int, field: str) -> None:
+    _check(isinstance(value, int) and not isinstance(value, bool), f"{field} must be an integer, got {value!r}")
+    _check(value >= 1, f"{field} must be >= 1, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataCfg:
+    dataset: Dataset = Dataset.FMNIST
+    root: str | None = None  # directory searched first; None = only the standard places
+    val_fraction: float = 0.1  # share of the training split held out for validation / hyperparameter search
+    split_seed: int = 0  # seeds the train/val split only, so it stays fixed across trials and runs
+    limit_train: int | None = None  # None = all; small values for quick runs
+    limit_val: int | None = None
+    limit_test: int | None = None
+    image_size: int | None = None  # Imagenette only: side in pixels after resize + centre crop (default 160)
+    download: bool = True  # fall back to torchvision's download when no local copy exists
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dataset", parse_enum(Dataset, self.dataset, "dataset"))
+        _check(
+            isinstance(self.val_fraction, (int, float)) and 0.0 < self.val_fraction < 1.0,
+            f"val_fraction must be in (0, 1), got {self.val_fraction!r}",
+        )
+        for name in ("limit_train", "limit_val", "limit_test"):
+            value = getattr(self, name)
+            if value is not None:
+                _positive_int(value, name)
+        if self.image_size is not None:
+            _check(self.dataset is Dataset.IMAGENETTE, f"image_size is only settable for imagenette, got dataset {self.dataset.value}")
+            _check(
+                isinstance(self.image_size, int) and 32 <= self.image_size <= 512,
+                f"image_size must be an integer in [32, 512], got {self.image_size!r}",
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class AugCfg:
+    """The paper's patch augmentation: one op per image drawn uniformly from `pool`, applied to centre patches."""
+
+    pool: tuple[PatchOp, ...] = tuple(PatchOp)
+    patch_size: int = 8  # w, pixels (w x w patches)
+    num_patches: int = 1
+    jitter: int = 0  # max offset in pixels of each patch from the exact centre (0 = the central patch)
+    prob: float = 1.0  # chance that an image is modified at all (1.0 = the paper)
+    rotate_degrees: float = 30.0  # rotation angle drawn from U(-d, d), degrees
+    translate_fraction: float = 0.25  # shift drawn from U(-f, f) * patch_size in each axis
+    noise_std: float = 0.1  # Gaussian noise std in [0, 1] pixel units
+    occlude_value: float = 0.0  # value written into occluded patches, [0, 1]
+
+    def __post_init__(self) -> None:
+        pool = self.pool
+        if isinstance(pool, str):
+            pool = tuple(p for p in pool.split(",") if p.strip())
+        pool = tuple(parse_enum(PatchOp, p, "pool op") for p in pool)
+        _check(len(pool) > 0, "pool must contain at least one op (rotate, translate, flip, noise, occlude); got an empty pool")
+        _check(len(set(pool)) == len(pool), f"pool lists an op twice: {','.join(p.value for p in pool)}")
+        object.__setattr__(self, "pool", pool)
+        _positive_int(self.patch_size, "patch_size")
+        _positive_int(self.num_patches, "num_patches")
+        _check(isinstance(self.jitter, int) and self.jitter >= 0, f"jitter must be an integer >= 0, got {self.jitter!r}")
+        _check(0.0 <= self.prob <= 1.0, f"prob must be in [0, 1], got {self.prob!r}")
+        _check(0.0 <= self.rotate_degrees <= 180.0, f"rotate_degrees must be in [0, 180], got {self.rotate_degrees!r}")
+        _check(0.0 <= self.translate_fraction <= 1.0, f"translate_fraction must be in [0, 1], got {self.translate_fraction!r}")
+        _check(0.0 <= self.noise_std <= 1.0, f"noise_std must be in [0, 1], got {self.noise_std!r}")
+        _check(0.0 <= self.occlude_value <= 1.0, f"occlude_value must be in [0, 1], got {self.occlude_value!r}")
+
+    def check_fits(self, height: int, width: int) -> None:
+        """Refuse a patch larger than the image it is cut from."""
+        _check(
+            self.patch_size <= min(height, width),
+            f"patch_size {self.patch_size} is larger than the {height}x{width} image",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackCfg:
+    """One white-box L-inf attack. Budgets are in [0, 1] pixel units; normalisation lives inside the model."""
+
+    name: AttackName = AttackName.PGD
+    eps: float = 0.3
+    alpha: float = 0.01  # step size per iteration, pixel units
+    steps: int = 10
+    restarts: int = 1  # PGD only: independent random starts; a sample counts as broken if any fools the model
+    last_iterate: bool = False  # True = classic number (only the final iterate counts), False = any iterate
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", parse_enum(AttackName, self.name, "attack"))
+        if self.name is AttackName.CLEAN:
+            return
+        _check(
+            isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and 0.0 < self.eps <= 1.0,
+            f"eps must be in (0, 1], got {self.eps!r}",
+        )
+        _finite_positive(self.alpha, "alpha")
+        _check(self.alpha <= 1.0, f"alpha must be <= 1, got {self.alpha!r}")
+        _positive_int(self.steps, "steps")
+        _positive_int(self.restarts, "restarts")
+
+    @property
+    def label(self) -> str:
+        """Stable, human-readable key such as `pgd10` or `fgsm`."""
+        if self.name in (AttackName.CLEAN, AttackName.FGSM):
+            return str(self.name.value)
+        suffix = f"x{self.restarts}" if self.restarts > 1 else ""
+        return f"{self.name.value}{self.steps}{suffix}"
+
+    def describe(self) -> dict[str, Any]:
+        if self.name is AttackName.CLEAN:
+            return {"name": "clean"}
+        out: dict[str, Any] = {"name": self.name.value, "eps": self.eps}
+        if self.name is not AttackName.FGSM:
+            out.update(alpha=self.alpha, steps=self.steps, random_start=self.name is AttackName.PGD)
+            if self.name is AttackName.PGD:
+                out["restarts"] = self.restarts
+        out["counted"] = "last_iterate" if self.last_iterate else "any_iterate"
+        return out
+
+
+# The paper's white-box budgets (Table 1): eps per data set, alpha 0.01, 10 iterations.
+PAPER_EPS: Mapping[Dataset, float] = {Dataset.FMNIST: 0.3, Dataset.CIFAR10: 0.03, Dataset.IMAGENETTE: 0.03}
+PAPER_ALPHA = 0.01
+PAPER_STEPS = 10
+
+
+def paper_attacks(dataset: Dataset, names: Iterable[AttackName | str] | None = None) -> list[AttackCfg]:
+    """Attack configs at the paper's parameters for `dataset` (clean, FGSM, IFGSM, PGD-10 by default)."""
+    wanted = list(names) if names is not None else list(AttackName)
+    eps = PAPER_EPS[dataset]
+    return [AttackCfg(name=parse_enum(AttackName, n, "attack"), eps=eps, alpha=PAPER_ALPHA, steps=PAPER_STEPS) for n in wanted]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainCfg:
+    optimizer: Optimizer = Optimizer.ADAM
+    lr: float = 1e-3
+    batch_size: int = 128  # clean images per step; fine-tuning doubles it with their modified copies
+    epochs: int = 8
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd / rmsprop only
+    plateau_patience: int = 1  # pretraining's adaptive lr: ReduceLROnPlateau patience, in epochs (0 = no schedule)
+    plateau_factor: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "optimizer", parse_enum(Optimizer, self.optimizer, "optimizer"))
+        _finite_positive(self.lr, "lr")
+        _check(self.lr <= 10.0, f"lr must be <= 10, got {self.lr!r}")
+        _positive_int(self.batch_size, "batch_size")
+        _positive_int(self.epochs, "epochs")
+        _check(math.isfinite(self.weight_decay) and self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        _check(0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum!r}")
+        _check(isinstance(self.plateau_patience, int) and self.plateau_patience >= 0, f"plateau_patience must be >= 0, got {self.plateau_patience!r}")
+        _check(0.0 < self.plateau_factor < 1.0, f"plateau_factor must be in (0, 1), got {self.plateau_factor!r}")
+        _check(isinstance(self.seed, int) and not isinstance(self.seed, bool), f"seed must be an integer, got {self.seed!r}")
+
+
+def as_jsonable(obj: Any) -> Any:
+    """Dataclasses/enums/tuples -> plain JSON types (for checkpoint metadata and --json output)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: as_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, (list, tuple)):
+        return [as_jsonable(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): as_jsonable(v) for k, v in obj.items()}
+    # Plain builtins only (e.g. torch's TorchVersion is a str subclass that weights_only loading refuses).
+    if isinstance(obj, bool) or obj is None:
+        return obj
+    for kind in (int, float, str):
+        if isinstance(obj, kind):
+            return kind(obj)
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return as_jsonable(obj.item())
+    raise TypeError(f"cannot store {type(obj).__name__} in metadata: {obj!r}")

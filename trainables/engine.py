@@ -1,0 +1,245 @@
+"""Training and evaluation loops (no Ray): device and autocast come in as arguments.
+
+`fit` is both pretraining (no augmentation, the paper's "adaptive learning rate" = ReduceLROnPlateau on
+validation loss) and the paper's fine-tuning (clean (+) patch-modified batches at a fixed learning rate).
+`evaluate` returns clean and robust accuracy; attacks only run on the samples the model gets right, so a
+sample counts as robust only if it is correct on the clean image and on every attack iterate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from trainables.attacks import Autocast, eval_mode, run_attack
+from trainables.augment import clean_plus_modified, make_generator
+from trainables.config import AttackCfg, AugCfg, Optimizer, TrainCfg
+from trainables.data import Split, iterate_batches
+
+
+class DivergedError(RuntimeError):
+    """Training produced a non-finite loss (e.g. a learning rate far too large)."""
+
+
+# ------------------------------------------------------------------------------------------- device set-up
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """`auto`/None -> the first CUDA device when present, else CPU. `$TORCH_DEVICE` overrides `auto`."""
+    import os
+
+    name = name or os.environ.get("TORCH_DEVICE") or "auto"
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def configure_backends(device: torch.device) -> Autocast:
+    """All global speed switches in one place; returns the autocast factory for `device`."""
+    if device.type != "cuda":
+        # CPU: plain fp32. bf16 autocast on CPU is slower than fp32 for these small convs.
+        return nullcontext
+    # Fixed input shapes per run, so let cuDNN pick the fastest conv algorithms once.
+    torch.backends.cudnn.benchmark = True
+    # TF32 matmuls/convs: ~2x on Ampere+ with accuracy far inside what attack/train noise tolerates.
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    # bf16 has fp32's range, so no GradScaler is needed (unlike fp16).
+    return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainCfg) -> torch.optim.Optimizer:
+    """Optimizer by name; `foreach` implementations are the fast multi-tensor paths on every device."""
+    kw: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "foreach": True}
+    if cfg.optimizer is Optimizer.ADAM:
+        return torch.optim.Adam(params, **kw)
+    if cfg.optimizer is Optimizer.ADAMW:
+        return torch.optim.AdamW(params, **kw)
+    if cfg.optimizer is Optimizer.RMSPROP:
+        return torch.optim.RMSprop(params, **kw)
+    return torch.optim.SGD(params, momentum=cfg.momentum, nesterov=cfg.momentum > 0, **kw)
+
+
+@dataclasses.dataclass
+class EpochStats:
+    epoch: int
+    train_loss: float
+    train_acc: float  # on the batches trained on (clean + modified when augmenting)
+    val_loss: float
+    val_acc: float
+    lr: float
+    seconds: float
+
+
+def train_one_epoch(
+    model: nn.Module,
+    data: Split,
+    optimizer: torch.optim.Optimizer,
+    *,
+    batch_size: int,
+    device: torch.device,
+    generator: torch.Generator,
+    augment: AugCfg | None = None,
+    aug_generator: torch.Generator | None = None,
+    autocast: Autocast = nullcontext,
+    progress: bool = False,
+    desc: str = "train",
+) -> tuple[float, float]:
+    """One pass over `data`; returns (mean loss, accuracy). Raises DivergedError on a non-finite loss."""
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    batches = iterate_batches(data, batch_size, device, shuffle=True, generator=generator)
+    total = math.ceil(len(data) / batch_size)
+    for x, y in tqdm(batches, total=total, desc=desc, unit="batch", leave=False, disable=not progress):
+        if augment is not None:
+            assert aug_generator is not None
+            x, y = clean_plus_modified(x, y, augment, aug_generator)
+        with autocast():
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        # Accumulate on device: no host sync per step. A NaN anywhere poisons the sum and is caught below.
+        loss_sum += loss.detach() * y.shape[0]
+        correct += (logits.argmax(1) == y).sum()
+        seen += y.shape[0]
+    mean_loss = float(loss_sum) / max(seen, 1)
+    if not math.isfinite(mean_loss):
+        raise DivergedError(f"training loss became {mean_loss} (lr {optimizer.param_groups[0]['lr']:g})")
+    return mean_loss, int(correct) / max(seen, 1)
+
+
+@torch.no_grad()
+def evaluate_clean(
+    model: nn.Module, data: Split, *, batch_size: int, device: torch.device, autocast: Autocast = nullcontext
+) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) on `data`, in eval mode."""
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    with eval_mode(model):
+        for x, y in iterate_batches(data, batch_size, device):
+            with autocast():
+                logits = model(x)
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+    n = max(len(data), 1)
+    return float(loss_sum) / n, int(correct) / n
+
+
+def fit(
+    model: nn.Module,
+    train: Split,
+    val: Split,
+    cfg: TrainCfg,
+    *,
+    device: torch.device,
+    augment: AugCfg | None = None,
+    schedule: bool = False,
+    autocast: Autocast = nullcontext,
+    progress: bool = True,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+    start_epoch: int = 0,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> list[EpochStats]:
+    """Train `model` for `cfg.epochs` epochs; `schedule` turns on ReduceLROnPlateau on validation loss.
+
+    Seeds: batch order from `cfg.seed`, augmentation draws from `cfg.seed + 1` (on the device).
+    `on_epoch` sees each epoch's stats (the Ray trainable reports and checkpoints there).
+    """
+    optimizer = optimizer or make_optimizer(model.parameters(), cfg)
+    scheduler = (
+        torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+        if schedule and cfg.plateau_patience > 0
+        else None
+    )
+    batch_gen = torch.Generator().manual_seed(cfg.seed * 1000 + start_epoch)
+    aug_gen = make_generator(cfg.seed * 1000 + start_epoch + 1, device)
+    history: list[EpochStats] = []
+    epochs = range(start_epoch, cfg.epochs)
+    bar = tqdm(epochs, desc="epochs", unit="ep", disable=not progress)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        train_loss, train_acc = train_one_epoch(
+            model, train, optimizer, batch_size=cfg.batch_size, device=device, generator=batch_gen,
+            augment=augment, aug_generator=aug_gen, autocast=autocast, progress=progress, desc=f"epoch {epoch + 1}",
+        )
+        val_loss, val_acc = evaluate_clean(model, val, batch_size=max(cfg.batch_size, 256), device=device, autocast=autocast)
+        if scheduler is not None:
+            scheduler.step(val_loss)
+        stats = EpochStats(epoch + 1, train_loss, train_acc, val_loss, val_acc, optimizer.param_groups[0]["lr"],
+                           time.perf_counter() - t0)
+        history.append(stats)
+        bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.4f}")
+        if on_epoch is not None:
+            on_epoch(stats)
+    return history
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+
+
+def evaluate(
+    model: nn.Module,
+    data: Split,
+    attacks: Sequence[AttackCfg],
+    *,
+    device: torch.device,
+    batch_size: int = 500,
+    seed: int = 0,
+    autocast: Autocast = nullcontext,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Accuracy in [0, 1] per attack label (`clean` always included).
+
+    Attacks run only on the clean-correct samples: a sample is robust iff it is correct on the clean image
+    and no counted iterate fools the model, so robust accuracy <= clean accuracy by construction.
+    """
+    generator = make_generator(seed, device)
+    clean_correct = 0
+    robust = {a.label: 0 for a in attacks if a.label != "clean"}
+    with eval_mode(model):
+        total = math.ceil(len(data) / batch_size)
+        for x, y in tqdm(iterate_batches(data, batch_size, device), total=total, desc="eval", unit="batch",
+                         leave=False, disable=not progress):
+            with torch.no_grad(), autocast():
+                ok = model(x).argmax(1) == y
+            clean_correct += int(ok.sum())
+            keep = ok.nonzero().squeeze(1)
+            if keep.numel() == 0:
+                continue
+            xs, ys = x[keep], y[keep]
+            for attack in attacks:
+                if attack.label == "clean":
+                    continue
+                out = run_attack(model, xs, ys, attack, generator=generator, autocast=autocast)
+                robust[attack.label] += int((~out.fooled).sum())
+    n = max(len(data), 1)
+    return {"clean": clean_correct / n, **{k: v / n for k, v in robust.items()}}
