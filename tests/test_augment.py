@@ -3,8 +3,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+import trainables.augment as augment_mod
 from trainables.augment import clean_plus_modified, make_generator, patch_augment, patch_positions
 from trainables.config import AugCfg, ConfigError, PatchOp
+
+
+@pytest.fixture(params=["subset", "where"], autouse=True)
+def select_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run every test through both op-selection paths: per-op subsets (CPU) and torch.where (GPU)."""
+    if request.param == "where":
+        monkeypatch.setattr(augment_mod, "_apply_ops_by_subset", augment_mod._apply_ops_by_where)
+    return str(request.param)
 
 
 def _batch(b: int = 16, c: int = 1, h: int = 28, w: int = 28, seed: int = 0) -> torch.Tensor:

@@ -14,9 +14,8 @@ Ops (all on [0, 1] pixels, per patch):
 
 Contract: `x` float [B, C, H, W] in [0, 1] on any device; returns a new tensor of the same shape, dtype and
 device (the input is not modified). All randomness comes from `generator` (on x's device), so the same
-generator state gives the same output. No per-image Python loop and no host sync: every op is computed for
-all patches and selected with `torch.where`, since patches are small and data-dependent shapes would stall
-a GPU.
+generator state gives the same output on the same device. No per-image Python loop, and no host sync on a
+GPU (see `_apply_ops`).
 
 Example:
     >>> g = torch.Generator().manual_seed(0)
@@ -84,34 +83,88 @@ def patch_augment(x: torch.Tensor, cfg: AugCfg, generator: torch.Generator) -> t
     pool_codes = torch.tensor([_OP_CODE[op] for op in cfg.pool], device=device)
     lam = torch.randint(len(cfg.pool), (b,), generator=generator, device=device)
     modify = torch.rand((b,), generator=generator, device=device) < cfg.prob
-    top, left = patch_positions(b, h, w_img, cfg, generator, device)
+    result = x.clone()
 
+    if cfg.jitter == 0:
+        # Every patch sits exactly at the centre: a plain slice, no gather/scatter.
+        top, left = (h - w) // 2, (w_img - w) // 2
+        window = result[:, :, top : top + w, left : left + w]
+        window.copy_(_apply_ops(window.contiguous(), pool_codes[lam], ~modify, cfg, generator))
+        return result
+
+    top_left = patch_positions(b, h, w_img, cfg, generator, device)
     # Gather all patches at once: advanced indices [B,P,w,w] around the channel slice give [B,P,w,w,C].
     ar = torch.arange(w, device=device)
-    rows = (top.unsqueeze(-1) + ar)[:, :, :, None]
-    cols = (left.unsqueeze(-1) + ar)[:, :, None, :]
+    rows = (top_left[0].unsqueeze(-1) + ar)[:, :, :, None]
+    cols = (top_left[1].unsqueeze(-1) + ar)[:, :, None, :]
     bi = torch.arange(b, device=device)[:, None, None, None]
     patches = x[bi, :, rows, cols].permute(0, 1, 4, 2, 3).reshape(b * p, c, w, w)
-    op = pool_codes[lam].repeat_interleave(p)  # every patch of an image gets that image's op
-    keep = ~modify.repeat_interleave(p)
-
-    theta = _affine_thetas(op, cfg, generator).to(patches.dtype)
-    grid = F.affine_grid(theta, [b * p, c, w, w], align_corners=False)
-    moved = F.grid_sample(patches, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    noisy = (patches + cfg.noise_std * torch.randn(patches.shape, generator=generator, device=device)).clamp(0, 1)
-
-    def sel(code: PatchOp) -> torch.Tensor:
-        return (op == _OP_CODE[code]).view(-1, 1, 1, 1)
-
-    is_affine = sel(PatchOp.ROTATE) | sel(PatchOp.TRANSLATE) | sel(PatchOp.FLIP)
-    out = torch.where(is_affine, moved, patches)
-    out = torch.where(sel(PatchOp.NOISE), noisy, out)
-    out = torch.where(sel(PatchOp.OCCLUDE), torch.full_like(out, cfg.occlude_value), out)
-    out = torch.where(keep.view(-1, 1, 1, 1), patches, out)
-
-    result = x.clone()
+    # every patch of an image gets that image's op
+    out = _apply_ops(patches, pool_codes[lam].repeat_interleave(p), ~modify.repeat_interleave(p), cfg, generator)
     result[bi, :, rows, cols] = out.reshape(b, p, c, w, w).permute(0, 1, 3, 4, 2)
     return result
+
+
+def _apply_ops(
+    patches: torch.Tensor, op: torch.Tensor, keep: torch.Tensor, cfg: AugCfg, generator: torch.Generator
+) -> torch.Tensor:
+    """Each patch [N, C, w, w] transformed by its op code; `keep` marks patches left unchanged.
+
+    On a GPU every op is computed for all patches and picked with `torch.where`: no host sync, and patches
+    are small. On the CPU, where a sync costs nothing and arithmetic dominates, each op runs only on its
+    own patches (about N / K of them).
+    """
+    op = torch.where(keep, -1, op)
+    if patches.device.type == "cpu":
+        return _apply_ops_by_subset(patches, op, cfg, generator)
+    return _apply_ops_by_where(patches, op, cfg, generator)
+
+
+def _affine(patches: torch.Tensor, op: torch.Tensor, cfg: AugCfg, generator: torch.Generator) -> torch.Tensor:
+    theta = _affine_thetas(op, cfg, generator).to(patches.dtype)
+    grid = F.affine_grid(theta, list(patches.shape), align_corners=False)
+    return F.grid_sample(patches, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _noisy(patches: torch.Tensor, cfg: AugCfg, generator: torch.Generator) -> torch.Tensor:
+    noise = torch.randn(patches.shape, generator=generator, device=patches.device, dtype=patches.dtype)
+    return (patches + cfg.noise_std * noise).clamp_(0, 1)
+
+
+def _apply_ops_by_where(
+    patches: torch.Tensor, op: torch.Tensor, cfg: AugCfg, generator: torch.Generator
+) -> torch.Tensor:
+    def chosen(*codes: PatchOp) -> torch.Tensor:
+        mask = torch.zeros_like(op, dtype=torch.bool)
+        for code in codes:
+            mask |= op == _OP_CODE[code]
+        return mask.view(-1, 1, 1, 1)
+
+    out = patches
+    if any(o in cfg.pool for o in _AFFINE_OPS):
+        out = torch.where(chosen(*_AFFINE_OPS), _affine(patches, op, cfg, generator), out)
+    if PatchOp.NOISE in cfg.pool:
+        out = torch.where(chosen(PatchOp.NOISE), _noisy(patches, cfg, generator), out)
+    if PatchOp.OCCLUDE in cfg.pool:
+        out = torch.where(chosen(PatchOp.OCCLUDE), torch.tensor(cfg.occlude_value, dtype=patches.dtype, device=patches.device), out)
+    return out
+
+
+def _apply_ops_by_subset(
+    patches: torch.Tensor, op: torch.Tensor, cfg: AugCfg, generator: torch.Generator
+) -> torch.Tensor:
+    out = patches.clone()
+    affine_codes = torch.tensor([_OP_CODE[o] for o in _AFFINE_OPS])
+    idx = torch.isin(op, affine_codes).nonzero().squeeze(1)
+    if idx.numel():
+        out[idx] = _affine(patches[idx], op[idx], cfg, generator)
+    idx = (op == _OP_CODE[PatchOp.NOISE]).nonzero().squeeze(1)
+    if idx.numel():
+        out[idx] = _noisy(patches[idx], cfg, generator)
+    idx = (op == _OP_CODE[PatchOp.OCCLUDE]).nonzero().squeeze(1)
+    if idx.numel():
+        out[idx] = cfg.occlude_value
+    return out
 
 
 def clean_plus_modified(

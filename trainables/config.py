@@ -131,6 +131,10 @@ class AugCfg:
         _positive_int(self.patch_size, "patch_size")
         _positive_int(self.num_patches, "num_patches")
         _check(isinstance(self.jitter, int) and self.jitter >= 0, f"jitter must be an integer >= 0, got {self.jitter!r}")
+        _check(
+            self.num_patches == 1 or self.jitter > 0,
+            f"num_patches {self.num_patches} needs jitter > 0 (without it every patch sits on the centre), got jitter 0",
+        )
         _check(0.0 <= self.prob <= 1.0, f"prob must be in [0, 1], got {self.prob!r}")
         _check(0.0 <= self.rotate_degrees <= 180.0, f"rotate_degrees must be in [0, 180], got {self.rotate_degrees!r}")
         _check(0.0 <= self.translate_fraction <= 1.0, f"translate_fraction must be in [0, 1], got {self.translate_fraction!r}")
