@@ -164,6 +164,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(run=cmd_eval)
 
+    p = sub.add_parser("run", help="run a hyperparameter study (Ray Tune + Optuna) from a preset or spec file")
+    p.add_argument("spec", metavar="PRESET_OR_FILE", help="a preset (quick, fmnist-paper, cifar10-paper, imagenette-paper) or a YAML file")
+    p.add_argument("--name", help="study name (study directory = STORAGE/NAME)")
+    p.add_argument("--storage", help="directory holding study directories (shared FS or cloud URI on a cluster)")
+    p.add_argument("--num-samples", type=positive_int, help="trials")
+    p.add_argument("--max-concurrent", type=positive_int, help="trials running at once")
+    p.add_argument("--epochs", type=positive_int, help="fine-tuning epochs per trial")
+    p.add_argument("--seed", type=any_int, help="study seed (sampler and trials)")
+    p.add_argument("--cpus-per-trial", type=positive_float, help="CPUs per trial")
+    p.add_argument("--gpus-per-trial", type=_number(float, lambda v: v >= 0, "a number >= 0"), help="GPUs per trial (fractions pack trials)")
+    p.add_argument("--optuna-storage", help="SQLAlchemy URL or journal:PATH (default: sqlite in the study directory)")
+    p.add_argument("--address", help="Ray cluster address (`auto` = the running cluster; default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard on 127.0.0.1 and print its URL")
+    p.add_argument("--dry-run", action="store_true", help="validate spec, data, base checkpoint and storage; print the resolved spec")
+    p.set_defaults(run=cmd_run)
+
+    p = sub.add_parser("resume", help="continue an interrupted study")
+    p.add_argument("study_dir", metavar="DIR")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard on 127.0.0.1")
+    p.set_defaults(run=cmd_resume)
+
+    p = sub.add_parser("status", help="summarise a study's trials")
+    p.add_argument("study_dir", metavar="DIR")
+    p.set_defaults(run=cmd_status)
+
     p = sub.add_parser("show-augment", help="write a PNG grid of patch-augmentation examples, one row per op")
     p.add_argument("--dataset", type=str.lower, choices=DATASETS, default="fmnist")
     p.add_argument("--data-root", help="directory searched first for the data set files")
@@ -365,6 +391,59 @@ def cmd_show_augment(args: argparse.Namespace) -> int:
     return 0
 
 
+_OVERRIDES = {
+    "name": "name", "storage": "storage", "num_samples": "num_samples", "max_concurrent": "max_concurrent",
+    "epochs": "epochs", "seed": "seed", "cpus_per_trial": "resources.cpu", "gpus_per_trial": "resources.gpu",
+    "optuna_storage": "optuna_storage",
+}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from study.runner import preflight, run_study
+    from study.spec import load_spec
+
+    overrides = {key: getattr(args, arg) for arg, key in _OVERRIDES.items() if getattr(args, arg) is not None}
+    spec = load_spec(args.spec, overrides)
+    address = args.address or os.environ.get("RAY_ADDRESS") or None
+    if args.dry_run:
+        prep = preflight(spec)
+        print(spec.to_yaml(), end="")
+        base = f"checkpoint {prep.base_path}" if prep.base_path else (
+            f"pretrain first (cached: {prep.base_cache})" if not prep.base_cache.is_file() else f"cached {prep.base_cache}")
+        _say(f"dry run OK: {len(prep.data.train)} train / {len(prep.data.val)} val images ({prep.data.source}); "
+             f"base: {base}; study directory {spec.study_dir()} (not created)")
+        return 0
+    study_dir = run_study(spec, address=address, dashboard=args.dashboard)
+    print(_summary(study_dir))
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from study.runner import resume_study
+
+    study_dir = Path(args.study_dir)
+    if not study_dir.is_dir():
+        raise UsageError(f"study directory {args.study_dir!r} does not exist")
+    address = args.address or os.environ.get("RAY_ADDRESS") or None
+    print(_summary(resume_study(study_dir, address=address, dashboard=args.dashboard)))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from study.runner import status_table
+
+    if not Path(args.study_dir).is_dir():
+        raise UsageError(f"study directory {args.study_dir!r} does not exist")
+    print(status_table(Path(args.study_dir)))
+    return 0
+
+
+def _summary(study_dir: Path) -> str:
+    from study.runner import status_table
+
+    return status_table(study_dir) + f"\nresults: {study_dir}/results.parquet, {study_dir}/best.json"
+
+
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -386,13 +465,14 @@ def _join_negative_values(argv: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
+    from study.runner import StudyError
     from trainables.checkpoint import CheckpointError
     from trainables.config import ConfigError
     from trainables.data import DataError
 
     try:
         return int(args.run(args))
-    except (UsageError, ConfigError, CheckpointError, DataError) as exc:
+    except (UsageError, ConfigError, CheckpointError, DataError, StudyError) as exc:
         print(f"patchtune {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

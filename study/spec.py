@@ -306,10 +306,11 @@ class StudySpec:
         return self.optuna_storage or f"sqlite:///{self.study_dir() / 'optuna.db'}"
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        out: dict[str, Any] = _plain(dataclasses.asdict(self))
+        return out
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=110)
+        return str(yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=110))
 
 
 def _plain(obj: Any) -> Any:

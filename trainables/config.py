@@ -250,3 +250,44 @@ def as_jsonable(obj: Any) -> Any:
     if hasattr(obj, "item"):  # numpy / torch scalars
         return as_jsonable(obj.item())
     raise TypeError(f"cannot store {type(obj).__name__} in metadata: {obj!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveCfg:
+    """What a trial scores each epoch on its validation subset.
+
+    pgd_acc: worst-case PGD accuracy at (eps, alpha, steps), the paper's parameters by default.
+    robust_auc: mean worst-case PGD accuracy over `eps_grid`, each with alpha = 2.5 eps / steps (Madry et
+    al.'s scaling, so every budget is reachable), which keeps a signal where a single eps is flat.
+    """
+
+    metric: str = "pgd_acc"
+    eps: float = 0.3
+    alpha: float = PAPER_ALPHA
+    steps: int = PAPER_STEPS
+    eps_grid: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
+
+    def __post_init__(self) -> None:
+        _check(self.metric in ("pgd_acc", "robust_auc"), f"objective metric must be pgd_acc or robust_auc, got {self.metric!r}")
+        object.__setattr__(self, "eps_grid", tuple(float(e) for e in self.eps_grid))
+        AttackCfg(eps=self.eps, alpha=self.alpha, steps=self.steps)  # validates the budget
+        _check(len(self.eps_grid) > 0, "eps_grid must not be empty")
+
+    def pgd(self) -> AttackCfg:
+        return AttackCfg(name=AttackName.PGD, eps=self.eps, alpha=self.alpha, steps=self.steps)
+
+    def grid(self) -> list[AttackCfg]:
+        return [AttackCfg(name=AttackName.PGD, eps=e, alpha=min(1.0, 2.5 * e / self.steps), steps=self.steps)
+                for e in self.eps_grid]
+
+
+def trial_cfgs(config: Mapping[str, Any], *, jitter: int = 0) -> tuple[TrainCfg, AugCfg]:
+    """A Tune trial's config dict -> (TrainCfg, AugCfg); errors name the bad key and value."""
+    try:
+        train = TrainCfg(optimizer=config["optimizer"], lr=float(config["lr"]), batch_size=int(config["batch_size"]),
+                         epochs=int(config["epochs"]), seed=int(config.get("seed", 0)), plateau_patience=0)
+        aug = AugCfg(pool=tuple(parse_enum(PatchOp, op, "pool op") for op in str(config["pool"]).split(",")), patch_size=int(config["patch_size"]),
+                     num_patches=int(config.get("num_patches", 1)), jitter=jitter)
+    except KeyError as exc:
+        raise ConfigError(f"trial config lacks {exc.args[0]!r}: {dict(config)!r}") from None
+    return train, aug

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from trainables.attacks import Autocast, eval_mode, run_attack
 from trainables.augment import clean_plus_modified, make_generator
-from trainables.config import AttackCfg, AugCfg, Optimizer, TrainCfg
+from trainables.config import AttackCfg, AttackName, AugCfg, ObjectiveCfg, Optimizer, TrainCfg
 from trainables.data import Split, iterate_batches
 
 
@@ -206,10 +206,10 @@ def fit(
 # ------------------------------------------------------------------------------------------- evaluation
 
 
-def evaluate(
+def robust_accuracy(
     model: nn.Module,
     data: Split,
-    attacks: Sequence[AttackCfg],
+    attacks: dict[str, AttackCfg],
     *,
     device: torch.device,
     batch_size: int = 500,
@@ -217,14 +217,14 @@ def evaluate(
     autocast: Autocast = nullcontext,
     progress: bool = False,
 ) -> dict[str, float]:
-    """Accuracy in [0, 1] per attack label (`clean` always included).
+    """Accuracy in [0, 1] under each named attack, plus `clean`.
 
     Attacks run only on the clean-correct samples: a sample is robust iff it is correct on the clean image
     and no counted iterate fools the model, so robust accuracy <= clean accuracy by construction.
     """
     generator = make_generator(seed, device)
     clean_correct = 0
-    robust = {a.label: 0 for a in attacks if a.label != "clean"}
+    robust = dict.fromkeys(attacks, 0)
     with eval_mode(model):
         total = math.ceil(len(data) / batch_size)
         for x, y in tqdm(iterate_batches(data, batch_size, device), total=total, desc="eval", unit="batch",
@@ -236,10 +236,52 @@ def evaluate(
             if keep.numel() == 0:
                 continue
             xs, ys = x[keep], y[keep]
-            for attack in attacks:
-                if attack.label == "clean":
-                    continue
+            for key, attack in attacks.items():
                 out = run_attack(model, xs, ys, attack, generator=generator, autocast=autocast)
-                robust[attack.label] += int((~out.fooled).sum())
+                robust[key] += int((~out.fooled).sum())
     n = max(len(data), 1)
     return {"clean": clean_correct / n, **{k: v / n for k, v in robust.items()}}
+
+
+def evaluate(
+    model: nn.Module,
+    data: Split,
+    attacks: Sequence[AttackCfg],
+    *,
+    device: torch.device,
+    batch_size: int = 500,
+    seed: int = 0,
+    autocast: Autocast = nullcontext,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Accuracy in [0, 1] per attack label (`pgd10`, `fgsm`, ...); `clean` always included."""
+    named = {a.label: a for a in attacks if a.name is not AttackName.CLEAN}
+    return robust_accuracy(model, data, named, device=device, batch_size=batch_size, seed=seed, autocast=autocast,
+                           progress=progress)
+
+
+def score_objective(
+    model: nn.Module,
+    data: Split,
+    objective: ObjectiveCfg,
+    *,
+    device: torch.device,
+    batch_size: int = 500,
+    seed: int = 0,
+    autocast: Autocast = nullcontext,
+) -> dict[str, float]:
+    """Per-epoch validation scores: clean accuracy, PGD accuracy at the objective's eps, and robust AUC.
+
+    Keys: val_clean_acc, val_pgd_acc, val_robust_auc, val_pgd_acc_eps<e> for each grid eps, and `objective`
+    (the one Optuna and the scheduler maximise).
+    """
+    grid = objective.grid()
+    # The objective's attack and a grid attack at the same eps differ in alpha: keep both, under distinct keys.
+    attacks = {"pgd": objective.pgd(), **{f"eps{a.eps:g}": a for a in grid}}
+    acc = robust_accuracy(model, data, attacks, device=device, batch_size=batch_size, seed=seed, autocast=autocast)
+    scores = {"val_clean_acc": acc["clean"], "val_pgd_acc": acc["pgd"]}
+    for a in grid:
+        scores[f"val_pgd_acc_eps{a.eps:g}"] = acc[f"eps{a.eps:g}"]
+    scores["val_robust_auc"] = sum(acc[f"eps{a.eps:g}"] for a in grid) / len(grid)
+    scores["objective"] = scores["val_robust_auc"] if objective.metric == "robust_auc" else scores["val_pgd_acc"]
+    return scores

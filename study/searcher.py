@@ -1,0 +1,78 @@
+"""OptunaSearch with the bookkeeping a study needs (Ray 2.60 / Optuna 5.0 behaviour, see the notes).
+
+- Trials that ASHA stops early reach `on_trial_complete` with their low-fidelity last result, which Ray
+  tells Optuna as COMPLETE (ray-project/ray#5459). Here they become PRUNED, with that value as their last
+  intermediate value, so TPE and the Pareto front are not polluted.
+- A trial that reports `error` (divergence) or crashes ends FAIL with the reason as user attribute `error`;
+  a non-finite objective also ends FAIL instead of leaving the trial RUNNING forever.
+- Each Optuna trial carries its Ray trial id as user attribute `ray_trial_id`, so the two can be joined.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+log = logging.getLogger(__name__)
+
+
+class StudySearch(OptunaSearch):
+    def __init__(self, *args: Any, epochs: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._epochs = epochs
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        config: dict[str, Any] | None = super().suggest(trial_id)
+        if config is not None:
+            self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if result.get("error"):
+            self._finish(trial_id, TrialState.FAIL, reason=str(result["error"]))
+            return
+        value = result.get(self._metric) if isinstance(self._metric, str) else None
+        if value is not None and not math.isfinite(value):
+            self._finish(trial_id, TrialState.FAIL, reason=f"non-finite {self._metric}: {value}")
+            return
+        super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        if error:
+            self._finish(trial_id, TrialState.FAIL, reason="trial crashed more often than max_failures allows (see its error.txt)")
+            return
+        if result and result.get("error"):
+            self._finish(trial_id, TrialState.FAIL, reason=str(result["error"]))
+            return
+        if result and isinstance(self._metric, str):
+            value = result.get(self._metric)
+            if value is not None and not math.isfinite(value):
+                self._finish(trial_id, TrialState.FAIL, reason=f"non-finite {self._metric}: {value}")
+                return
+            iteration = int(result.get("training_iteration", 0))
+            if value is not None and iteration < self._epochs:
+                ot_trial = self._ot_trials[trial_id]
+                if iteration not in ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values:
+                    ot_trial.report(value, iteration)
+                self._finish(trial_id, TrialState.PRUNED, reason=None)
+                return
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+    def _finish(self, trial_id: str, state: TrialState, reason: str | None) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        try:
+            if reason:
+                ot_trial.set_user_attr("error", reason[:1000])
+            assert self._ot_study is not None
+            self._ot_study.tell(ot_trial, state=state)
+        except Exception as exc:  # a storage hiccup must not kill the whole study
+            log.warning("could not record trial %s as %s in Optuna: %s", trial_id, state.name, exc)
+        self._completed_trials.add(trial_id)
