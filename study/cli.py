@@ -407,7 +407,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     address = args.address or os.environ.get("RAY_ADDRESS") or None
     if args.dry_run:
         prep = preflight(spec)
-        print(spec.to_yaml(), end="")
+        print(spec.resolved().to_yaml(), end="")
         base = f"checkpoint {prep.base_path}" if prep.base_path else (
             f"pretrain first (cached: {prep.base_cache})" if not prep.base_cache.is_file() else f"cached {prep.base_cache}")
         _say(f"dry run OK: {len(prep.data.train)} train / {len(prep.data.val)} val images ({prep.data.source}); "

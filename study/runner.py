@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -225,8 +226,11 @@ def build_searcher(spec: StudySpec) -> Any:
 
     seed = spec.sampler_seed
     if spec.sampler.type == "tpe":
-        sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
-            seed=seed, multivariate=True, group=True, n_startup_trials=spec.sampler.n_startup_trials)
+        # group=True is what makes multivariate TPE handle a conditional space; Optuna flags it experimental.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
+                seed=seed, multivariate=True, group=True, n_startup_trials=spec.sampler.n_startup_trials)
     elif spec.sampler.type == "random":
         sampler = optuna.samplers.RandomSampler(seed=seed)
     else:
@@ -245,6 +249,9 @@ def build_searcher(spec: StudySpec) -> Any:
 
 
 def build_tuner(spec: StudySpec, trainable: Any) -> Any:
+    # Snapshot the experiment at least every 2 s (Tune's "auto" can stretch to minutes): what a driver crash
+    # can lose is what happened since the last snapshot. Set the variable yourself to trade this off.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -383,7 +390,11 @@ def collect_results(spec: StudySpec, grid: Any) -> tuple[pd.DataFrame, pd.DataFr
         results = results.merge(ot, on="trial_id", how="left")
     if len(results):
         results["status"] = [_status(r) for r in results.to_dict("records")]
-    return results, (pd.concat(epochs, ignore_index=True) if epochs else pd.DataFrame())
+    history = pd.concat(epochs, ignore_index=True) if epochs else pd.DataFrame()
+    if len(history):
+        # An epoch replayed after a driver crash (finished after the last snapshot) is counted once.
+        history = history.drop_duplicates(["trial_id", "training_iteration"], keep="last").reset_index(drop=True)
+    return results, history
 
 
 def _status(row: dict[str, Any]) -> str:

@@ -6,6 +6,9 @@
 - A trial that reports `error` (divergence) or crashes ends FAIL with the reason as user attribute `error`;
   a non-finite objective also ends FAIL instead of leaving the trial RUNNING forever.
 - Each Optuna trial carries its Ray trial id as user attribute `ray_trial_id`, so the two can be joined.
+- After a driver crash, Optuna can hold RUNNING trials that Tune's last experiment snapshot never saw.
+  On resume the next suggestions adopt them (same parameters, replayed through the define-by-run space),
+  so the study ends with exactly num_samples trials and none left RUNNING.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import math
 from typing import Any
 
+import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
@@ -26,12 +30,38 @@ class StudySearch(OptunaSearch):
         self._epochs = epochs
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if trial_id not in self._ot_trials and self._ot_study is not None:
+            orphan = self._orphan()
+            if orphan is not None:
+                log.warning("adopting Optuna trial %d (RUNNING, unknown to Tune after a crash) as %s", orphan.number, trial_id)
+                self._ot_trials[trial_id] = optuna.Trial(self._ot_study, orphan._trial_id)
         config: dict[str, Any] | None = super().suggest(trial_id)
         if config is not None:
             self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
         return config
 
+    def _orphan(self) -> optuna.trial.FrozenTrial | None:
+        assert self._ot_study is not None
+        known = {t._trial_id for t in self._ot_trials.values()}
+        for frozen in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if frozen._trial_id not in known:
+                return frozen
+        return None
+
+    def _finished_elsewhere(self, trial_id: str) -> bool:
+        """True when Optuna already holds a final state for this trial, e.g. a trial that finished just before
+        a driver crash, after Tune's last experiment snapshot, and is replayed on resume."""
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return trial_id in self._completed_trials
+        ot_trial = self._ot_trials[trial_id]
+        if ot_trial.storage.get_trial(ot_trial._trial_id).state.is_finished():
+            self._completed_trials.add(trial_id)
+            return True
+        return False
+
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if self._finished_elsewhere(trial_id):
+            return
         if result.get("error"):
             self._finish(trial_id, TrialState.FAIL, reason=str(result["error"]))
             return
@@ -42,7 +72,7 @@ class StudySearch(OptunaSearch):
         super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id not in self._ot_trials or self._finished_elsewhere(trial_id):
             return
         if error:
             self._finish(trial_id, TrialState.FAIL, reason="trial crashed more often than max_failures allows (see its error.txt)")

@@ -268,7 +268,9 @@ class StudySpec:
         _num(self.max_failures, "max_failures", integer=True, low=-1)
         _num(self.best_trials, "best_trials", integer=True, low=1)
         if not isinstance(self.storage, str) or not self.storage:
-            _fail("storage", f"must be a directory path or URI, got {self.storage!r}")
+            _fail("storage", f"must be a directory path, got {self.storage!r}")
+        if "://" in self.storage:
+            _fail("storage", f"must be a filesystem path (mount cloud storage or NFS at the same path on every node), got {self.storage!r}")
         if self.data.image_size is not None and self.dataset != "imagenette":
             _fail("data.image_size", f"is only settable for imagenette, got dataset {self.dataset}")
         side = 28 if self.dataset == "fmnist" else 32 if self.dataset == "cifar10" else (self.data.image_size or 160)
@@ -304,6 +306,11 @@ class StudySpec:
 
     def optuna_url(self) -> str:
         return self.optuna_storage or f"sqlite:///{self.study_dir() / 'optuna.db'}"
+
+    def resolved(self) -> StudySpec:
+        """The same spec with defaults that depend on the data set filled in (arch, objective eps)."""
+        return dataclasses.replace(self, arch=self.resolved_arch,
+                                   objective=dataclasses.replace(self.objective, eps=self.objective_eps))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = _plain(dataclasses.asdict(self))

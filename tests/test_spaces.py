@@ -1,0 +1,53 @@
+"""The define-by-run space against a plain Optuna study (no Ray)."""
+
+from __future__ import annotations
+
+import functools
+import pickle
+
+import optuna
+
+from study.spaces import define_space
+from study.spec import SearchSpec, load_spec
+
+
+def test_space_samples_valid_conditional_configs() -> None:
+    search = SearchSpec(lr={"adam": (1e-4, 1e-2), "sgd": (1e-3, 1e-1)}, batch_size=(32, 64), patch_size=(3, 9),
+                        num_patches=(1, 3), jitter=2)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    configs = []
+    for _ in range(60):
+        trial = study.ask()
+        # OptunaSearch merges the suggested parameters with what the function returns
+        derived = define_space(trial, search, {"epochs": 3, "seed": 7})
+        config = {**trial.params, **derived}
+        configs.append((trial.params, config))
+        study.tell(trial, 0.0)
+    for params, config in configs:
+        opt = config["optimizer"]
+        low, high = search.lr[opt]
+        assert low <= config["lr"] <= high
+        assert f"lr_{opt}" in params and all(not k.startswith("lr_") or k == f"lr_{opt}" for k in params)
+        assert config["batch_size"] in (32, 64) and 3 <= config["patch_size"] <= 9 and 1 <= config["num_patches"] <= 3
+        pool = config["pool"].split(",")
+        assert pool and set(pool) <= set(search.ops)
+        assert config["epochs"] == 3 and config["seed"] == 7
+    assert {c["optimizer"] for _, c in configs} == {"adam", "sgd"}
+    assert len({c["pool"] for _, c in configs}) > 5  # the pool is really searched
+
+
+def test_fixed_pool_and_single_patch_need_no_parameters() -> None:
+    search = SearchSpec(lr={"adam": (1e-3, 1e-3)}, batch_size=(64,), pool={"noise": True, "flip": False}, search_pool=True)
+    trial = optuna.create_study().ask()
+    derived = define_space(trial, search, {})
+    config = {**trial.params, **derived}
+    assert config["pool"] == "noise" and config["lr"] == 1e-3 and config["num_patches"] == 1
+    assert not any(k.startswith("op_") for k in trial.params)
+
+
+def test_bound_space_pickles_with_the_stdlib() -> None:
+    # OptunaSearch is checkpointed with stdlib pickle: a closure space breaks Tuner.fit (notes, G5).
+    space = functools.partial(define_space, search=load_spec("quick").search, constants={"epochs": 2})
+    restored = pickle.loads(pickle.dumps(space))
+    config = restored(optuna.create_study().ask())
+    assert config["epochs"] == 2

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from study.spec import load_spec, parse_spec, preset_names, read_spec_dict
+from trainables.config import ConfigError
+
+
+def test_presets_load_and_resolve() -> None:
+    assert {"quick", "fmnist-paper", "cifar10-paper", "imagenette-paper"} <= set(preset_names())
+    for name in preset_names():
+        spec = load_spec(name)
+        assert spec.name == name
+        assert spec.resolved_arch in ("cnn3", "vgg16")
+        again = parse_spec(yaml.safe_load(spec.to_yaml()))  # the dumped spec is a valid spec
+        assert again == spec
+    quick = load_spec("quick")
+    assert quick.objective_eps == 0.3 and load_spec("cifar10-paper").objective_eps == 0.03
+    assert quick.num_samples >= 8
+
+
+def test_overrides_apply_dotted_keys() -> None:
+    spec = load_spec("quick", {"num_samples": 3, "resources.gpu": 0.25, "name": "x1"})
+    assert spec.num_samples == 3 and spec.resources.gpu == 0.25 and spec.name == "x1"
+
+
+BAD = [
+    ({"epochs": 0}, "epochs: must be >= 1, got 0"),
+    ({"epochs": "3"}, "epochs: must be an integer, got '3'"),
+    ({"dataset": "mnist"}, "dataset: must be one of fmnist, cifar10, imagenette, got 'mnist'"),
+    ({"frobnicate": 1}, "unknown key 'frobnicate'"),
+    ({"search": {"lr": {"adagrad": [1e-3, 1e-2]}}}, "search.lr: unknown optimizer 'adagrad'"),
+    ({"search": {"lr": {"adam": [1e-2, 1e-3]}}}, "search.lr.adam: lower bound must be <= upper bound, got [0.01, 0.001]"),
+    ({"search": {"lr": {"adam": [0, 1e-3]}}}, "search.lr.adam: must be > 0, got 0"),
+    ({"search": {"patch_size": [4, 40]}}, "search.patch_size: upper bound 40 is larger than the 28x28 images"),
+    ({"search": {"pool": {op: False for op in ("rotate", "translate", "flip", "noise", "occlude")}}}, "at least one op must be on"),
+    ({"search": {"pool": {"blur": True}}}, "search.pool: unknown op 'blur'"),
+    ({"search": {"num_patches": [1, 3], "jitter": 0}}, "more than one patch needs jitter > 0"),
+    ({"search": {"batch_size": []}}, "search.batch_size: must be a non-empty list"),
+    ({"objective": {"metric": "auc"}}, "objective.metric: must be one of pgd_acc, robust_auc, got 'auc'"),
+    ({"objective": {"eps": 1.5}}, "objective.eps: must be <= 1, got 1.5"),
+    ({"objective": {"multi_objective": True}}, "asha cannot be combined with objective.multi_objective"),
+    ({"sampler": {"type": "nsga2"}}, "nsga2 is a multi-objective sampler"),
+    ({"sampler": {"type": "cmaes"}}, "sampler.type: must be tpe, random or nsga2, got 'cmaes'"),
+    ({"scheduler": {"grace_period": 5}}, "scheduler.grace_period: must be <= epochs"),
+    ({"resources": {"gpu": -1}}, "resources.gpu: must be >= 0, got -1"),
+    ({"name": "a b/c"}, "name: must be 1-80 letters"),
+    ({"base": {"checkpoint": "x.pt", "pretrain": {"epochs": 1}}}, "base: give exactly one of checkpoint"),
+    ({"base": {"pretrain": {"optimizer": "lion"}}}, "base.pretrain.optimizer: must be one of"),
+    ({"data": {"val_fraction": 0}}, "data.val_fraction: must be > 0, got 0"),
+    ({"data": {"image_size": 64}}, "data.image_size: is only settable for imagenette"),
+]
+
+
+@pytest.mark.parametrize("patch, message", BAD, ids=[m[:40] for _, m in BAD])
+def test_bad_specs_name_the_field_and_value(patch: dict, message: str) -> None:
+    raw = read_spec_dict("quick")
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    with pytest.raises(ConfigError) as err:
+        parse_spec(raw)
+    assert message in str(err.value)
+
+
+def test_yaml_errors_name_the_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nsearch: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: line \d+ column \d+ is not valid YAML"):
+        load_spec(str(bad))
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must be a YAML mapping"):
+        load_spec(str(tmp_path / "list.yaml"))
+    with pytest.raises(ConfigError, match="neither a file nor a preset"):
+        load_spec("no-such-preset")
+
+
+def test_yaml_is_parsed_safely(tmp_path: Path) -> None:
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("name: !!python/object/apply:os.system ['touch " + str(tmp_path / "pwned") + "']\n")
+    with pytest.raises(ConfigError):
+        load_spec(str(evil))
+    assert not (tmp_path / "pwned").exists()
