@@ -98,3 +98,78 @@ def test_show_augment_writes_a_png(tmp_path: Path) -> None:
     proc = patchtune("show-augment", "--n", "4", "--out", "sub/grid.png", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "sub" / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------------------------- study commands
+
+
+def _spec_file(tmp_path: Path, **over: object) -> Path:
+    import yaml
+
+    from study.spec import read_spec_dict
+
+    raw = read_spec_dict("quick")
+    raw.update({"storage": str(tmp_path / "studies")})
+    raw.update(over)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _assert_refused(proc: subprocess.CompletedProcess[str], message: str) -> None:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_run_refuses_bad_input_before_ray_starts(tmp_path: Path, tiny_base: Path) -> None:
+    from trainables.checkpoint import save_checkpoint
+    from trainables.models import InputSpec, build_model
+
+    cases: list[tuple[list[str], str]] = [
+        (["run", "no-such-preset"], "neither a file nor a preset"),
+        (["run", "quick", "--num-samples", "0"], "--num-samples: expected an integer >= 1, got '0'"),
+        (["run", "quick", "--gpus-per-trial", "-1"], "--gpus-per-trial: expected a number >= 0, got '-1'"),
+        (["run", "quick", "--storage", "s3://bucket/x"], "storage: must be a filesystem path"),
+        (["run", "quick", "--name", "a b"], "name: must be 1-80 letters"),
+        (["run", "quick", "--storage", str(tmp_path / "st"), "--optuna-storage", "notadb://x"], "cannot be opened"),
+        (["resume", str(tmp_path / "nowhere")], "does not exist"),
+        (["status", str(tmp_path)], "is not a patchtune study directory"),
+    ]
+    (tmp_path / "broken.yaml").write_text("name: x\nsearch: [unclosed\n")
+    cases.append((["run", str(tmp_path / "broken.yaml")], "is not valid YAML"))
+    unknown = tmp_path / "unknown"
+    unknown.mkdir()
+    cases.append((["run", str(_spec_file(unknown, frobnicate=1))], "unknown key 'frobnicate'"))
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    foreign = wrong / "cifar.pt"
+    save_checkpoint(foreign, build_model("cnn3", InputSpec(3, 32, 32, 10, (0.5,) * 3, (0.25,) * 3)),
+                    {"arch": "cnn3", "dataset": "cifar10"})
+    cases.append((["run", str(_spec_file(wrong, base={"checkpoint": str(foreign)}))], "trained on 'cifar10', not 'fmnist'"))
+    missing = tmp_path / "missing"
+    missing.mkdir()
+    cases.append((["run", str(_spec_file(missing, base={"checkpoint": str(missing / "nope.pt")}))], "checkpoint not found"))
+    existing = tmp_path / "existing"
+    (existing / "studies" / "quick").mkdir(parents=True)
+    (existing / "studies" / "quick" / "spec.yaml").write_text("name: quick\n")
+    cases.append((["run", str(_spec_file(existing))], "already exists; `patchtune resume"))
+
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for args, message in cases:
+        _assert_refused(patchtune(*args, cwd=tmp_path, timeout=120), message)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, "nothing written"
+
+
+def test_run_dry_run_prints_resolved_spec_and_creates_nothing(tmp_path: Path, tiny_base: Path) -> None:
+    import yaml
+
+    spec = _spec_file(tmp_path, base={"checkpoint": str(tiny_base)})
+    proc = patchtune("run", str(spec), "--dry-run", "--num-samples", "3", "--name", "dry", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    resolved = yaml.safe_load(proc.stdout)
+    assert resolved["name"] == "dry" and resolved["num_samples"] == 3
+    assert resolved["arch"] == "cnn3" and resolved["objective"]["eps"] == 0.3
+    assert "dry run OK" in proc.stderr
+    assert not (tmp_path / "studies").exists()

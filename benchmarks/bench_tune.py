@@ -1,0 +1,135 @@
+"""Tune overhead: N short trials through `patchtune run` vs the same trials in a bare Python loop.
+
+    .venv/bin/python benchmarks/bench_tune.py [--trials 8] [--concurrency 2]
+
+Both sides run the same trial configs (the ones the study's sampler chose), the same data, epochs and
+validation scoring, at the same concurrency (a process pool of the same size, one torch thread per trial as
+Ray gives a 1-CPU trial), and both end with the best trial's test evaluation. `patchtune run` is timed as a
+whole command: CLI start, Ray start, the Tuner, result files. The base model is pretrained and cached first,
+outside both timings. Target: ratio <= 1.10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import multiprocessing as mp
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench_core import machine  # noqa: E402
+
+from study.runner import base_cache_path, data_cfg, objective_cfg  # noqa: E402
+from study.spec import parse_spec  # noqa: E402
+
+
+def bench_spec(storage: Path, name: str, trials: int, concurrency: int) -> dict[str, Any]:
+    return {
+        "name": name, "dataset": "fmnist", "storage": str(storage),
+        "data": {"limit_train": 3000, "limit_test": 500},
+        "base": {"pretrain": {"epochs": 2, "limit_train": 10000}},
+        "search": {"lr": {"adam": [1e-4, 1e-2], "rmsprop": [1e-4, 1e-2]}, "batch_size": [64, 128], "patch_size": [4, 12]},
+        "epochs": 2,
+        "objective": {"metric": "robust_auc", "eps_grid": [0.02, 0.05, 0.1], "val_limit": 500},
+        "num_samples": trials, "max_concurrent": concurrency,
+        "scheduler": {"type": "fifo"}, "sampler": {"type": "random", "seed": 0},
+    }
+
+
+def _bare_trial(args: tuple[dict[str, Any], dict[str, Any], str]) -> float:
+    """One trial without Ray: what `trainables.trainable.finetune_trial` does, minus tune.report."""
+    import torch
+
+    torch.set_num_threads(1)
+    from trainables.augment import make_generator
+    from trainables.checkpoint import load_checkpoint
+    from trainables.config import trial_cfgs
+    from trainables.data import load_data
+    from trainables.engine import make_optimizer, score_objective, train_one_epoch
+
+    raw, config, base = args
+    spec = parse_spec(raw)
+    data = load_data(data_cfg(spec))
+    model = load_checkpoint(base).build()
+    train_cfg, aug = trial_cfgs(config)
+    optimizer = make_optimizer(model.parameters(), train_cfg)
+    device = torch.device("cpu")
+    score = 0.0
+    for epoch in range(train_cfg.epochs):
+        seed = train_cfg.seed * 1000 + epoch
+        train_one_epoch(model, data.train, optimizer, batch_size=train_cfg.batch_size, device=device,
+                        generator=torch.Generator().manual_seed(seed), augment=aug, aug_generator=make_generator(seed + 1))
+        score = score_objective(model, data.val, objective_cfg(spec), device=device, seed=train_cfg.seed)["objective"]
+        with tempfile.TemporaryDirectory() as d:  # the trainable checkpoints every epoch too
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, Path(d) / "state.pt")
+    return score
+
+
+def _bare_test_eval(raw: dict[str, Any], base: str) -> None:
+    import torch
+
+    from trainables.checkpoint import load_checkpoint
+    from trainables.config import paper_attacks
+    from trainables.data import load_data
+    from trainables.engine import evaluate
+
+    spec = parse_spec(raw)
+    data = load_data(data_cfg(spec))
+    evaluate(load_checkpoint(base).build(), data.test, paper_attacks(spec.dataset_enum), device=torch.device("cpu"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--no-record", action="store_true")
+    args = parser.parse_args()
+    storage = Path(tempfile.mkdtemp(prefix="patchtune-bench-"))
+    patchtune = [sys.executable, "-m", "study.cli"]
+
+    # Warm-up study (1 trial): pretrains and caches the base, so neither timing includes it.
+    warm = storage / "warm.yaml"
+    warm.write_text(yaml.safe_dump(bench_spec(storage, "warm", 1, 1)))
+    subprocess.run([*patchtune, "run", str(warm)], cwd=ROOT, check=True, capture_output=True)
+
+    raw = bench_spec(storage, "timed", args.trials, args.concurrency)
+    spec_file = storage / "timed.yaml"
+    spec_file.write_text(yaml.safe_dump(raw))
+    t0 = time.perf_counter()
+    subprocess.run([*patchtune, "run", str(spec_file)], cwd=ROOT, check=True, capture_output=True)
+    t_tune = time.perf_counter() - t0
+
+    results = pd.read_parquet(storage / "timed" / "results.parquet")
+    base = str(base_cache_path(parse_spec(raw)))
+    configs = [{k: r[k] for k in ("optimizer", "lr", "batch_size", "patch_size", "num_patches", "pool", "epochs", "seed")}
+               for r in results.to_dict("records")]
+    t0 = time.perf_counter()
+    with mp.get_context("spawn").Pool(args.concurrency) as pool:
+        pool.map(_bare_trial, [(raw, c, base) for c in configs], chunksize=1)
+    _bare_test_eval(raw, base)
+    t_bare = time.perf_counter() - t0
+
+    ratio = t_tune / t_bare
+    text = (f"### {dt.datetime.now():%Y-%m-%d %H:%M} — `benchmarks/bench_tune.py`\n\nMachine: {machine()}.\n\n"
+            "| benchmark | ours | peer | ratio | target |\n|---|---|---|---|---|\n"
+            f"| Tune overhead: {args.trials} trials (2 epochs, 3k images, 500 val images scored), concurrency "
+            f"{args.concurrency} | `patchtune run` {t_tune:.1f} s | bare process-pool loop {t_bare:.1f} s | "
+            f"**{ratio:.2f}x** | <= 1.10x |\n")
+    print(text)
+    if not args.no_record:
+        with (ROOT / "benchmarks" / "README.md").open("a") as f:
+            f.write("\n" + text)
+
+
+if __name__ == "__main__":
+    main()
