@@ -262,7 +262,10 @@ def build_tuner(spec: StudySpec, trainable: Any) -> Any:
     )
     # metric/mode stay off TuneConfig: set there they would overwrite a multi-objective searcher's (G4).
     tune_config = tune.TuneConfig(search_alg=build_searcher(spec), scheduler=scheduler, num_samples=spec.num_samples,
-                                  max_concurrent_trials=spec.max_concurrent, trial_dirname_creator=trial_dirname)
+                                  max_concurrent_trials=spec.max_concurrent, trial_dirname_creator=trial_dirname,
+                                  # a finished trial's worker process takes the next trial: no new process,
+                                  # torch import and object-store fetch per trial
+                                  reuse_actors=True)
     run_config = tune.RunConfig(
         name=spec.name,
         storage_path=str(spec.study_dir().parent),
@@ -464,8 +467,11 @@ def evaluate_trial_on_test(spec: StudySpec, row: dict[str, Any], base_path: Path
     state = torch.load(ckpt_dirs[-1] / "state.pt", map_location="cpu", weights_only=True)["model"]
     attacks = paper_attacks(spec.dataset_enum)
     cfg = data_cfg(spec)
-    task = ray.remote(num_cpus=max(1.0, spec.resources.cpu), num_gpus=_gpus_for_task())(_evaluate_remote)
-    test = ray.get(task.remote(spec.resolved_arch, cfg, state, attacks))
+    if _gpus_for_task():
+        task = ray.remote(num_cpus=max(1.0, spec.resources.cpu), num_gpus=1)(_evaluate_remote)
+        test = ray.get(task.remote(spec.resolved_arch, cfg, state, attacks))
+    else:  # no GPU anywhere: the driver already holds the data, a worker would only add start-up time
+        test = _evaluate_remote(spec.resolved_arch, cfg, state, attacks)
     base = load_checkpoint(base_path)
     from trainables.models import build_model
 

@@ -173,3 +173,17 @@ def test_run_dry_run_prints_resolved_spec_and_creates_nothing(tmp_path: Path, ti
     assert resolved["arch"] == "cnn3" and resolved["objective"]["eps"] == 0.3
     assert "dry run OK" in proc.stderr
     assert not (tmp_path / "studies").exists()
+
+
+def test_run_refuses_to_reuse_a_study_name_with_other_objectives(tmp_path: Path) -> None:
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    optuna.create_study(study_name="quick", storage=url, directions=["maximize", "maximize"])
+    proc = patchtune("run", "quick", "--storage", str(tmp_path / "st"), "--optuna-storage", url, cwd=tmp_path)
+    _assert_refused(proc, "has 2 objective(s), this spec has 1")
+    optuna.create_study(study_name="other", storage=url, direction="maximize")
+    proc = patchtune("run", "quick", "--name", "other", "--storage", str(tmp_path / "st"), "--optuna-storage", url,
+                     cwd=tmp_path)
+    _assert_refused(proc, "Optuna study 'other' already exists")
+    assert not (tmp_path / "st").exists()

@@ -193,3 +193,19 @@ def test_study_spreads_over_a_multi_node_cluster(tmp_path: Path, base_ckpt: Path
     assert len(results) == 4 and (results["status"] == "COMPLETE").all()
     assert results["node_id"].nunique() >= 2, "trials ran on more than one node"
     assert torch.cuda.is_available() or set(results["device"]) == {"cpu (cpu)"}
+
+
+def test_multi_objective_study_records_both_values(tmp_path: Path, base_ckpt: Path) -> None:
+    spec = parse_spec(tiny(tmp_path, "pareto", base={"checkpoint": str(base_ckpt)}, num_samples=3, epochs=1,
+                           objective={"metric": "pgd_acc", "eps": 0.05, "alpha": 0.0125, "val_limit": 150,
+                                      "multi_objective": True},
+                           scheduler={"type": "fifo"}, sampler={"type": "nsga2"}))
+    study_dir = run_study(spec)
+    study = optuna.load_study(study_name="pareto", storage=f"sqlite:///{study_dir / 'optuna.db'}")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MAXIMIZE"]
+    results = pd.read_parquet(study_dir / "results.parquet").set_index("trial_id")
+    for t in study.trials:
+        assert t.state.name == "COMPLETE" and len(t.values) == 2
+        row = results.loc[t.user_attrs["ray_trial_id"]]
+        assert t.values == pytest.approx([row["val_pgd_acc"], row["val_clean_acc"]])
+    assert study.best_trials, "a Pareto front exists"
