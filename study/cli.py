@@ -190,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study_dir", metavar="DIR")
     p.set_defaults(run=cmd_status)
 
+    p = sub.add_parser("report", help="write every plot (PNG + SVG) and a Markdown report into DIR/report/")
+    p.add_argument("study_dir", metavar="DIR")
+    p.set_defaults(run=cmd_report)
+
     p = sub.add_parser("show-augment", help="write a PNG grid of patch-augmentation examples, one row per op")
     p.add_argument("--dataset", type=str.lower, choices=DATASETS, default="fmnist")
     p.add_argument("--data-root", help="directory searched first for the data set files")
@@ -435,6 +439,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not Path(args.study_dir).is_dir():
         raise UsageError(f"study directory {args.study_dir!r} does not exist")
     print(status_table(Path(args.study_dir)))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from analysis.report import write_study_report
+
+    path = Path(args.study_dir)
+    if not (path / "results.parquet").is_file():
+        raise UsageError(f"{args.study_dir!r} is not a finished patchtune study directory (no results.parquet)")
+    report = write_study_report(path)
+    print(f"wrote {report} and its figures")
     return 0
 
 

@@ -1,0 +1,96 @@
+"""Study directories -> tidy DataFrames (no torch, no Ray).
+
+A study directory (see `study/runner.py`) holds results.parquet (trial rows), epochs.parquet (trial x epoch
+rows), spec.yaml, best.json and the Optuna storage; `load_study` reads them into one `StudyData`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+OPS = ("rotate", "translate", "flip", "noise", "occlude")
+
+
+@dataclasses.dataclass
+class StudyData:
+    path: Path
+    spec: dict[str, Any]
+    results: pd.DataFrame  # one row per trial
+    epochs: pd.DataFrame  # one row per trial and epoch
+    best: dict[str, Any] | None
+
+    @property
+    def name(self) -> str:
+        return str(self.spec.get("name", self.path.name))
+
+    @property
+    def objective(self) -> str:
+        return str((self.spec.get("objective") or {}).get("metric", "pgd_acc"))
+
+    def finished(self) -> pd.DataFrame:
+        """Trials that ran their whole fine-tuning budget (not pruned, not failed)."""
+        if "status" not in self.results:
+            return self.results
+        return self.results[self.results["status"] == "COMPLETE"]
+
+
+def load_study(path: str | Path) -> StudyData:
+    path = Path(path)
+    if not (path / "results.parquet").is_file():
+        raise FileNotFoundError(f"{path} has no results.parquet (is it a finished patchtune study directory?)")
+    spec = yaml.safe_load((path / "spec.yaml").read_text()) if (path / "spec.yaml").is_file() else {}
+    results = pd.read_parquet(path / "results.parquet")
+    epochs = pd.read_parquet(path / "epochs.parquet") if (path / "epochs.parquet").is_file() else pd.DataFrame()
+    best = json.loads((path / "best.json").read_text()) if (path / "best.json").is_file() else None
+    return StudyData(path, spec or {}, tidy_results(results), epochs, best)
+
+
+def tidy_results(results: pd.DataFrame) -> pd.DataFrame:
+    """Add derived columns the plots use: percentages, log learning rate, pool size."""
+    out = results.copy()
+    for col in ("objective", "val_clean_acc", "val_pgd_acc", "val_robust_auc"):
+        if col in out:
+            out[f"{col}_pct"] = 100 * out[col].astype(float)
+    if "pool" in out:
+        out["pool_size"] = out["pool"].fillna("").map(lambda p: len([o for o in str(p).split(",") if o]))
+        for op in OPS:
+            if f"pool_{op}" not in out:
+                out[f"pool_{op}"] = out["pool"].fillna("").map(lambda p, op=op: op in str(p).split(","))
+    return out
+
+
+def epochs_long(epochs: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
+    """Per-epoch rows joined with each trial's optimizer (for learning curves)."""
+    if epochs.empty:
+        return epochs
+    keep = [c for c in ("trial_id", "optimizer", "status") if c in results]
+    return epochs.merge(results[keep], on="trial_id", how="left")
+
+
+def eps_curves(results: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
+    """Long frame (trial_id, optimizer, eps, accuracy) from each trial's last epoch's val_pgd_acc_eps* columns."""
+    if epochs.empty:
+        return pd.DataFrame(columns=["trial_id", "optimizer", "eps", "accuracy"])
+    last = epochs.sort_values("training_iteration").groupby("trial_id").tail(1)
+    cols = [c for c in last.columns if c.startswith("val_pgd_acc_eps")]
+    long = last.melt(id_vars=["trial_id"], value_vars=cols, var_name="eps", value_name="accuracy")
+    long["eps"] = long["eps"].str.removeprefix("val_pgd_acc_eps").astype(float)
+    long = long.merge(results[["trial_id", "optimizer", "objective"]], on="trial_id", how="left")
+    return long.dropna(subset=["accuracy"])
+
+
+def pareto_front(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """Rows not dominated in (x, y), both maximised, sorted by x."""
+    pts = frame[[x, y]].dropna().sort_values([x, y], ascending=[False, False])
+    front, best_y = [], -float("inf")
+    for idx, row in pts.iterrows():
+        if row[y] > best_y:
+            front.append(idx)
+            best_y = row[y]
+    return frame.loc[front].sort_values(x)

@@ -1,0 +1,208 @@
+"""DataFrame -> matplotlib Figure. No torch, no Ray; every function is tested on a small synthetic frame.
+
+Optimizers keep one colour across every figure (`OPTIMIZER_COLORS`); accuracies are shown in percent and
+axis labels carry units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from analysis.load import OPS, pareto_front  # noqa: E402
+
+OPTIMIZER_COLORS = {"adam": "#1f77b4", "rmsprop": "#d62728", "sgd": "#2ca02c", "adamw": "#9467bd"}
+OBJECTIVE_LABELS = {
+    "objective": "objective (%)",
+    "pgd_acc": "PGD robust accuracy (%)",
+    "robust_auc": "robust AUC (%)\n(mean PGD accuracy over the eps grid)",
+    "val_pgd_acc": "val PGD-10 accuracy (%)",
+    "val_robust_auc": "val robust AUC (%)",
+    "val_clean_acc": "val clean accuracy (%)",
+}
+
+
+def _palette(names: Sequence[str]) -> dict[str, str]:
+    extra = iter(sns.color_palette("tab10", 10).as_hex()[4:])
+    return {n: OPTIMIZER_COLORS.get(n) or next(extra) for n in names}
+
+
+def _order(frame: pd.DataFrame) -> list[str]:
+    present = [str(o) for o in frame["optimizer"].dropna().unique()]
+    return [o for o in OPTIMIZER_COLORS if o in present] + sorted(o for o in present if o not in OPTIMIZER_COLORS)
+
+
+def _pct(frame: pd.DataFrame, column: str) -> pd.Series:
+    return 100 * frame[column].astype(float)
+
+
+def robust_vs_lr(results: pd.DataFrame, metric: str = "objective", label: str | None = None) -> Figure:
+    """Each trial as a point, plus per-optimizer mean and 95 % CI over log-spaced lr bins."""
+    frame = results.dropna(subset=["lr", metric]).copy()
+    frame["value"] = _pct(frame, metric)
+    order = _order(frame)
+    colors = _palette(order)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    edges = np.logspace(np.log10(frame["lr"].min()) - 1e-9, np.log10(frame["lr"].max()) + 1e-9, 6)
+    codes = np.clip(np.searchsorted(edges, frame["lr"].to_numpy(), side="right") - 1, 0, len(edges) - 2)
+    frame["lr_center"] = np.sqrt(edges[codes] * edges[codes + 1])  # geometric bin centre
+    for opt in order:
+        sub = frame[frame["optimizer"] == opt]
+        ax.scatter(sub["lr"], sub["value"], color=colors[opt], alpha=0.55, s=22, label=f"{opt} (n={len(sub)})")
+        if sub["lr_center"].nunique() >= 2:
+            sns.lineplot(data=sub, x="lr_center", y="value", color=colors[opt], errorbar=("ci", 95), ax=ax,
+                         legend=False, err_kws={"alpha": 0.15})
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel(label or OBJECTIVE_LABELS.get(metric, f"{metric} (%)"))
+    ax.set_title("Robustness vs learning rate")
+    ax.text(0.01, 0.01, "dots: trials; line: binned mean; band: 95 % CI", transform=ax.transAxes, fontsize=7,
+            color="0.35", va="bottom")
+    ax.legend(title="optimizer", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def robust_by_optimizer(results: pd.DataFrame, metric: str = "objective", label: str | None = None) -> Figure:
+    """Distribution of the metric per optimizer: box plot with every trial as a dot."""
+    frame = results.dropna(subset=[metric]).copy()
+    frame["value"] = _pct(frame, metric)
+    order = _order(frame)
+    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    sns.boxplot(data=frame, x="optimizer", y="value", hue="optimizer", order=order, palette=_palette(order), ax=ax,
+                legend=False, fliersize=0, boxprops={"alpha": 0.35})
+    sns.stripplot(data=frame, x="optimizer", y="value", hue="optimizer", order=order, palette=_palette(order),
+                  ax=ax, legend=False, size=5, jitter=0.15)
+    ax.set_xlabel("optimizer")
+    ax.set_ylabel(label or OBJECTIVE_LABELS.get(metric, f"{metric} (%)"))
+    ax.set_title("Robustness per optimizer (all trials)")
+    fig.tight_layout()
+    return fig
+
+
+def optimizer_patch_heatmap(results: pd.DataFrame, metric: str = "objective", label: str | None = None) -> Figure:
+    """Mean metric (%) per optimizer x patch size; empty cells were never sampled."""
+    frame = results.dropna(subset=[metric, "patch_size"]).copy()
+    frame["value"] = _pct(frame, metric)
+    table = frame.pivot_table(index="optimizer", columns="patch_size", values="value", aggfunc="mean")
+    table = table.reindex([o for o in _order(frame) if o in table.index])
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * table.shape[1] + 2.5), 0.6 * table.shape[0] + 2.2))
+    sns.heatmap(table, annot=True, fmt=".1f", cmap="viridis", ax=ax,
+                cbar_kws={"label": f"mean {label or OBJECTIVE_LABELS.get(metric, metric)}"})
+    ax.set_xlabel("patch size w (pixels)")
+    ax.set_ylabel("optimizer")
+    ax.set_title("Optimizer x patch size")
+    fig.tight_layout()
+    return fig
+
+
+def transform_effect(results: pd.DataFrame, metric: str = "objective", label: str | None = None) -> Figure:
+    """For each op: mean metric with the op in the pool minus without it, with a 95 % CI (Welch normal approx.)."""
+    frame = results.dropna(subset=[metric]).copy()
+    frame["value"] = _pct(frame, metric)
+    rows = []
+    for op in OPS:
+        col = f"pool_{op}"
+        if col not in frame:
+            continue
+        on, off = frame.loc[frame[col].astype(bool), "value"], frame.loc[~frame[col].astype(bool), "value"]
+        if len(on) < 1 or len(off) < 1:
+            continue
+        diff = on.mean() - off.mean()
+        se = np.sqrt(on.var(ddof=1) / len(on) + off.var(ddof=1) / len(off)) if len(on) > 1 and len(off) > 1 else np.nan
+        rows.append({"op": op, "diff": diff, "ci": 1.96 * se, "n_on": len(on), "n_off": len(off)})
+    table = pd.DataFrame(rows, columns=["op", "diff", "ci", "n_on", "n_off"])
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    if len(table):
+        colors = ["#2ca02c" if d >= 0 else "#d62728" for d in table["diff"]]
+        ax.barh(table["op"], table["diff"], xerr=table["ci"].fillna(0), color=colors, alpha=0.8, capsize=3)
+        for i, r in table.iterrows():
+            ax.annotate(f"n={r['n_on']}/{r['n_off']}", (0, i), xytext=(4, 8), textcoords="offset points", fontsize=7)
+    ax.axvline(0, color="black", lw=0.8)
+    short = (label or OBJECTIVE_LABELS.get(metric, metric)).split("\n")[0].replace(" (%)", "")
+    ax.set_xlabel(f"{short}: with op minus without (percentage points)")
+    ax.set_ylabel("transform")
+    ax.set_title("Effect of each transform in the pool (95 % CI)")
+    fig.tight_layout()
+    return fig
+
+
+def param_importances(importances: Mapping[str, float]) -> Figure:
+    """Optuna parameter importances (fractions summing to 1) as horizontal bars."""
+    items = sorted(importances.items(), key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(5.6, 0.35 * max(len(items), 1) + 1.6))
+    ax.barh([k for k, _ in items], [100 * v for _, v in items], color="#4c72b0")
+    ax.set_xlabel("importance for the objective (% of total, PED-ANOVA)")
+    ax.set_ylabel("hyperparameter")
+    ax.set_title("Optuna parameter importances")
+    fig.tight_layout()
+    return fig
+
+
+def clean_vs_robust(results: pd.DataFrame, robust: str = "val_pgd_acc", clean: str = "val_clean_acc") -> Figure:
+    """Every trial in (clean, robust) accuracy, coloured by optimizer, with the Pareto front."""
+    frame = results.dropna(subset=[robust, clean]).copy()
+    frame["clean_pct"], frame["robust_pct"] = _pct(frame, clean), _pct(frame, robust)
+    order = _order(frame)
+    colors = _palette(order)
+    fig, ax = plt.subplots(figsize=(5.6, 4.4))
+    for opt in order:
+        sub = frame[frame["optimizer"] == opt]
+        ax.scatter(sub["clean_pct"], sub["robust_pct"], color=colors[opt], s=26, alpha=0.8, label=opt)
+    front = pareto_front(frame, "clean_pct", "robust_pct")
+    ax.plot(front["clean_pct"], front["robust_pct"], color="black", lw=1.2, ls="--", label="Pareto front")
+    ax.set_xlabel(OBJECTIVE_LABELS.get(clean, clean))
+    ax.set_ylabel(OBJECTIVE_LABELS.get(robust, robust))
+    ax.set_title("Clean vs robust accuracy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_eps(curves: pd.DataFrame) -> Figure:
+    """Accuracy (%) vs eps, one line per model; `curves` has columns model, eps, accuracy (0..1), [optimizer]."""
+    frame = curves.copy()
+    frame["accuracy_pct"] = _pct(frame, "accuracy")
+    fig, ax = plt.subplots(figsize=(5.8, 4.2))
+    for model, sub in frame.groupby("model", sort=False):
+        sub = sub.sort_values("eps")
+        opt = str(sub["optimizer"].iloc[0]) if "optimizer" in sub and pd.notna(sub["optimizer"].iloc[0]) else None
+        ax.plot(sub["eps"], sub["accuracy_pct"], marker="o", label=str(model),
+                color=OPTIMIZER_COLORS.get(opt or "", "black" if opt is None else None),
+                ls="--" if opt is None else "-")
+    ax.set_xlabel("eps (L-inf budget, [0, 1] pixel units)")
+    ax.set_ylabel("worst-case PGD accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title("Accuracy vs attack budget")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def learning_curves(epochs: pd.DataFrame, metric: str = "objective", label: str | None = None) -> Figure:
+    """The objective per epoch, one line per trial, coloured by optimizer (pruned trials stop early)."""
+    frame = epochs.dropna(subset=[metric]).copy()
+    frame["value"] = _pct(frame, metric)
+    order = _order(frame)
+    colors = _palette(order)
+    fig, ax = plt.subplots(figsize=(5.8, 4.2))
+    for (_trial, opt), sub in frame.groupby(["trial_id", "optimizer"], sort=False):
+        sub = sub.sort_values("training_iteration")
+        ax.plot(sub["training_iteration"], sub["value"], color=colors[str(opt)], alpha=0.7, marker=".", lw=1)
+    for opt in order:
+        ax.plot([], [], color=colors[opt], label=opt)
+    ax.set_xlabel("fine-tuning epoch")
+    ax.set_ylabel(label or OBJECTIVE_LABELS.get(metric, f"{metric} (%)"))
+    ax.set_title("Learning curves of the objective (one line per trial)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(title="optimizer", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,158 @@
+"""`patchtune report DIR`: every plot (PNG + SVG) and a Markdown report in DIR/report/, no Jupyter needed."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis import plots
+from analysis.load import StudyData, epochs_long, eps_curves, load_study
+from analysis.paper import paper_value
+from trainables.atomic import atomic_write_bytes
+
+
+def optuna_importances(data: StudyData) -> dict[str, float]:
+    """PED-ANOVA importances of the searched parameters for the objective (Optuna's default evaluator)."""
+    import optuna
+
+    url = data.spec.get("optuna_storage") or f"sqlite:///{data.path / 'optuna.db'}"
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        storage: optuna.storages.BaseStorage | str = optuna.storages.JournalStorage(
+            JournalFileBackend(url.removeprefix("journal:")))
+    else:
+        storage = url
+    study = optuna.load_study(study_name=data.name, storage=storage)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(complete) < 2:
+        return {}
+    target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
+    return dict(optuna.importance.get_param_importances(study, target=target))
+
+
+def mean_ci(values: pd.Series) -> tuple[float, float, float]:
+    """Mean and 95 % t confidence interval."""
+    from scipy import stats
+
+    v = values.dropna().astype(float)
+    if len(v) < 2:
+        m = float(v.mean()) if len(v) else math.nan
+        return m, math.nan, math.nan
+    half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return float(v.mean()), float(v.mean()) - half, float(v.mean()) + half
+
+
+def optimizer_finding(data: StudyData) -> str:
+    """One plain sentence comparing the two best-sampled optimizers under the objective (Welch t-test)."""
+    from scipy import stats
+
+    frame = data.finished()
+    counts = frame["optimizer"].value_counts()
+    if len(counts) < 2 or counts.iloc[1] < 2:
+        return "Too few finished trials per optimizer to compare optimizers in this study."
+    a, b = sorted(counts.index[:2])
+    va, vb = 100 * frame.loc[frame.optimizer == a, "objective"], 100 * frame.loc[frame.optimizer == b, "objective"]
+    diff = va.mean() - vb.mean()
+    test = stats.ttest_ind(va, vb, equal_var=False)
+    se = math.sqrt(va.var(ddof=1) / len(va) + vb.var(ddof=1) / len(vb))
+    verdict = "yes" if diff > 0 and test.pvalue < 0.05 else "no" if diff < 0 and test.pvalue < 0.05 else "not significantly"
+    return (f"{a} beats {b} on the objective ({data.objective}, validation split) across this study's trials: "
+            f"{verdict}, {diff:+.1f} pt [{diff - 1.96 * se:+.1f}, {diff + 1.96 * se:+.1f}], Welch p={test.pvalue:.2g} "
+            f"(n={len(va)} vs {len(vb)}; trials differ in every other hyperparameter too).")
+
+
+def _save(fig: Figure, out: Path, name: str) -> str:
+    for ext in ("png", "svg"):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, dpi=120 if ext == "png" else None)
+        atomic_write_bytes(out / f"{name}.{ext}", buf.getvalue())
+    plt.close(fig)
+    return f"{name}.png"
+
+
+def study_figures(data: StudyData) -> dict[str, Callable[[], Figure]]:
+    results = data.results.dropna(subset=["objective"]) if "objective" in data.results else data.results
+    results = results[results.get("status", "COMPLETE") != "FAILED"]
+    label = plots.OBJECTIVE_LABELS.get(data.objective)
+    figures: dict[str, Callable[[], Figure]] = {
+        "robust_vs_lr": lambda: plots.robust_vs_lr(results, "objective", label),
+        "robust_by_optimizer": lambda: plots.robust_by_optimizer(results, "objective", label),
+        "optimizer_patch_heatmap": lambda: plots.optimizer_patch_heatmap(results, "objective", label),
+        "transform_effect": lambda: plots.transform_effect(results, "objective", label),
+        "clean_vs_robust": lambda: plots.clean_vs_robust(results),
+        "learning_curves": lambda: plots.learning_curves(epochs_long(data.epochs, data.results), "objective", label),
+    }
+    curves = eps_curves(data.results, data.epochs)
+    if len(curves):
+        best_per_opt = data.finished().sort_values("objective").groupby("optimizer").tail(1)["trial_id"]
+        chosen = curves[curves["trial_id"].isin(best_per_opt)].copy()
+        chosen["model"] = chosen["optimizer"].astype(str) + " best (" + chosen["trial_id"].astype(str) + ")"
+        if len(chosen):
+            figures["accuracy_vs_eps"] = lambda: plots.accuracy_vs_eps(chosen)
+    importances = optuna_importances(data)
+    if importances:
+        figures["param_importances"] = lambda: plots.param_importances(importances)
+    return figures
+
+
+def _md_table(frame: pd.DataFrame) -> str:
+    cols = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(_fmt(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def write_study_report(path: str | Path) -> Path:
+    data = load_study(path)
+    out = data.path / "report"
+    out.mkdir(exist_ok=True)
+    images = {name: _save(make(), out, name) for name, make in study_figures(data).items()}
+    r = data.results
+    md = [f"# Study `{data.name}`", "",
+          f"Data set **{data.spec.get('dataset')}**, arch **{data.spec.get('arch')}**, objective **{data.objective}** "
+          f"on the validation split; {len(r)} trials: " +
+          ", ".join(f"{k} {v}" for k, v in r["status"].value_counts().items()) + ".", ""]
+    if data.best:
+        md += ["## Best trial(s) on the test split (paper's attack parameters)", ""]
+        rows = []
+        for entry in data.best["trials"]:
+            opt = entry["config"]["optimizer"]
+            for attack, acc in entry["test"]["accuracy"].items():
+                column = "undefended" if attack == "clean" else opt
+                paper = paper_value(str(data.spec.get("dataset")), attack, column)
+                rows.append({"trial": entry["trial_id"], "optimizer": opt, "attack": attack,
+                             "ours (%)": round(100 * acc, 2), "paper (%)": "-" if paper is None else paper})
+        md += [_md_table(pd.DataFrame(rows)), "",
+               f"n = {data.best['test_split']['n']} test images. The paper's clean number is its undefended model's.", ""]
+    md += ["## Findings", "", "- " + optimizer_finding(data)]
+    for opt, sub in data.finished().groupby("optimizer"):
+        m, lo, hi = mean_ci(100 * sub["objective"])
+        md.append(f"- {opt}: mean objective {m:.1f} % [95 % CI {lo:.1f}, {hi:.1f}] over {len(sub)} finished trials.")
+    md += ["", "## Top trials", ""]
+    cols = [c for c in ("trial_id", "status", "optimizer", "lr", "batch_size", "patch_size", "num_patches", "pool",
+                        "objective", "val_clean_acc", "val_pgd_acc", "val_robust_auc") if c in r]
+    md += [_md_table(r.sort_values("objective", ascending=False)[cols].head(10)), "", "## Figures", ""]
+    for name, file in images.items():
+        md += [f"### {name.replace('_', ' ')}", "", f"![{name}]({file})", ""]
+    atomic_write_bytes(out / "report.md", "\n".join(md).encode())
+    return out / "report.md"
+
+
+def ci_text(values: np.ndarray | pd.Series) -> str:
+    m, lo, hi = mean_ci(pd.Series(values))
+    return f"{m:.2f} [{lo:.2f}, {hi:.2f}]"

@@ -1,0 +1,100 @@
+"""Every plot function on a small synthetic frame: it draws what it should, with labelled axes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from analysis import plots
+from analysis.load import OPS, epochs_long, eps_curves, pareto_front, tidy_results
+
+
+@pytest.fixture
+def results() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(24):
+        opt = ["adam", "rmsprop", "sgd"][i % 3]
+        pool = [op for op in OPS if rng.random() < 0.5] or ["noise"]
+        lr = float(10 ** rng.uniform(-4, -2))
+        rows.append({"trial_id": f"t{i}", "optimizer": opt, "lr": lr, "batch_size": 64, "patch_size": int(rng.integers(4, 9)),
+                     "pool": ",".join(pool), "objective": float(rng.uniform(0.2, 0.6)), "val_clean_acc": float(rng.uniform(0.7, 0.9)),
+                     "val_pgd_acc": float(rng.uniform(0.0, 0.3)), "status": "COMPLETE" if i % 5 else "PRUNED"})
+    return tidy_results(pd.DataFrame(rows))
+
+
+@pytest.fixture
+def epochs(results: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for r in results.itertuples():
+        for it in (1, 2):
+            rows.append({"trial_id": r.trial_id, "training_iteration": it, "objective": r.objective * it / 2,
+                         "val_pgd_acc_eps0.01": 0.8, "val_pgd_acc_eps0.05": 0.4, "val_pgd_acc_eps0.1": 0.1})
+    return pd.DataFrame(rows)
+
+
+def _labels(fig: Figure) -> tuple[str, str]:
+    ax = fig.axes[0]
+    return ax.get_xlabel(), ax.get_ylabel()
+
+
+def test_robust_vs_lr(results: pd.DataFrame) -> None:
+    fig = plots.robust_vs_lr(results)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and "learning rate" in ax.get_xlabel() and "%" in ax.get_ylabel()
+    assert sum(len(c.get_offsets()) for c in ax.collections if hasattr(c, "get_offsets")) >= len(results)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["adam (n=8)", "rmsprop (n=8)", "sgd (n=8)"]  # fixed optimizer order and colours
+
+
+def test_optimizer_colours_are_consistent(results: pd.DataFrame) -> None:
+    fig = plots.clean_vs_robust(results)
+    colours = {t.get_text(): h.get_facecolor()[0][:3] for t, h in zip(fig.axes[0].get_legend().get_texts(),
+                                                                       fig.axes[0].get_legend().legend_handles, strict=True)
+               if t.get_text() in plots.OPTIMIZER_COLORS}
+    import matplotlib.colors as mcolors
+
+    for opt, rgb in colours.items():
+        assert np.allclose(rgb, mcolors.to_rgb(plots.OPTIMIZER_COLORS[opt]))
+
+
+def test_distribution_heatmap_transform_and_importance(results: pd.DataFrame) -> None:
+    x, y = _labels(plots.robust_by_optimizer(results))
+    assert x == "optimizer" and y
+    fig = plots.optimizer_patch_heatmap(results)
+    assert fig.axes[0].get_xlabel() == "patch size w (pixels)"
+    fig = plots.transform_effect(results)
+    assert len(fig.axes[0].patches) == len(OPS) and "pt" in fig.axes[0].get_xlabel()
+    fig = plots.param_importances({"lr_adam": 0.6, "optimizer": 0.3, "patch_size": 0.1})
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["patch_size", "optimizer", "lr_adam"]
+
+
+def test_pareto_front_is_non_dominated(results: pd.DataFrame) -> None:
+    front = pareto_front(results, "val_clean_acc", "val_pgd_acc")
+    for _, p in front.iterrows():
+        dominated = (results["val_clean_acc"] >= p["val_clean_acc"]) & (results["val_pgd_acc"] > p["val_pgd_acc"])
+        assert not dominated.any()
+    fig = plots.clean_vs_robust(results)
+    assert "clean" in fig.axes[0].get_xlabel()
+
+
+def test_eps_curves_and_learning_curves(results: pd.DataFrame, epochs: pd.DataFrame) -> None:
+    curves = eps_curves(results, epochs)
+    assert sorted(curves["eps"].unique()) == [0.01, 0.05, 0.1] and len(curves) == 3 * len(results)
+    curves["model"] = curves["trial_id"]
+    fig = plots.accuracy_vs_eps(curves[curves.trial_id.isin(["t0", "t1"])])
+    assert len(fig.axes[0].lines) == 2 and "eps" in fig.axes[0].get_xlabel()
+    fig = plots.learning_curves(epochs_long(epochs, results))
+    assert len(fig.axes[0].lines) >= len(results) and fig.axes[0].get_xlabel() == "fine-tuning epoch"
+
+
+def test_analysis_imports_neither_torch_nor_ray() -> None:
+    code = ("import sys, analysis.load, analysis.plots, analysis.report, analysis.paper\n"
+            "bad = [m for m in ('torch', 'ray') if m in sys.modules]\nprint(bad)\nsys.exit(1 if bad else 0)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
