@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from analysis.load import OPS, pareto_front  # noqa: E402
 
@@ -202,7 +203,7 @@ def learning_curves(epochs: pd.DataFrame, metric: str = "objective", label: str 
     ax.set_xlabel("fine-tuning epoch")
     ax.set_ylabel(label or OBJECTIVE_LABELS.get(metric, f"{metric} (%)"))
     ax.set_title("Learning curves of the objective (one line per trial)")
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(title="optimizer", fontsize=8)
     fig.tight_layout()
     return fig
