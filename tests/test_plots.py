@@ -69,7 +69,7 @@ def test_distribution_heatmap_transform_and_importance(results: pd.DataFrame) ->
     fig = plots.optimizer_patch_heatmap(results)
     assert fig.axes[0].get_xlabel() == "patch size w (pixels)"
     fig = plots.transform_effect(results)
-    assert len(fig.axes[0].patches) == len(OPS) and "pt" in fig.axes[0].get_xlabel()
+    assert len(fig.axes[0].patches) == len(OPS) and "percentage points" in fig.axes[0].get_xlabel()
     fig = plots.param_importances({"lr_adam": 0.6, "optimizer": 0.3, "patch_size": 0.1})
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["patch_size", "optimizer", "lr_adam"]
 
