@@ -177,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optuna-storage", help="SQLAlchemy URL or journal:PATH (default: sqlite in the study directory)")
     p.add_argument("--address", help="Ray cluster address (`auto` = the running cluster; default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard on 127.0.0.1 and print its URL")
+    p.add_argument("--dashboard-host", default="127.0.0.1",
+                   help="interface for --dashboard (default 127.0.0.1). Anything else exposes Ray's dashboard and Jobs "
+                        "API, which run code for whoever reaches them (CVE-2023-48022): only behind token auth "
+                        "(RAY_AUTH_MODE=token) on a trusted network")
     p.add_argument("--dry-run", action="store_true", help="validate spec, data, base checkpoint and storage; print the resolved spec")
     p.set_defaults(run=cmd_run)
 
@@ -417,7 +421,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         _say(f"dry run OK: {len(prep.data.train)} train / {len(prep.data.val)} val images ({prep.data.source}); "
              f"base: {base}; study directory {spec.study_dir()} (not created)")
         return 0
-    study_dir = run_study(spec, address=address, dashboard=args.dashboard)
+    if args.dashboard_host != "127.0.0.1":
+        _say(f"warning: the Ray dashboard will listen on {args.dashboard_host}: anyone who reaches it can run code "
+             "on this machine unless RAY_AUTH_MODE=token is set")
+    study_dir = run_study(spec, address=address, dashboard=args.dashboard, dashboard_host=args.dashboard_host)
     print(_summary(study_dir))
     return 0
 

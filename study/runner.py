@@ -140,7 +140,7 @@ def preflight(spec: StudySpec) -> Prepared:
 # ------------------------------------------------------------------------------------------- Ray pieces
 
 
-def _ray_init(address: str | None, dashboard: bool) -> None:
+def _ray_init(address: str | None, dashboard: bool, dashboard_host: str = "127.0.0.1") -> None:
     import ray
 
     kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": True, "logging_level": logging.WARNING}
@@ -149,7 +149,7 @@ def _ray_init(address: str | None, dashboard: bool) -> None:
         return
     # A fresh local instance ("local" ignores a stale ray_current_cluster file). The dashboard binds to
     # 127.0.0.1 only: Ray's Jobs API runs code for whoever reaches it (CVE-2023-48022).
-    context = ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
+    context = ray.init(address="local", include_dashboard=dashboard, dashboard_host=dashboard_host, **kwargs)
     if dashboard:
         print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
 
@@ -283,14 +283,15 @@ def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def run_study(spec: StudySpec, *, address: str | None = None, dashboard: bool = False) -> Path:
+def run_study(spec: StudySpec, *, address: str | None = None, dashboard: bool = False,
+              dashboard_host: str = "127.0.0.1") -> Path:
     prep = preflight(spec)
     study_dir = spec.study_dir()
     study_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(study_dir / "spec.yaml", spec.to_yaml())
     import ray
 
-    _ray_init(address, dashboard)
+    _ray_init(address, dashboard, dashboard_host)
     try:
         base_path = ensure_base(prep)
         atomic_write_text(study_dir / "base.json", json.dumps({"path": str(base_path)}, indent=2))

@@ -151,6 +151,14 @@ def test_run_refuses_bad_input_before_ray_starts(tmp_path: Path, tiny_base: Path
     missing = tmp_path / "missing"
     missing.mkdir()
     cases.append((["run", str(_spec_file(missing, base={"checkpoint": str(missing / "nope.pt")}))], "checkpoint not found"))
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "garbage.pt").write_bytes(b"\x00garbage" * 50)
+    cases.append((["run", str(_spec_file(corrupt, base={"checkpoint": str(corrupt / "garbage.pt")}))],
+                  "is not a readable patchtune checkpoint"))
+    noroot = tmp_path / "noroot"
+    noroot.mkdir()
+    cases.append((["run", str(_spec_file(noroot, data={"root": str(noroot / "absent")}))], "is not a directory"))
     existing = tmp_path / "existing"
     (existing / "studies" / "quick").mkdir(parents=True)
     (existing / "studies" / "quick" / "spec.yaml").write_text("name: quick\n")

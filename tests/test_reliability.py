@@ -1,0 +1,264 @@
+"""Faults and bad input: a study survives node loss and Ctrl-C, refuses every malformed spec before Ray
+starts, writes files atomically, and exposes nothing by default. (Driver loss and diverging trials are
+in test_study.py.)"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from study.spec import read_spec_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+CLI = [sys.executable, "-m", "study.cli"]
+
+
+def _tiny(storage: Path, name: str, base: Path, **over: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "name": name, "dataset": "fmnist", "storage": str(storage), "base": {"checkpoint": str(base)},
+        "data": {"limit_train": 800, "limit_test": 200},
+        "search": {"lr": {"adam": [1e-4, 1e-2]}, "batch_size": [64], "patch_size": [4, 10]},
+        "epochs": 3, "objective": {"metric": "pgd_acc", "val_limit": 150},
+        "num_samples": 4, "max_concurrent": 2, "max_failures": 2,
+        "scheduler": {"type": "fifo"}, "sampler": {"type": "random"},
+    }
+    spec.update(over)
+    return spec
+
+
+@pytest.fixture(scope="module")
+def base_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from trainables.checkpoint import save_checkpoint
+    from trainables.config import DataCfg, TrainCfg
+    from trainables.data import load_data
+    from trainables.engine import pick_device
+    from trainables.pipeline import pretrain
+
+    cfg = DataCfg(limit_train=2000, limit_val=200, limit_test=200)
+    model, meta = pretrain("cnn3", load_data(cfg), cfg, TrainCfg(epochs=1, lr=2e-3), device=pick_device("cpu"),
+                           progress=False)
+    path = tmp_path_factory.mktemp("base") / "base.pt"
+    save_checkpoint(path, model, meta)
+    return path
+
+
+def _intermediate_values(db: Path) -> int:
+    try:
+        with sqlite3.connect(db) as con:
+            return int(con.execute("select count(*) from trial_intermediate_values").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+# ----------------------------------------------------------------------------------------- node loss
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_worker_node_lost_mid_trial(tmp_path: Path, base_ckpt: Path) -> None:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from study.runner import run_study
+    from study.spec import parse_spec
+
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    db = tmp_path / "lost" / "optuna.db"
+    killed: list[float] = []
+
+    def kill_a_worker() -> None:
+        deadline = time.time() + 180
+        while time.time() < deadline and _intermediate_values(db) < 2:  # both running trials reported an epoch
+            time.sleep(0.2)
+        cluster.remove_node(workers[1], allow_graceful=False)
+        killed.append(time.time())
+
+    killer = threading.Thread(target=kill_a_worker, daemon=True)
+    killer.start()
+    try:
+        study_dir = run_study(parse_spec(_tiny(tmp_path, "lost", base_ckpt)), address=cluster.address)
+    finally:
+        killer.join(timeout=5)
+        ray.shutdown()
+        cluster.shutdown()
+    assert killed, "the worker was removed while the study ran"
+    results = pd.read_parquet(study_dir / "results.parquet")
+    assert len(results) == 4 and (results["status"] == "COMPLETE").all(), results[["trial_id", "status", "error"]]
+    epochs = pd.read_parquet(study_dir / "epochs.parquet")
+    for trial_id, rows in epochs.groupby("trial_id"):
+        assert sorted(rows["training_iteration"]) == [1, 2, 3], f"{trial_id} lost or repeated an epoch"
+    restored = epochs[epochs["iterations_since_restore"] < epochs["training_iteration"]]
+    assert len(restored), "a trial resumed from its checkpoint on the surviving node"
+    study = optuna.load_study(study_name="lost", storage=f"sqlite:///{db}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+
+
+# ----------------------------------------------------------------------------------------- Ctrl-C
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_the_study_resumes(tmp_path: Path, base_ckpt: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(_tiny(tmp_path / "st", "intr", base_ckpt, max_concurrent=1)))
+    with (tmp_path / "run.log").open("w") as log:
+        proc = subprocess.Popen([*CLI, "run", str(spec)], cwd=tmp_path, env=ENV, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    db = tmp_path / "st" / "intr" / "optuna.db"
+    deadline = time.time() + 180
+    while time.time() < deadline and _intermediate_values(db) < 4:  # past the first trial
+        assert proc.poll() is None, (tmp_path / "run.log").read_text()[-2000:]
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+    proc.wait(timeout=120)
+    output = (tmp_path / "run.log").read_text()
+    assert "Traceback" not in output.split("Trial status")[-1], output[-3000:]
+    assert f"patchtune resume {tmp_path / 'st' / 'intr'}" in output, output[-3000:]
+    out = subprocess.run([*CLI, "resume", str(tmp_path / "st" / "intr")], cwd=tmp_path, env=ENV, capture_output=True,
+                         text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    study = optuna.load_study(study_name="intr", storage=f"sqlite:///{db}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    assert (tmp_path / "st" / "intr" / "best.json").is_file()
+
+
+# ----------------------------------------------------------------------------------------- bad input, fuzzed
+
+_BAD_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8), st.lists(st.integers(-5, 5), max_size=3), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+)
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix] if prefix else []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out += _paths(v, (*prefix, k))
+    return out
+
+
+@st.composite
+def mutated_specs(draw: st.DrawFn) -> dict[str, Any]:
+    raw = copy.deepcopy(read_spec_dict("quick"))
+    raw["data"]["limit_train"] = 200
+    paths = _paths(raw)
+    kind = draw(st.sampled_from(["replace", "replace", "unknown_key", "delete"]))
+    path = draw(st.sampled_from(paths))
+    parent = raw
+    for key in path[:-1]:
+        parent = parent[key]
+    if kind == "replace":
+        parent[path[-1]] = draw(_BAD_VALUES)
+    elif kind == "unknown_key":
+        target = parent[path[-1]] if isinstance(parent[path[-1]], dict) else parent
+        target[draw(st.text(alphabet="abcxyz_", min_size=1, max_size=6)) + "_zz"] = 1
+    else:
+        del parent[path[-1]]
+    return raw
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=mutated_specs())
+def test_every_spec_mutation_is_refused_cleanly_or_accepted(tmp_path_factory: pytest.TempPathFactory,
+                                                            raw: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    from study.cli import main
+
+    work = tmp_path_factory.mktemp("fuzz")
+    raw = {**raw, "storage": str(work / "studies")} if isinstance(raw, dict) and "storage" in raw else raw
+    spec = work / "spec.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    before = sorted(work.rglob("*"))
+    code = main(["run", str(spec), "--dry-run"])
+    captured = capsys.readouterr()
+    assert code in (0, 2), captured.err
+    if code == 2:
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("patchtune run: error: "), captured.err
+        assert "Traceback" not in captured.err
+    assert sorted(work.rglob("*")) == before, "a dry run, valid or not, writes nothing"
+
+
+# ----------------------------------------------------------------------------------------- atomic writes
+
+_WRITER = """
+import hashlib, os, sys
+from trainables.atomic import atomic_write_bytes
+target = sys.argv[1]
+i = 0
+while True:
+    body = os.urandom(2_000_000)
+    atomic_write_bytes(target, hashlib.sha256(body).hexdigest().encode() + b"\\n" + body)
+    i += 1
+"""
+
+
+def test_a_kill_mid_write_leaves_the_old_or_the_new_file(tmp_path: Path) -> None:
+    target = tmp_path / "results.bin"
+    for delay in (0.05, 0.13, 0.21, 0.37, 0.5):
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(target)], env=ENV)
+        time.sleep(delay + 0.3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if target.exists():
+            digest, _, body = target.read_bytes().partition(b"\n")
+            assert hashlib.sha256(body).hexdigest().encode() == digest, "torn file"
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "results.bin"]
+    assert all(re.fullmatch(r"\.results\.bin\..*\.tmp", n) for n in leftovers)  # only temp files, never the target
+
+
+# ----------------------------------------------------------------------------------------- security defaults
+
+
+@pytest.mark.ray
+def test_dashboard_binds_to_localhost_by_default() -> None:
+    import psutil
+    import ray
+
+    from study.runner import _ray_init
+
+    _ray_init(None, dashboard=True)
+    try:
+        dashboard = ray._private.worker.global_worker.node.address_info["webui_url"]
+        host, port = dashboard.split(":")
+        assert host == "127.0.0.1"
+        listeners = [c.laddr for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == int(port)]
+        assert listeners and all(addr.ip == "127.0.0.1" for addr in listeners), listeners
+    finally:
+        ray.shutdown()
+
+
+def test_no_unsafe_loads_in_the_code() -> None:
+    pattern = re.compile(r"weights_only\s*=\s*False|pickle\.loads?\(|yaml\.load\(|yaml\.unsafe_load|(?<![\w.])(eval|exec)\(")
+    hits = []
+    for package in ("study", "trainables", "analysis"):
+        for path in (ROOT / package).rglob("*.py"):
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                if pattern.search(line):
+                    hits.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert not hits, "\n".join(hits)
+    for package in ("study", "trainables", "analysis", "benchmarks"):
+        for path in (ROOT / package).rglob("*.py"):
+            for line in path.read_text().splitlines():
+                if "torch.load(" in line:
+                    assert "weights_only=True" in line, f"{path.name}: {line.strip()}"
