@@ -109,8 +109,14 @@ def train_one_epoch(
     autocast: Autocast = nullcontext,
     progress: bool = False,
     desc: str = "train",
+    adversarial: AttackCfg | None = None,
 ) -> tuple[float, float]:
-    """One pass over `data`; returns (mean loss, accuracy). Raises DivergedError on a non-finite loss."""
+    """One pass over `data`; returns (mean loss, accuracy). Raises DivergedError on a non-finite loss.
+
+    `augment`: the paper's defense (clean (+) patch-modified batches). `adversarial`: adversarial training
+    (Goodfellow et al. / Madry et al.): each batch is replaced by its adversarial examples (last iterate),
+    crafted against the current weights in eval mode.
+    """
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -121,6 +127,9 @@ def train_one_epoch(
         if augment is not None:
             assert aug_generator is not None
             x, y = clean_plus_modified(x, y, augment, aug_generator)
+        if adversarial is not None:
+            attack = dataclasses.replace(adversarial, last_iterate=True, restarts=1)
+            x = run_attack(model, x, y, attack, generator=aug_generator, autocast=autocast).x_adv
         with autocast():
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y)
@@ -168,6 +177,7 @@ def fit(
     on_epoch: Callable[[EpochStats], None] | None = None,
     start_epoch: int = 0,
     optimizer: torch.optim.Optimizer | None = None,
+    adversarial: AttackCfg | None = None,
 ) -> list[EpochStats]:
     """Train `model` for `cfg.epochs` epochs; `schedule` turns on ReduceLROnPlateau on validation loss.
 
@@ -190,6 +200,7 @@ def fit(
         train_loss, train_acc = train_one_epoch(
             model, train, optimizer, batch_size=cfg.batch_size, device=device, generator=batch_gen,
             augment=augment, aug_generator=aug_gen, autocast=autocast, progress=progress, desc=f"epoch {epoch + 1}",
+            adversarial=adversarial,
         )
         val_loss, val_acc = evaluate_clean(model, val, batch_size=max(cfg.batch_size, 256), device=device, autocast=autocast)
         if scheduler is not None:
