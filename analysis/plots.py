@@ -6,11 +6,13 @@ axis labels carry units.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 
 import matplotlib
 
-matplotlib.use("Agg")
+if "ipykernel" not in sys.modules:  # notebooks keep their inline backend; scripts and the CLI draw off-screen
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -205,5 +207,67 @@ def learning_curves(epochs: pd.DataFrame, metric: str = "objective", label: str 
     ax.set_title("Learning curves of the objective (one line per trial)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(title="optimizer", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+METHOD_LABELS = {"undefended": "undefended", "patch_adam": "patch + Adam", "patch_rmsprop": "patch + RMSProp",
+                 "fgsm_at": "FGSM-AT", "ifgsm_at": "IFGSM-AT", "pgd_at": "PGD-AT"}
+METHOD_COLORS = {"undefended": "0.55", "patch_adam": OPTIMIZER_COLORS["adam"], "patch_rmsprop": OPTIMIZER_COLORS["rmsprop"],
+                 "fgsm_at": "#8c564b", "ifgsm_at": "#e377c2", "pgd_at": "#17becf"}
+
+
+def method_bars(results: pd.DataFrame, keys: Sequence[str] = ("clean", "whitebox/fgsm", "whitebox/ifgsm", "whitebox/pgd"),
+                paper: Mapping[str, Mapping[str, float]] | None = None) -> Figure:
+    """Accuracy (%) per method and attack: mean over seeds with 95 % CI bars; paper values as black ticks."""
+    from scipy import stats
+
+    methods = [m for m in METHOD_LABELS if m in set(results["method"])]
+    fig, ax = plt.subplots(figsize=(8.2, 4.2))
+    width = 0.8 / max(len(methods), 1)
+    for j, method in enumerate(methods):
+        sub = results[results["method"] == method]
+        means, halves = [], []
+        for key in keys:
+            v = 100 * sub[key].astype(float)
+            means.append(v.mean())
+            halves.append(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0)
+        xs = np.arange(len(keys)) + (j - (len(methods) - 1) / 2) * width
+        ax.bar(xs, means, width, yerr=halves, capsize=2, color=METHOD_COLORS[method], label=METHOD_LABELS[method])
+        for x, key in zip(xs, keys, strict=True):
+            value = (paper or {}).get(method, {}).get(key.split("/")[-1])
+            if value is not None:
+                ax.plot([x - width / 2, x + width / 2], [value, value], color="black", lw=2)
+    ax.set_xticks(np.arange(len(keys)), [k.split("/")[-1].upper().replace("PGD", "PGD-10").replace("CLEAN", "clean")
+                                          for k in keys])
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_xlabel("attack (paper parameters, white-box)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Accuracy per method (bars: ours, mean ± 95 % CI over seeds; black ticks: paper)")
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    return fig
+
+
+def settings_bars(results: pd.DataFrame, settings: Sequence[str], labels: Mapping[str, str], attack: str = "pgd",
+                  paper: Mapping[str, float] | None = None) -> Figure:
+    """PGD accuracy (%) of the patch-fine-tuned models under each evaluation setting, beside the paper's."""
+    methods = [m for m in ("undefended", "patch_adam", "patch_rmsprop") if m in set(results["method"])]
+    fig, ax = plt.subplots(figsize=(8.2, 4.0))
+    width = 0.8 / max(len(methods), 1)
+    for j, method in enumerate(methods):
+        sub = results[results["method"] == method]
+        means = [100 * sub[f"{s}/{attack}"].astype(float).mean() for s in settings]
+        xs = np.arange(len(settings)) + (j - (len(methods) - 1) / 2) * width
+        ax.bar(xs, means, width, color=METHOD_COLORS[method], label=METHOD_LABELS[method])
+    for method, value in (paper or {}).items():
+        if method in methods:
+            ax.axhline(value, color=METHOD_COLORS[method], ls="--", lw=1, label=f"paper: {METHOD_LABELS[method]}")
+    ax.set_xticks(np.arange(len(settings)), [labels[s].replace(" ", "\n", 2) for s in settings], fontsize=7)
+    ax.set_ylabel(f"{attack.upper()} test accuracy (%)")
+    ax.set_xlabel("evaluation setting")
+    ax.set_ylim(0, 100)
+    ax.set_title("Where could the paper's numbers come from? (mean over seeds)")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

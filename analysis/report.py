@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -156,3 +157,31 @@ def write_study_report(path: str | Path) -> Path:
 def ci_text(values: np.ndarray | pd.Series) -> str:
     m, lo, hi = mean_ci(pd.Series(values))
     return f"{m:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def write_reproduction_report(path: str | Path) -> Path:
+    """Tables, findings and figures of a `patchtune reproduce` directory into DIR/report/."""
+    from analysis.paper import TABLE1
+    from analysis.reproduction import SETTING_LABELS, SETTINGS, render
+
+    path = Path(path)
+    results = pd.read_parquet(path / "results.parquet")
+    meta = json.loads((path / "reproduction.json").read_text())
+    dataset = str(meta["dataset"])
+    out = path / "report"
+    out.mkdir(exist_ok=True)
+    paper = TABLE1.get(dataset, {})
+    by_method = {m: {a: v[c] for a, v in paper.items() if c in v}
+                 for m, c in (("undefended", "undefended"), ("patch_adam", "adam"), ("patch_rmsprop", "rmsprop"))}
+    images = {
+        "method_bars": _save(plots.method_bars(results, paper=by_method), out, "method_bars"),
+        "settings_bars": _save(plots.settings_bars(
+            results, SETTINGS, SETTING_LABELS, paper={m: v["pgd"] for m, v in by_method.items() if "pgd" in v and m != "undefended"}),
+            out, "settings_bars"),
+    }
+    header = (f"# Reproduction: {dataset}, {meta['arch']}\n\n{meta['train_images']} fine-tuning images, "
+              f"{meta['test_images']} test images, {meta['epochs']} epochs, lr {meta['lr']:g}; wall time "
+              f"{meta['seconds'] / 60:.1f} min.\n")
+    text = render(results, dataset, header) + "\n## Figures\n\n" + "\n\n".join(f"![{k}]({v})" for k, v in images.items())
+    atomic_write_bytes(out / "report.md", text.encode())
+    return out / "report.md"

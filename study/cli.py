@@ -194,6 +194,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study_dir", metavar="DIR")
     p.set_defaults(run=cmd_status)
 
+    p = sub.add_parser("reproduce", help="the paper's Table 1 / Table 2 over seeds, with CIs and findings")
+    p.add_argument("dataset", type=str.lower, choices=DATASETS)
+    p.add_argument("--seeds", type=positive_int, default=3, help="seeds (default 3)")
+    p.add_argument("--storage", default="runs/reproductions", help="output parent directory (default runs/reproductions)")
+    p.add_argument("--name", help="output directory name (default reproduce-DATASET-TIMESTAMP)")
+    p.add_argument("--limit-train", type=positive_int, help="fine-tuning images (default: 10000 fmnist, all otherwise)")
+    p.add_argument("--limit-test", type=positive_int, help="test images scored (default: 500 fmnist, all otherwise)")
+    p.add_argument("--pretrain-epochs", type=positive_int, help="base model epochs (default: 10 cnn3, 200/100 vgg16)")
+    p.add_argument("--epochs", type=positive_int, help="fine-tuning and adversarial-training epochs (default 2 / 10)")
+    p.add_argument("--eot-draws", type=positive_int, default=4, help="transform draws per EOT step (default 4)")
+    p.add_argument("--cpus-per-trial", type=positive_float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=_number(float, lambda v: v >= 0, "a number >= 0"), default=0.0)
+    p.add_argument("--data-root", help="directory searched first for the data set files")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.set_defaults(run=cmd_reproduce)
+
     p = sub.add_parser("report", help="write every plot (PNG + SVG) and a Markdown report into DIR/report/")
     p.add_argument("study_dir", metavar="DIR")
     p.set_defaults(run=cmd_report)
@@ -449,13 +465,29 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from study.reproduce import make_spec, reproduce
+
+    spec = make_spec(args.dataset, seeds=args.seeds, limit_train=args.limit_train, limit_test=args.limit_test,
+                     pretrain_epochs=args.pretrain_epochs, epochs=args.epochs, eot_draws=args.eot_draws,
+                     cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial)
+    storage = Path(args.storage)
+    _writable_target(str(storage / (args.name or "x") / "results.parquet"), "--storage")
+    if args.name and (storage / args.name).exists():
+        raise UsageError(f"--name {args.name!r}: {storage / args.name} already exists")
+    reproduce(spec, storage, name=args.name, address=args.address or os.environ.get("RAY_ADDRESS") or None,
+              data_root=_data_root(args.data_root))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
-    from analysis.report import write_study_report
+    from analysis.report import write_reproduction_report, write_study_report
 
     path = Path(args.study_dir)
     if not (path / "results.parquet").is_file():
-        raise UsageError(f"{args.study_dir!r} is not a finished patchtune study directory (no results.parquet)")
-    report = write_study_report(path)
+        raise UsageError(f"{args.study_dir!r} is not a finished patchtune study or reproduction directory (no results.parquet)")
+    is_reproduction = (path / "reproduction.json").is_file()
+    report = write_reproduction_report(path) if is_reproduction else write_study_report(path)
     print(f"wrote {report} and its figures")
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,3 +42,30 @@ def trained_cnn3(fmnist_small: DataBundle, device: torch.device) -> torch.nn.Mod
         progress=False)
     model.eval()
     return model
+
+
+@pytest.fixture(scope="session")
+def tiny_study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real study (4 trials, 1 epoch) on real Ray, shared by the notebook and report tests."""
+    from study.runner import run_study
+    from study.spec import parse_spec
+
+    storage = tmp_path_factory.mktemp("studies")
+    spec = parse_spec({
+        "name": "nbstudy", "dataset": "fmnist", "storage": str(storage),
+        "base": {"pretrain": {"epochs": 1, "limit_train": 2000}},
+        "data": {"limit_train": 600, "limit_test": 100},
+        "search": {"lr": {"adam": [1e-4, 1e-2], "rmsprop": [1e-4, 1e-2]}, "batch_size": [64], "patch_size": [4, 10]},
+        "epochs": 1, "objective": {"metric": "robust_auc", "eps_grid": [0.02, 0.05], "val_limit": 100},
+        "num_samples": 4, "max_concurrent": 2, "scheduler": {"type": "fifo"}, "sampler": {"type": "random", "seed": 1},
+    })
+    return run_study(spec)
+
+
+@pytest.fixture(scope="session")
+def tiny_repro_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny real `patchtune reproduce fmnist` (2 seeds x 6 methods) on real Ray."""
+    from study.reproduce import make_spec, reproduce
+
+    spec = make_spec("fmnist", seeds=2, limit_train=300, limit_test=40, pretrain_epochs=1, epochs=1, eot_draws=2)
+    return reproduce(spec, tmp_path_factory.mktemp("repro"), name="tiny")

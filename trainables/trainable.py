@@ -8,6 +8,7 @@ reason under `error` (the searcher marks it FAIL in Optuna) and stops, instead o
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import socket
@@ -20,17 +21,19 @@ import torch
 from ray import tune
 
 from trainables.augment import make_generator
-from trainables.config import ObjectiveCfg, trial_cfgs
+from trainables.config import AttackCfg, AugCfg, ObjectiveCfg, Optimizer, TrainCfg, trial_cfgs
 from trainables.data import DatasetInfo, Split
 from trainables.engine import (
     DivergedError,
     configure_backends,
+    fit,
     make_optimizer,
     pick_device,
     score_objective,
     train_one_epoch,
 )
 from trainables.models import InputSpec, build_model
+from trainables.variants import evaluate_variants
 
 
 @dataclasses.dataclass
@@ -96,3 +99,51 @@ def _failure_metrics(reason: str, epoch: int, device: torch.device) -> dict[str,
     """Every key the searcher and scheduler read, with finite values: NaN would leave Optuna trials RUNNING."""
     return {"objective": 0.0, "val_clean_acc": 0.0, "val_pgd_acc": 0.0, "val_robust_auc": 0.0,
             "train_loss": float("inf"), "epoch": epoch + 1, "epoch_time_s": 0.0, **_where(device), "error": reason}
+
+
+# ------------------------------------------------------------------------------------------- reproduction
+
+REPRO_METHODS = ("undefended", "patch_adam", "patch_rmsprop", "fgsm_at", "ifgsm_at", "pgd_at")
+
+
+@dataclasses.dataclass
+class ReproSetup:
+    """Shared read-only inputs of the reproduction grid (one base model per seed)."""
+
+    arch: str
+    info: DatasetInfo
+    train: Split
+    val: Split  # monitored during fine-tuning only (fixed lr: no decisions are taken on it)
+    test: Split
+    bases: dict[int, dict[str, torch.Tensor]]
+    lr: float  # the paper's fine-tuning lr for the arch
+    epochs: int
+    batch_size: int
+    aug: AugCfg
+    attacks: list[AttackCfg]  # FGSM, IFGSM, PGD-10 at the paper's parameters
+    eot_draws: int = 8
+
+
+def reproduce_trial(config: dict[str, Any], setup: ReproSetup) -> None:
+    """One (seed, method) cell of the paper's tables: fine-tune the seed's base, score every setting on test."""
+    seed, method = int(config["seed"]), str(config["method"])
+    device = pick_device()
+    autocast = configure_backends(device)
+    i = setup.info
+    spec = InputSpec(i.channels, i.height, i.width, i.num_classes, i.mean, i.std)
+    base = build_model(setup.arch, spec)
+    base.load_state_dict(setup.bases[seed])
+    model = copy.deepcopy(base).to(device)
+    base.to(device)
+    t0 = time.perf_counter()
+    if method != "undefended":
+        optimizer = Optimizer.RMSPROP if method == "patch_rmsprop" else Optimizer.ADAM
+        cfg = TrainCfg(optimizer=optimizer, lr=setup.lr, batch_size=setup.batch_size, epochs=setup.epochs, seed=seed)
+        adversarial = {a.name.value: a for a in setup.attacks}.get(method.removesuffix("_at")) if method.endswith("_at") else None
+        fit(model, setup.train.to(device), setup.val.to(device), cfg, device=device,
+            augment=setup.aug if method.startswith("patch") else None, adversarial=adversarial, autocast=autocast,
+            progress=False)
+    train_s = time.perf_counter() - t0
+    scores = evaluate_variants(model, base, setup.test.to(device), setup.attacks, aug=setup.aug,
+                               pixel_std=sum(i.std) / len(i.std), device=device, seed=seed, eot_draws=setup.eot_draws)
+    tune.report({**scores, "train_s": train_s, "eval_s": time.perf_counter() - t0 - train_s, **_where(device)})

@@ -1,0 +1,83 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # The role of the optimizer in patch fine-tuning
+#
+# Table 1 of Agarwal, Vatsa & Singh (AAAI 2021) beside our numbers, and how sensitive robustness is to the
+# optimizer and the other knobs of a `patchtune run` study. Set `PATCHTUNE_STUDY_DIR` (a study directory) and
+# optionally `PATCHTUNE_REPRO_DIR` (a `patchtune reproduce` directory) before running; the notebook only
+# arranges what `analysis.*` computes.
+
+# %% tags=["parameters"]
+import os
+
+STUDY_DIR = os.environ.get("PATCHTUNE_STUDY_DIR", "runs/studies/quick")
+REPRO_DIR = os.environ.get("PATCHTUNE_REPRO_DIR", "")
+
+# %%
+from pathlib import Path
+
+import pandas as pd
+from IPython.display import Markdown, display
+
+from analysis import plots
+from analysis.load import epochs_long, load_study
+from analysis.report import optimizer_finding, optuna_importances
+from analysis.reproduction import findings, markdown_table, table1
+
+study = load_study(STUDY_DIR)
+print(f"study {study.name}: {len(study.results)} trials, objective {study.objective}")
+
+# %% [markdown]
+# ## Table 1
+
+# %%
+if REPRO_DIR and Path(REPRO_DIR, "results.parquet").is_file():
+    repro = pd.read_parquet(Path(REPRO_DIR, "results.parquet"))
+    dataset = study.spec.get("dataset", "fmnist")
+    display(Markdown("### Table 1 (reproduction, mean ± 95 % CI over seeds)\n\n" + markdown_table(table1(repro, dataset))))
+    display(Markdown("\n".join(f"- {s}" for s in findings(repro, dataset))))
+if study.best:
+    rows = [{"trial": e["trial_id"], "optimizer": e["config"]["optimizer"], **{k: round(100 * v, 2) for k, v in e["test"]["accuracy"].items()}}
+            for e in study.best["trials"]]
+    display(Markdown("### Best study trial(s) on the test split\n\n" + markdown_table(pd.DataFrame(rows))))
+
+# %% [markdown]
+# ## Optimizer sensitivity
+
+# %%
+results = study.results[study.results["status"] != "FAILED"]
+label = plots.OBJECTIVE_LABELS.get(study.objective)
+plots.robust_vs_lr(results, "objective", label)
+
+# %%
+plots.robust_by_optimizer(results, "objective", label)
+
+# %%
+plots.optimizer_patch_heatmap(results, "objective", label)
+
+# %%
+plots.transform_effect(results, "objective", label)
+
+# %%
+plots.clean_vs_robust(results)
+
+# %%
+plots.learning_curves(epochs_long(study.epochs, study.results), "objective", label)
+
+# %%
+importances = optuna_importances(study)
+if importances:
+    display(plots.param_importances(importances))
+print(optimizer_finding(study))
