@@ -69,3 +69,17 @@ def tiny_repro_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     spec = make_spec("fmnist", seeds=2, limit_train=300, limit_test=40, pretrain_epochs=1, epochs=1, eot_draws=2)
     return reproduce(spec, tmp_path_factory.mktemp("repro"), name="tiny")
+
+
+@pytest.fixture(scope="session")
+def base_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real base checkpoint (cnn3, 1 epoch on 3000 F-MNIST images) for study tests."""
+    from trainables.checkpoint import save_checkpoint
+    from trainables.pipeline import pretrain
+
+    cfg = DataCfg(limit_train=3000, limit_val=300, limit_test=300)
+    model, meta = pretrain("cnn3", load_data(cfg), cfg, TrainCfg(epochs=1, lr=2e-3), device=pick_device("cpu"),
+                           progress=False)
+    path = tmp_path_factory.mktemp("base") / "base.pt"
+    save_checkpoint(path, model, meta)
+    return path

@@ -44,22 +44,6 @@ def _tiny(storage: Path, name: str, base: Path, **over: Any) -> dict[str, Any]:
     return spec
 
 
-@pytest.fixture(scope="module")
-def base_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from trainables.checkpoint import save_checkpoint
-    from trainables.config import DataCfg, TrainCfg
-    from trainables.data import load_data
-    from trainables.engine import pick_device
-    from trainables.pipeline import pretrain
-
-    cfg = DataCfg(limit_train=2000, limit_val=200, limit_test=200)
-    model, meta = pretrain("cnn3", load_data(cfg), cfg, TrainCfg(epochs=1, lr=2e-3), device=pick_device("cpu"),
-                           progress=False)
-    path = tmp_path_factory.mktemp("base") / "base.pt"
-    save_checkpoint(path, model, meta)
-    return path
-
-
 def _intermediate_values(db: Path) -> int:
     try:
         with sqlite3.connect(db) as con:

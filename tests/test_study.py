@@ -19,24 +19,10 @@ import torch
 
 from study.runner import run_study
 from study.spec import parse_spec
-from trainables.checkpoint import load_checkpoint, save_checkpoint
-from trainables.config import DataCfg, TrainCfg
-from trainables.data import load_data
-from trainables.engine import pick_device
-from trainables.pipeline import pretrain
+from trainables.checkpoint import load_checkpoint
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def base_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = DataCfg(limit_train=3000, limit_val=300, limit_test=300)
-    model, meta = pretrain("cnn3", load_data(cfg), cfg, TrainCfg(epochs=1, lr=2e-3), device=pick_device("cpu"),
-                           progress=False)
-    path = tmp_path_factory.mktemp("base") / "base.pt"
-    save_checkpoint(path, model, meta)
-    return path
 
 
 def tiny(storage: Path, name: str, **over: Any) -> dict[str, Any]:
