@@ -24,6 +24,7 @@ class StudyData:
     results: pd.DataFrame  # one row per trial
     epochs: pd.DataFrame  # one row per trial and epoch
     best: dict[str, Any] | None
+    base: dict[str, Any] | None = None  # base.json: the base checkpoint and its validation scores
 
     @property
     def name(self) -> str:
@@ -48,7 +49,16 @@ def load_study(path: str | Path) -> StudyData:
     results = pd.read_parquet(path / "results.parquet")
     epochs = pd.read_parquet(path / "epochs.parquet") if (path / "epochs.parquet").is_file() else pd.DataFrame()
     best = json.loads((path / "best.json").read_text()) if (path / "best.json").is_file() else None
-    return StudyData(path, spec or {}, tidy_results(results), epochs, best)
+    base = json.loads((path / "base.json").read_text()) if (path / "base.json").is_file() else None
+    return StudyData(path, spec or {}, tidy_results(results), epochs, best, base)
+
+
+def base_eps_curve(base: dict[str, Any] | None) -> pd.DataFrame:
+    """The base model's validation accuracy per eps (from base.json), in the `accuracy_vs_eps` layout."""
+    scores = (base or {}).get("val") or {}
+    rows = [{"model": "base (undefended)", "optimizer": None, "eps": float(k.removeprefix("val_pgd_acc_eps")),
+             "accuracy": float(v)} for k, v in scores.items() if k.startswith("val_pgd_acc_eps")]
+    return pd.DataFrame(rows, columns=["model", "optimizer", "eps", "accuracy"])
 
 
 def tidy_results(results: pd.DataFrame) -> pd.DataFrame:

@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis import plots
-from analysis.load import StudyData, epochs_long, eps_curves, load_study
+from analysis.load import StudyData, base_eps_curve, epochs_long, eps_curves, load_study
 from analysis.paper import paper_value
 from trainables.atomic import atomic_write_bytes
 
@@ -96,6 +96,8 @@ def study_figures(data: StudyData) -> dict[str, Callable[[], Figure]]:
         best_per_opt = data.finished().sort_values("objective").groupby("optimizer").tail(1)["trial_id"]
         chosen = curves[curves["trial_id"].isin(best_per_opt)].copy()
         chosen["model"] = chosen["optimizer"].astype(str) + " best (" + chosen["trial_id"].astype(str) + ")"
+        base = base_eps_curve(data.base)
+        chosen = pd.concat([base, chosen[base.columns]], ignore_index=True) if len(base) else chosen
         if len(chosen):
             figures["accuracy_vs_eps"] = lambda: plots.accuracy_vs_eps(chosen)
     importances = optuna_importances(data)

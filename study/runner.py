@@ -209,6 +209,14 @@ def _input_spec(data: DataBundle) -> Any:
     return InputSpec(i.channels, i.height, i.width, i.num_classes, i.mean, i.std)
 
 
+def score_base(spec: StudySpec, data: DataBundle, base_path: Path) -> dict[str, float]:
+    """The undefended base on the trials' validation subset and eps grid: the reference line in the report."""
+    from trainables.engine import pick_device, score_objective
+
+    model = load_checkpoint(base_path, arch=spec.resolved_arch, dataset=spec.dataset).build()
+    return score_objective(model, data.val, objective_cfg(spec), device=pick_device("cpu"), seed=spec.seed)
+
+
 def build_trainable(spec: StudySpec, data: DataBundle, base_path: Path) -> Any:
     from ray import tune
 
@@ -294,7 +302,8 @@ def run_study(spec: StudySpec, *, address: str | None = None, dashboard: bool = 
     _ray_init(address, dashboard, dashboard_host)
     try:
         base_path = ensure_base(prep)
-        atomic_write_text(study_dir / "base.json", json.dumps({"path": str(base_path)}, indent=2))
+        atomic_write_text(study_dir / "base.json", json.dumps(
+            {"path": str(base_path), "val": score_base(spec, prep.data, base_path)}, indent=2))
         tuner = build_tuner(spec, build_trainable(spec, prep.data, base_path))
         _print_watch_hints(spec)
         grid = tuner.fit()

@@ -75,5 +75,9 @@ def test_report_writes_every_figure(tiny_study_dir: Path, tiny_repro_dir: Path) 
         assert (report.parent / f"{name}.png").stat().st_size > 5000 and (report.parent / f"{name}.svg").is_file()
         assert f"({name}.png)" in text
     assert "## Findings" in text and "| trial |" in text
+    from analysis.load import base_eps_curve, load_study
+
+    base = base_eps_curve(load_study(tiny_study_dir).base)
+    assert list(base["eps"]) == [0.02, 0.05] and base["accuracy"].between(0, 1).all()
     repro = write_reproduction_report(tiny_repro_dir)
     assert (repro.parent / "method_bars.png").is_file() and "## Table 1 (fmnist)" in repro.read_text()

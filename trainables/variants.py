@@ -45,7 +45,7 @@ class SoftmaxOutput(nn.Module):
 
 
 class AlwaysTrainMode(nn.Module):
-    """Ignores eval(): the wrapped model stays in train mode even inside the attack's eval context."""
+    """Ignores `.eval()`: the wrapped model stays in train mode even inside the attack's eval context."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
