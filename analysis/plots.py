@@ -212,8 +212,10 @@ def learning_curves(epochs: pd.DataFrame, metric: str = "objective", label: str 
 
 
 METHOD_LABELS = {"undefended": "undefended", "patch_adam": "patch + Adam", "patch_rmsprop": "patch + RMSProp",
+                 "patch_adam_long": "patch + Adam (long)", "patch_rmsprop_long": "patch + RMSProp (long)",
                  "fgsm_at": "FGSM-AT", "ifgsm_at": "IFGSM-AT", "pgd_at": "PGD-AT"}
 METHOD_COLORS = {"undefended": "0.55", "patch_adam": OPTIMIZER_COLORS["adam"], "patch_rmsprop": OPTIMIZER_COLORS["rmsprop"],
+                 "patch_adam_long": "#aec7e8", "patch_rmsprop_long": "#ff9896",
                  "fgsm_at": "#8c564b", "ifgsm_at": "#e377c2", "pgd_at": "#17becf"}
 
 
@@ -252,7 +254,8 @@ def method_bars(results: pd.DataFrame, keys: Sequence[str] = ("clean", "whitebox
 def settings_bars(results: pd.DataFrame, settings: Sequence[str], labels: Mapping[str, str], attack: str = "pgd",
                   paper: Mapping[str, float] | None = None) -> Figure:
     """PGD accuracy (%) of the patch-fine-tuned models under each evaluation setting, beside the paper's."""
-    methods = [m for m in ("undefended", "patch_adam", "patch_rmsprop") if m in set(results["method"])]
+    methods = [m for m in ("undefended", "patch_adam", "patch_rmsprop", "patch_adam_long", "patch_rmsprop_long")
+               if m in set(results["method"])]
     fig, ax = plt.subplots(figsize=(8.2, 4.0))
     width = 0.8 / max(len(methods), 1)
     for j, method in enumerate(methods):

@@ -204,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain-epochs", type=positive_int, help="base model epochs (default: 10 cnn3, 200/100 vgg16)")
     p.add_argument("--epochs", type=positive_int, help="fine-tuning and adversarial-training epochs (default 2 / 10)")
     p.add_argument("--eot-draws", type=positive_int, default=4, help="transform draws per EOT step (default 4)")
+    p.add_argument("--long-epochs", type=positive_int, help="epochs of the long fine-tune cells (default 10 / 50)")
+    p.add_argument("--at-from-scratch", action="store_true",
+                   help="adversarial training from a fresh init for --pretrain-epochs instead of from the base")
     p.add_argument("--cpus-per-trial", type=positive_float, default=1.0)
     p.add_argument("--gpus-per-trial", type=_number(float, lambda v: v >= 0, "a number >= 0"), default=0.0)
     p.add_argument("--data-root", help="directory searched first for the data set files")
@@ -470,6 +473,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     spec = make_spec(args.dataset, seeds=args.seeds, limit_train=args.limit_train, limit_test=args.limit_test,
                      pretrain_epochs=args.pretrain_epochs, epochs=args.epochs, eot_draws=args.eot_draws,
+                     long_epochs=args.long_epochs, at_from_scratch=args.at_from_scratch or None,
                      cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial)
     storage = Path(args.storage)
     _writable_target(str(storage / (args.name or "x") / "results.parquet"), "--storage")

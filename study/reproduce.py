@@ -38,11 +38,13 @@ class ReproSpec:
     limit_test: int | None
     seeds: int = 3
     eot_draws: int = 4
+    long_epochs: int = 10  # fine-tuning epochs of the `patch_*_long` cells
+    at_from_scratch: bool = False  # adversarial training from a fresh init for pretrain_epochs, not from the base
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("pretrain_epochs", "epochs", "patch_size", "seeds", "eot_draws"):
+        for name in ("pretrain_epochs", "epochs", "patch_size", "seeds", "eot_draws", "long_epochs"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
 
@@ -54,9 +56,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "fmnist": {"arch": "cnn3", "lr": 1e-3, "pretrain_epochs": 10, "epochs": 2, "patch_size": 8,
                "limit_train": 10000, "limit_test": 500},
     "cifar10": {"arch": "vgg16", "lr": 1e-4, "pretrain_epochs": 200, "epochs": 10, "patch_size": 8,
-                "limit_train": None, "limit_test": None},
+                "limit_train": None, "limit_test": None, "long_epochs": 50},
     "imagenette": {"arch": "vgg16", "lr": 1e-4, "pretrain_epochs": 100, "epochs": 10, "patch_size": 48,
-                   "limit_train": None, "limit_test": None},
+                   "limit_train": None, "limit_test": None, "long_epochs": 50},
 }
 
 
@@ -108,7 +110,9 @@ def reproduce(spec: ReproSpec, storage: Path, *, name: str | None = None, addres
         bases = {s: load_checkpoint(_base_path(storage, spec, s), arch=spec.arch, dataset=dataset).state_dict for s in seeds}
         setup = ReproSetup(arch=spec.arch, info=data.info, train=data.train, val=data.val, test=data.test, bases=bases,
                            lr=spec.lr, epochs=spec.epochs, batch_size=128, aug=AugCfg(patch_size=spec.patch_size),
-                           attacks=paper_attacks(dataset, ["fgsm", "ifgsm", "pgd"]), eot_draws=spec.eot_draws)
+                           attacks=paper_attacks(dataset, ["fgsm", "ifgsm", "pgd"]), eot_draws=spec.eot_draws,
+                           long_epochs=spec.long_epochs,
+                           at_from_scratch_epochs=spec.pretrain_epochs if spec.at_from_scratch else None)
         trainable = tune.with_resources(tune.with_parameters(reproduce_trial, setup=setup),
                                         {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
         tuner = tune.Tuner(
@@ -138,7 +142,9 @@ def reproduce(spec: ReproSpec, storage: Path, *, name: str | None = None, addres
         {**dataclasses.asdict(spec), "train_images": len(data.train), "test_images": len(data.test),
          "seconds": round(elapsed, 1)}, indent=2))
     header = (f"# Reproduction: {spec.dataset}, {spec.arch}\n\n{len(data.train)} fine-tuning images, {len(data.test)} test "
-              f"images, {spec.epochs} fine-tuning epochs, lr {spec.lr:g}, patch {spec.patch_size} px (all five ops); "
+              f"images, {spec.epochs} fine-tuning epochs ({spec.long_epochs} for the long cells), lr {spec.lr:g}, patch "
+              f"{spec.patch_size} px (all five ops), adversarial training "
+              f"{'from scratch' if spec.at_from_scratch else 'from the base'}; "
               f"wall time {elapsed / 60:.1f} min.\n")
     text = render(results, spec.dataset, header)
     atomic_write_text(out / "tables.md", text)

@@ -67,7 +67,8 @@ def tiny_repro_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny real `patchtune reproduce fmnist` (2 seeds x 6 methods) on real Ray."""
     from study.reproduce import make_spec, reproduce
 
-    spec = make_spec("fmnist", seeds=2, limit_train=300, limit_test=40, pretrain_epochs=1, epochs=1, eot_draws=2)
+    spec = make_spec("fmnist", seeds=2, limit_train=300, limit_test=40, pretrain_epochs=1, epochs=1, eot_draws=2,
+                     long_epochs=2, at_from_scratch=True)
     return reproduce(spec, tmp_path_factory.mktemp("repro"), name="tiny")
 
 

@@ -17,7 +17,8 @@ from trainables.augment import make_generator
 from trainables.config import AugCfg, Dataset, paper_attacks
 from trainables.variants import VARIANTS, AlwaysTrainMode, RandomPatchModel, evaluate_variants
 
-METHODS = ("undefended", "patch_adam", "patch_rmsprop", "fgsm_at", "ifgsm_at", "pgd_at")
+METHODS = ("undefended", "patch_adam", "patch_rmsprop", "patch_adam_long", "patch_rmsprop_long", "fgsm_at", "ifgsm_at",
+           "pgd_at")
 
 
 def frame(seeds: int = 3, rmsprop_gain: float = 0.05) -> pd.DataFrame:
@@ -52,7 +53,7 @@ def test_findings_use_paired_tests_over_seeds() -> None:
     diff, lo, hi, p, n = paired(frame(), "patch_rmsprop", "patch_adam", "whitebox/pgd")
     assert n == 3 and diff == pytest.approx(5.0, abs=0.5) and lo < diff < hi and p < 0.05
     text = findings(frame(), "fmnist")
-    assert text[0].startswith("RMSProp beats Adam under PGD-10 on F-MNIST: yes, +5.")
+    assert text[0].startswith("RMSProp beats Adam under PGD-10 on F-MNIST: yes, +")
     assert any("beats PGD-AT under PGD-10 on F-MNIST: no" in s for s in text)
     one = findings(frame(seeds=1), "fmnist")
     assert "undecided (n=1 seed" in one[0]
@@ -63,7 +64,7 @@ def test_matching_setting_names_the_setting_near_the_paper() -> None:
     assert "eps in normalised units on adam (53.0 % vs paper 53.7 %)" in text
     assert "white-box" not in text
     st = settings_table(frame(), "fmnist")
-    assert list(st["model"]) == ["undefended", "adam", "rmsprop"] and "paper" in st.columns
+    assert list(st["model"]) == ["undefended", "adam", "rmsprop", "adam (long)", "rmsprop (long)"] and "paper" in st.columns
     assert "## Table 1 (fmnist)" in render(frame(), "fmnist")
 
 
@@ -98,7 +99,7 @@ def test_wrappers() -> None:
 def test_reproduce_end_to_end_tiny(tiny_repro_dir: Path) -> None:
     out = tiny_repro_dir
     results = pd.read_parquet(out / "results.parquet")
-    assert len(results) == 12 and set(results["method"]) == set(METHODS) and set(results["seed"]) == {0, 1}
+    assert len(results) == 16 and set(results["method"]) == set(METHODS) and set(results["seed"]) == {0, 1}
     assert {"clean", "whitebox/pgd", "transfer/pgd", "ttt_eot/pgd"} <= set(results.columns)
     for key in [c for c in results.columns if "/" in c and not c.startswith("ttt")]:
         assert (results[key] <= results["clean"] + 1e-9).all(), key
