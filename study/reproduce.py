@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.reproduction import render
-from study.runner import StudyError, _input_spec, _pretrain_remote, _ray_init
+from study.runner import StudyError, _pretrain_remote, _ray_init
 from trainables.atomic import atomic_open, atomic_write_text
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import AugCfg, ConfigError, DataCfg, Dataset, paper_attacks
@@ -155,8 +155,9 @@ def reproduce(spec: ReproSpec, storage: Path, *, name: str | None = None, addres
 
 def _build(arch: str, data: Any) -> Any:
     from trainables.models import build_model
+    from trainables.pipeline import input_spec
 
-    return build_model(arch, _input_spec(data))
+    return build_model(arch, input_spec(data))
 
 
 def load_results(path: Path) -> pd.DataFrame:

@@ -30,6 +30,7 @@ from trainables.atomic import atomic_open, atomic_write_text
 from trainables.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from trainables.config import ConfigError, DataCfg, ObjectiveCfg, paper_attacks
 from trainables.data import DataBundle, load_data
+from trainables.pipeline import input_spec
 
 log = logging.getLogger("patchtune")
 OBJECTIVE = "objective"
@@ -195,18 +196,11 @@ def ensure_base(prep: Prepared) -> Path:
     state, meta = ray.get(task.remote(spec.resolved_arch, cfg, dataclasses.asdict(spec.base.pretrain)))
     from trainables.models import build_model
 
-    model = build_model(spec.resolved_arch, _input_spec(prep.data))
+    model = build_model(spec.resolved_arch, input_spec(prep.data))
     model.load_state_dict(state)
     save_checkpoint(prep.base_cache, model, meta)
     print(f"base model: val acc {meta['val_acc']:.4f}, test acc {meta['test_acc']:.4f}", flush=True)
     return prep.base_cache
-
-
-def _input_spec(data: DataBundle) -> Any:
-    from trainables.models import InputSpec
-
-    i = data.info
-    return InputSpec(i.channels, i.height, i.width, i.num_classes, i.mean, i.std)
 
 
 def score_base(spec: StudySpec, data: DataBundle, base_path: Path) -> dict[str, float]:
@@ -458,7 +452,7 @@ def _evaluate_remote(arch: str, cfg: DataCfg, state: dict[str, Any], attacks: li
 
     data = load_data(cfg)
     device = pick_device()
-    model = build_model(arch, _input_spec(data))
+    model = build_model(arch, input_spec(data))
     model.load_state_dict(state)
     model.to(device)
     acc = evaluate(model, data.test, attacks, device=device, autocast=configure_backends(device))
