@@ -146,7 +146,11 @@ def _ray_init(address: str | None, dashboard: bool, dashboard_host: str = "127.0
 
     kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": True, "logging_level": logging.WARNING}
     if address:
-        ray.init(address=address, **kwargs)
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise StudyError(f"--address {address!r}: cannot connect to a Ray cluster there "
+                             f"({str(exc).splitlines()[0][:160]})") from None
         return
     # A fresh local instance ("local" ignores a stale ray_current_cluster file). The dashboard binds to
     # 127.0.0.1 only: Ray's Jobs API runs code for whoever reaches it (CVE-2023-48022).
@@ -288,13 +292,14 @@ def trial_dirname(trial: Any) -> str:
 def run_study(spec: StudySpec, *, address: str | None = None, dashboard: bool = False,
               dashboard_host: str = "127.0.0.1") -> Path:
     prep = preflight(spec)
-    study_dir = spec.study_dir()
-    study_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(study_dir / "spec.yaml", spec.to_yaml())
     import ray
 
+    # Connect before writing anything: a wrong --address must not leave a half-made study directory behind.
     _ray_init(address, dashboard, dashboard_host)
     try:
+        study_dir = spec.study_dir()
+        study_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(study_dir / "spec.yaml", spec.to_yaml())
         base_path = ensure_base(prep)
         atomic_write_text(study_dir / "base.json", json.dumps(
             {"path": str(base_path), "val": score_base(spec, prep.data, base_path)}, indent=2))
