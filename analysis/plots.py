@@ -274,3 +274,31 @@ def settings_bars(results: pd.DataFrame, settings: Sequence[str], labels: Mappin
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def audit_bars(frame: pd.DataFrame) -> Figure:
+    """Audit accuracy (%) per attack, paper parameters first, strong attacks after, per audited model.
+
+    `frame`: columns model, attack, accuracy_pct, ci_lo_pct, ci_hi_pct (95 % Wilson), one row per (model, attack)
+    in the audit's order.
+    """
+    attacks = list(dict.fromkeys(frame["attack"]))
+    models = list(dict.fromkeys(frame["model"]))
+    colors = dict(zip(models, sns.color_palette("deep", max(len(models), 1)).as_hex(), strict=False))
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(attacks) + 2), 4.4))
+    width = 0.8 / max(len(models), 1)
+    for j, model in enumerate(models):
+        sub = frame[frame["model"] == model].set_index("attack").reindex(attacks)
+        xs = np.arange(len(attacks)) + (j - (len(models) - 1) / 2) * width
+        acc = sub["accuracy_pct"].to_numpy(dtype=float)
+        err = np.vstack([acc - sub["ci_lo_pct"].to_numpy(dtype=float), sub["ci_hi_pct"].to_numpy(dtype=float) - acc])
+        ax.bar(xs, acc, width, yerr=err, capsize=2, color=colors[model], label=model)
+    ax.set_xticks(np.arange(len(attacks)), attacks, rotation=25, ha="right", fontsize=8)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_xlabel("attack (left: the paper's parameters; right: strong attacks and their per-sample worst case)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Robustness audit (bars: accuracy with 95 % Wilson interval)")
+    if len(models) > 1:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -142,6 +142,9 @@ def write_study_report(path: str | Path) -> Path:
                              "ours (%)": round(100 * acc, 2), "paper (%)": "-" if paper is None else paper})
         md += [_md_table(pd.DataFrame(rows)), "",
                f"n = {data.best['test_split']['n']} test images. The paper's clean number is its undefended model's.", ""]
+    audit_path = data.path / "audit.json"
+    if audit_path.is_file():
+        md += _audit_section(json.loads(audit_path.read_text()), out)
     md += ["## Findings", "", "- " + optimizer_finding(data)]
     for opt, sub in data.finished().groupby("optimizer"):
         m, lo, hi = mean_ci(100 * sub["objective"])
@@ -154,6 +157,29 @@ def write_study_report(path: str | Path) -> Path:
         md += [f"### {name.replace('_', ' ')}", "", f"![{name}]({file})", ""]
     atomic_write_bytes(out / "report.md", "\n".join(md).encode())
     return out / "report.md"
+
+
+def _audit_section(payload: dict[str, object], out: Path) -> list[str]:
+    """Paper-parameter vs strong-attack accuracy of the audited best trial(s), side by side, with the checks."""
+    from analysis.audit import bars_frame, checks_frame, headline, side_by_side
+
+    trials = payload["trials"]
+    assert isinstance(trials, list)
+    reports = [rep for t in trials for rep in t["audits"]]
+    labels = [str(t["trial_id"]) for t in trials for _ in t["audits"]]
+    figure = _save(plots.audit_bars(bars_frame(reports, labels)), out, "audit")
+    table = side_by_side(reports, labels)
+    for col in table.columns[1:]:
+        table[col] = table[col].map(lambda v: f"{v:.2f}")
+    md = ["## Robustness audit (test split): paper parameters vs strong attacks", "",
+          _md_table(table), "",
+          "Rows: the paper's FGSM / IFGSM-10 / PGD-10 (alpha 0.01), PGD with alpha = 2.5 eps / steps and restarts, "
+          "AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square at the reference parameters), and the per-sample "
+          "worst case over all of them — the number to quote.", ""]
+    for label, rep in zip(labels, reports, strict=True):
+        md += [f"### Checks: trial {label}, eps {rep['eps']:g}", "", headline(rep), "", _md_table(checks_frame(rep)), ""]
+    md += [f"![audit]({figure})", ""]
+    return md
 
 
 def ci_text(values: np.ndarray | pd.Series) -> str:

@@ -1,6 +1,6 @@
 """Tune overhead: N short trials through `patchtune run` vs the same trials in a bare Python loop.
 
-    .venv/bin/python benchmarks/bench_tune.py [--trials 8] [--concurrency 2]
+    .venv/bin/python benchmarks/bench_tune.py [--trials 8] [--concurrency 2]   (also a row of `make bench`)
 
 Both sides run the same trial configs (the ones the study's sampler chose), the same data, epochs and
 validation scoring, at the same concurrency (a process pool of the same size, one torch thread per trial as
@@ -27,7 +27,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_core import machine  # noqa: E402
+from bench_core import machine, render  # noqa: E402
 
 from study.runner import base_cache_path, data_cfg, objective_cfg  # noqa: E402
 from study.spec import parse_spec  # noqa: E402
@@ -88,12 +88,8 @@ def _bare_test_eval(raw: dict[str, Any], base: str) -> None:
     evaluate(load_checkpoint(base).build(), data.test, paper_attacks(spec.dataset_enum), device=torch.device("cpu"))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--concurrency", type=int, default=2)
-    parser.add_argument("--no-record", action="store_true")
-    args = parser.parse_args()
+def measure(trials: int = 8, concurrency: int = 2) -> dict[str, Any]:
+    """Time `patchtune run` and the bare loop on the same trial configs; one row for bench_core's table."""
     storage = Path(tempfile.mkdtemp(prefix="patchtune-bench-"))
     patchtune = [sys.executable, "-m", "study.cli"]
 
@@ -102,7 +98,7 @@ def main() -> None:
     warm.write_text(yaml.safe_dump(bench_spec(storage, "warm", 1, 1)))
     subprocess.run([*patchtune, "run", str(warm)], cwd=ROOT, check=True, capture_output=True)
 
-    raw = bench_spec(storage, "timed", args.trials, args.concurrency)
+    raw = bench_spec(storage, "timed", trials, concurrency)
     spec_file = storage / "timed.yaml"
     spec_file.write_text(yaml.safe_dump(raw))
     t0 = time.perf_counter()
@@ -114,17 +110,29 @@ def main() -> None:
     configs = [{k: r[k] for k in ("optimizer", "lr", "batch_size", "patch_size", "num_patches", "pool", "epochs", "seed")}
                for r in results.to_dict("records")]
     t0 = time.perf_counter()
-    with mp.get_context("spawn").Pool(args.concurrency) as pool:
+    with mp.get_context("spawn").Pool(concurrency) as pool:
         pool.map(_bare_trial, [(raw, c, base) for c in configs], chunksize=1)
     _bare_test_eval(raw, base)
     t_bare = time.perf_counter() - t0
+    return {
+        "row": f"Tune overhead: {trials} trials (2 epochs, 3k images, 500 val images scored), concurrency {concurrency}",
+        "ours": f"`patchtune run` {t_tune:.1f} s",
+        "peer": f"bare process-pool loop {t_bare:.1f} s",
+        "ratio": t_tune / t_bare,
+        "measure": "time ours / peer",
+        "target": "<= 1.10x",
+        "ok": t_tune / t_bare <= 1.10,
+    }
 
-    ratio = t_tune / t_bare
-    text = (f"### {dt.datetime.now():%Y-%m-%d %H:%M} — `benchmarks/bench_tune.py`\n\nMachine: {machine()}.\n\n"
-            "| benchmark | ours | peer | ratio | target |\n|---|---|---|---|---|\n"
-            f"| Tune overhead: {args.trials} trials (2 epochs, 3k images, 500 val images scored), concurrency "
-            f"{args.concurrency} | `patchtune run` {t_tune:.1f} s | bare process-pool loop {t_bare:.1f} s | "
-            f"**{ratio:.2f}x** | <= 1.10x |\n")
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--no-record", action="store_true")
+    args = parser.parse_args()
+    row = measure(args.trials, args.concurrency)
+    text = render([row], f"### {dt.datetime.now():%Y-%m-%d %H:%M} — `benchmarks/bench_tune.py`\n\nMachine: {machine()}.")
     print(text)
     if not args.no_record:
         with (ROOT / "benchmarks" / "README.md").open("a") as f:

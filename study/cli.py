@@ -164,6 +164,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(run=cmd_eval)
 
+    p = sub.add_parser("audit", help="strong attacks (PGD-100, AutoAttack) and gradient-masking checks for a checkpoint")
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("--eps", type=unit_float, nargs="+", help="L-inf budget(s) in [0,1] pixels (default: the paper's for the data set)")
+    p.add_argument("--limit", type=positive_int, default=500, help="audit the first N images of the split (default 500)")
+    p.add_argument("--split", choices=("test", "val"), default="test", help="split to audit (default test)")
+    p.add_argument("--base", metavar="CKPT", help="undefended base checkpoint: enables the transfer check")
+    p.add_argument("--steps", type=positive_int, default=100, help="strong PGD iterations (default 100; alpha = 2.5 eps / steps)")
+    p.add_argument("--restarts", type=positive_int, default=5, help="strong PGD random restarts (default 5)")
+    p.add_argument("--no-autoattack", action="store_true", help="skip AutoAttack (and with it the Square and DLR checks)")
+    p.add_argument("--components", type=_choice_list(("apgd-ce", "apgd-t", "fab-t", "square"), "component"),
+                   default=["apgd-ce", "apgd-t", "fab-t", "square"],
+                   help="AutoAttack components, comma-separated (default all four, the standard version)")
+    p.add_argument("--check-limit", type=positive_int, default=200, help="images for the costlier checks (default 200)")
+    p.add_argument("--batch-size", type=positive_int, default=250, help="images per attack batch (default 250)")
+    p.add_argument("--seed", type=any_int, default=0, help="seed of every random start and of the AutoAttack components")
+    p.add_argument("--data-root", help="directory searched first for the data set files")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--out", help="also write the report as JSON to this file")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
+    p.set_defaults(run=cmd_audit)
+
     p = sub.add_parser("run", help="run a hyperparameter study (Ray Tune + Optuna) from a preset or spec file")
     p.add_argument("spec", metavar="PRESET_OR_FILE", help="a preset (quick, fmnist-paper, cifar10-paper, imagenette-paper) or a YAML file")
     p.add_argument("--name", help="study name (study directory = STORAGE/NAME)")
@@ -322,9 +344,19 @@ def _column(meta: dict[str, Any]) -> str:
     return str((meta.get("train") or {}).get("optimizer", "?"))
 
 
+def _checkpoint_data_cfg(ck: Any, args: argparse.Namespace) -> Any:
+    """The data a checkpoint was trained on (same validation split), limited to `--limit` images of `--split`."""
+    from trainables.config import DataCfg
+
+    split_meta = ck.meta.get("data") or {}
+    limit = {"limit_test": args.limit} if args.split == "test" else {"limit_val": args.limit}
+    return DataCfg(dataset=ck.dataset, root=_data_root(args.data_root), val_fraction=split_meta.get("val_fraction", 0.1),
+                   split_seed=split_meta.get("split_seed", 0), image_size=ck.meta.get("image_size"), **limit)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from trainables.checkpoint import load_checkpoint
-    from trainables.config import PAPER_EPS, AttackCfg, DataCfg
+    from trainables.config import PAPER_EPS, AttackCfg
     from trainables.data import load_data
     from trainables.pipeline import evaluate_model
 
@@ -336,11 +368,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     eps = args.eps if args.eps is not None else PAPER_EPS[first.dataset]
     attacks = [AttackCfg(name=a, eps=eps, alpha=args.alpha, steps=args.steps, restarts=args.restarts,
                          last_iterate=args.last_iterate) for a in args.attacks]
-    split_meta = first.meta.get("data") or {}
-    limit = {"limit_test": args.limit} if args.split == "test" else {"limit_val": args.limit}
-    data_cfg = DataCfg(dataset=first.dataset, root=_data_root(args.data_root),
-                       val_fraction=split_meta.get("val_fraction", 0.1), split_seed=split_meta.get("split_seed", 0),
-                       image_size=first.meta.get("image_size"), **limit)
+    data_cfg = _checkpoint_data_cfg(first, args)
     device = _device(args.device)
     models = [ck.build() for ck in ckpts]
     data = load_data(data_cfg)
@@ -370,6 +398,47 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(payload, indent=None))
         return 0
     print(_table(results, info))
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from analysis.audit import render_text
+    from trainables.atomic import atomic_write_text
+    from trainables.audit import AuditCfg
+    from trainables.checkpoint import load_checkpoint
+    from trainables.config import PAPER_EPS
+    from trainables.data import load_data
+    from trainables.pipeline import audit_model
+
+    ck = load_checkpoint(args.checkpoint)
+    base = load_checkpoint(args.base) if args.base else None
+    if base is not None and (base.dataset is not ck.dataset or base.input_spec() != ck.input_spec()):
+        raise UsageError(f"--base {args.base} is for {base.dataset.value} {base.arch}, but {args.checkpoint} is for "
+                         f"{ck.dataset.value} {ck.arch}")
+    out = _writable_target(args.out, "--out") if args.out else None
+    eps_list = args.eps or [PAPER_EPS[ck.dataset]]
+    cfgs = [AuditCfg(eps=e, strong_steps=args.steps, strong_restarts=args.restarts, autoattack=not args.no_autoattack,
+                     components=tuple(args.components), check_limit=args.check_limit, batch_size=args.batch_size,
+                     seed=args.seed) for e in eps_list]
+    data_cfg = _checkpoint_data_cfg(ck, args)
+    device = _device(args.device)
+    model = ck.build()
+    data = load_data(data_cfg)
+    if not args.json:
+        _say(f"auditing {args.checkpoint} on {len(data.split(args.split))} {args.split} images on {device} at eps "
+             + ", ".join(f"{e:g}" for e in eps_list))
+    reports = audit_model(model, data, args.split, cfgs, device=device, base=base.build() if base else None,
+                          progress=not (args.quiet or args.json))
+    payload = {"checkpoint": str(args.checkpoint), "base": args.base, "dataset": ck.dataset.value, "arch": ck.arch,
+               "split": args.split, "device": str(device), "audits": reports}
+    if out is not None:
+        atomic_write_text(out, json.dumps(payload, indent=2))
+    if args.json:
+        print(json.dumps(payload))
+    else:
+        for rep in reports:
+            print(render_text(rep, title=f"{args.checkpoint} ({ck.dataset.value}, {ck.arch}), {args.split} split"))
+            print()
     return 0
 
 

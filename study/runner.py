@@ -448,18 +448,62 @@ def finalize(spec: StudySpec, grid: Any, base_path: Path) -> Path:
         "trials": entries,
     }
     atomic_write_text(study_dir / "best.json", json.dumps(payload, indent=2, default=str))
+    if spec.audit.enabled:
+        audit_best(spec, entries, base_path)
     return study_dir
+
+
+def _audit_remote(ckpt_path: str, base_path: str, cfg: DataCfg, audit_cfgs: list[Any]) -> list[dict[str, Any]]:
+    from trainables.engine import pick_device
+    from trainables.pipeline import audit_model
+
+    data = load_data(cfg)
+    model = load_checkpoint(ckpt_path).build()
+    base = load_checkpoint(base_path).build()
+    return audit_model(model, data, "test", audit_cfgs, device=pick_device(), base=base, progress=False,
+                       log=lambda msg: print(f"audit {Path(ckpt_path).name}: {msg}", flush=True))
+
+
+def audit_best(spec: StudySpec, entries: list[dict[str, Any]], base_path: Path) -> Path:
+    """`patchtune audit` of each best trial's test checkpoint (strong attacks + masking checks) -> audit.json."""
+    import ray
+
+    from trainables.audit import AuditCfg
+
+    a = spec.audit
+    cfgs = [AuditCfg(eps=e, strong_steps=a.strong_steps, strong_restarts=a.strong_restarts, autoattack=a.autoattack,
+                     components=a.components, check_limit=a.check_limit, seed=spec.seed) for e in spec.audit_eps]
+    cfg = dataclasses.replace(data_cfg(spec), limit_test=a.limit)
+    audits = []
+    for entry in entries:
+        print(f"auditing best trial {entry['trial_id']} on {a.limit} test images at eps "
+              + ", ".join(f"{e:g}" for e in spec.audit_eps), flush=True)
+        args = (entry["checkpoint"], str(base_path), cfg, cfgs)
+        if _gpus_for_task():
+            task = ray.remote(num_cpus=max(1.0, spec.resources.cpu), num_gpus=1)(_audit_remote)
+            reports = ray.get(task.remote(*args))
+        else:
+            reports = _audit_remote(*args)
+        for rep in reports:
+            print(f"audit of {entry['trial_id']}: eps {rep['eps']:g}: paper PGD-10 "
+                  f"{100 * next(r['acc'] for r in rep['rows'] if r['name'] == 'paper_pgd10'):.2f} %, worst case "
+                  f"{100 * rep['worst_case_acc']:.2f} %, verdict {rep['verdict']}", flush=True)
+        audits.append({"trial_id": entry["trial_id"], "checkpoint": entry["checkpoint"], "audits": reports})
+    path = spec.study_dir() / "audit.json"
+    atomic_write_text(path, json.dumps({"study": spec.name, "base": str(base_path), "trials": audits}, indent=2))
+    return path
 
 
 def _evaluate_remote(arch: str, cfg: DataCfg, state: dict[str, Any], attacks: list[Any]) -> dict[str, Any]:
     from trainables.engine import configure_backends, evaluate, pick_device
     from trainables.models import build_model
+    from trainables.perf import prepare_model
 
     data = load_data(cfg)
     device = pick_device()
     model = build_model(arch, input_spec(data))
     model.load_state_dict(state)
-    model.to(device)
+    prepare_model(model, device)
     acc = evaluate(model, data.test, attacks, device=device, autocast=configure_backends(device))
     return {"n": len(data.test), "device": str(device), "accuracy": {a.name.value: acc[a.label] for a in attacks},
             "attacks": {a.name.value: a.describe() for a in attacks}}
@@ -530,6 +574,12 @@ def status_table(study_dir: Path) -> str:
         for entry in payload["trials"]:
             acc = ", ".join(f"{k} {100 * v:.2f}%" for k, v in entry["test"]["accuracy"].items())
             lines.append(f"best trial {entry['trial_id']}: test ({entry['test']['n']} images) {acc}")
+        audit = study_dir / "audit.json"
+        if audit.is_file():
+            for trial in json.loads(audit.read_text())["trials"]:
+                for rep in trial["audits"]:
+                    lines.append(f"audit of {trial['trial_id']}: eps {rep['eps']:g}, {rep['n']} test images: worst case "
+                                 f"{100 * rep['worst_case_acc']:.2f}% over paper + strong attacks, verdict {rep['verdict']}")
     elif (study_dir / "results.parquet").is_file():
         lines.append("results.parquet written; no best.json (study incomplete or no trial completed)")
     else:

@@ -227,6 +227,36 @@ class ResourcesSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class AuditSpec:
+    """`patchtune audit` of the best trial(s) at the end of the study (strong attacks + masking checks)."""
+
+    enabled: bool = False
+    eps: tuple[float, ...] | None = None  # None = the objective's eps
+    limit: int = 500  # test images audited
+    strong_steps: int = 100
+    strong_restarts: int = 5
+    autoattack: bool = True
+    components: tuple[str, ...] = ("apgd-ce", "apgd-t", "fab-t", "square")
+    check_limit: int = 200
+
+    def validate(self, path: str) -> None:
+        if not isinstance(self.enabled, bool):
+            _fail(f"{path}.enabled", f"must be true or false, got {self.enabled!r}")
+        if not isinstance(self.autoattack, bool):
+            _fail(f"{path}.autoattack", f"must be true or false, got {self.autoattack!r}")
+        if self.eps is not None:
+            if not isinstance(self.eps, tuple) or not self.eps:
+                _fail(f"{path}.eps", f"must be a non-empty list of budgets, got {self.eps!r}")
+            for e in self.eps:
+                _num(e, f"{path}.eps", low=0, low_open=True, high=1)
+        for name in ("limit", "strong_steps", "strong_restarts", "check_limit"):
+            _num(getattr(self, name), f"{path}.{name}", integer=True, low=1)
+        allowed = ("apgd-ce", "apgd-t", "fab-t", "square")
+        if not isinstance(self.components, tuple) or not self.components or any(c not in allowed for c in self.components):
+            _fail(f"{path}.components", f"must be a non-empty subset of {', '.join(allowed)}, got {self.components!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class StudySpec:
     name: str
     dataset: str = "fmnist"
@@ -246,6 +276,7 @@ class StudySpec:
     optuna_storage: str | None = None  # None = sqlite:///<study dir>/optuna.db; any SQLAlchemy URL; journal:PATH
     max_failures: int = 1  # retries per trial after a crash (node loss), resumed from its last checkpoint
     best_trials: int = 1  # best trials evaluated on the test split at the end
+    audit: AuditSpec = dataclasses.field(default_factory=AuditSpec)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -261,6 +292,7 @@ class StudySpec:
         self.resources.validate("resources")
         self.scheduler.validate("scheduler")
         self.sampler.validate("sampler")
+        self.audit.validate("audit")
         _num(self.epochs, "epochs", integer=True, low=1)
         _num(self.num_samples, "num_samples", integer=True, low=1)
         _num(self.max_concurrent, "max_concurrent", integer=True, low=1)
@@ -307,10 +339,15 @@ class StudySpec:
     def optuna_url(self) -> str:
         return self.optuna_storage or f"sqlite:///{self.study_dir() / 'optuna.db'}"
 
+    @property
+    def audit_eps(self) -> tuple[float, ...]:
+        return self.audit.eps if self.audit.eps is not None else (self.objective_eps,)
+
     def resolved(self) -> StudySpec:
-        """The same spec with defaults that depend on the data set filled in (arch, objective eps)."""
+        """The same spec with defaults that depend on the data set filled in (arch, objective eps, audit eps)."""
         return dataclasses.replace(self, arch=self.resolved_arch,
-                                   objective=dataclasses.replace(self.objective, eps=self.objective_eps))
+                                   objective=dataclasses.replace(self.objective, eps=self.objective_eps),
+                                   audit=dataclasses.replace(self.audit, eps=self.audit_eps))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = _plain(dataclasses.asdict(self))

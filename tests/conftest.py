@@ -58,6 +58,8 @@ def tiny_study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "search": {"lr": {"adam": [1e-4, 1e-2], "rmsprop": [1e-4, 1e-2]}, "batch_size": [64], "patch_size": [4, 10]},
         "epochs": 1, "objective": {"metric": "robust_auc", "eps_grid": [0.02, 0.05], "val_limit": 100},
         "num_samples": 4, "max_concurrent": 2, "scheduler": {"type": "fifo"}, "sampler": {"type": "random", "seed": 1},
+        "audit": {"enabled": True, "limit": 48, "strong_steps": 10, "strong_restarts": 2, "check_limit": 24,
+                  "components": ["apgd-ce", "square"]},
     })
     return run_study(spec)
 

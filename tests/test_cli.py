@@ -44,6 +44,10 @@ BAD = [
     (["eval", "x.pt", "--steps", "0"], "--steps: expected an integer >= 1, got '0'"),
     (["eval", "x.pt", "--attacks", "pgd,cw"], "unknown attack 'cw'"),
     (["eval", "x.pt", "--attacks", ""], "got an empty attack"),
+    (["audit", "missing.pt"], "checkpoint not found: missing.pt"),
+    (["audit", "x.pt", "--eps", "0.3", "2"], "--eps: expected a number in (0, 1], got '2'"),
+    (["audit", "x.pt", "--components", "apgd-ce,cw"], "unknown component 'cw'"),
+    (["audit", "x.pt", "--restarts", "0"], "--restarts: expected an integer >= 1, got '0'"),
     (["show-augment", "--pool", ""], "got an empty op"),
     (["show-augment", "--pool", "rotate,blur"], "unknown op 'blur'"),
     (["show-augment", "--patch-size", "29"], "--patch-size 29 is larger than the 28x28 fmnist images"),
@@ -92,6 +96,38 @@ def test_pretrain_finetune_eval_json(tmp_path: Path, tiny_base: Path) -> None:
     proc = patchtune("eval", str(tiny_base), str(ft), "--limit", "50", "--attacks", "clean,pgd", "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "Undefended (paper)" in proc.stdout and "RMSProp (paper)" in proc.stdout and "50.08" in proc.stdout
+
+
+def test_audit_table_json_and_out_file(tmp_path: Path, tiny_base: Path) -> None:
+    """`patchtune audit` on a real undefended checkpoint: strong attacks break it, every check passes."""
+    small = ["--limit", "48", "--check-limit", "32", "--steps", "20", "--restarts", "2", "--components", "apgd-ce,square"]
+    proc = patchtune("audit", str(tiny_base), *small, "--base", str(tiny_base), "--eps", "0.1", "0.3",
+                     "--out", "sub/audit.json", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    payload = json.loads(proc.stdout)
+    assert payload == json.loads((tmp_path / "sub" / "audit.json").read_text())
+    assert [a["eps"] for a in payload["audits"]] == [0.1, 0.3]
+    at3 = payload["audits"][1]
+    assert at3["format"] == "patchtune-audit/1" and at3["n"] == 48
+    assert at3["verdict"] == "PASS", [c for c in at3["checks"] if c["status"] != "PASS"]
+    rows = {r["name"]: r for r in at3["rows"]}
+    assert rows["strong_pgd20x2"]["acc"] <= 0.03 and at3["worst_case_acc"] <= rows["paper_pgd10"]["acc"]
+    assert rows["autoattack"]["params"]["apgd_steps"] == 100  # the reference, even in a short run
+    # table output: the headline, the rows and every check by name
+    proc = patchtune("audit", str(tiny_base), *small, "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for needle in ("verdict PASS", "PGD-10, alpha 0.01 (paper)", "cannot reach eps", "AutoAttack (standard)",
+                   "Worst case", "iterative_vs_single", "blackbox", "transfer", "SKIP"):
+        assert needle in proc.stdout, needle
+    # a base model for another data set is refused before any attack runs
+    other = tmp_path / "other.pt"
+    import torch
+
+    ck = torch.load(tiny_base, weights_only=True)
+    ck["meta"]["dataset"] = "cifar10"
+    torch.save(ck, other)
+    proc = patchtune("audit", str(tiny_base), "--base", str(other), cwd=tmp_path)
+    assert proc.returncode == 2 and "--base" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_show_augment_writes_a_png(tmp_path: Path) -> None:

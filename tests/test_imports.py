@@ -7,7 +7,8 @@ import sys
 
 PURE = ["trainables", "trainables.config", "trainables.data", "trainables.models", "trainables.augment",
         "trainables.attacks", "trainables.engine", "trainables.checkpoint", "trainables.pipeline",
-        "trainables.visualize", "analysis", "analysis.paper", "study.cli"]
+        "trainables.visualize", "trainables.perf", "trainables.strong_attacks", "trainables.audit",
+        "analysis", "analysis.paper", "analysis.audit", "study.cli"]
 
 
 def test_pure_modules_do_not_import_ray() -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -75,6 +76,17 @@ def test_report_writes_every_figure(tiny_study_dir: Path, tiny_repro_dir: Path) 
         assert (report.parent / f"{name}.png").stat().st_size > 5000 and (report.parent / f"{name}.svg").is_file()
         assert f"({name}.png)" in text
     assert "## Findings" in text and "| trial |" in text
+    # the study's `audit:` option audited the best trial: paper vs strong attacks side by side, with the checks
+    audit = json.loads((tiny_study_dir / "audit.json").read_text())
+    [trial] = audit["trials"]
+    [rep] = trial["audits"]
+    assert rep["n"] == 48 and rep["eps"] == 0.3 and {c["name"] for c in rep["checks"]} >= {"budget", "blackbox", "noise"}
+    assert "## Robustness audit" in text and "PGD-10, alpha 0.01 (paper)" in text and "Worst case" in text
+    assert f"### Checks: trial {trial['trial_id']}, eps 0.3" in text and "(audit.png)" in text
+    assert (report.parent / "audit.png").stat().st_size > 5000
+    from study.runner import status_table
+
+    assert f"audit of {trial['trial_id']}: eps 0.3, 48 test images" in status_table(tiny_study_dir)
     from analysis.load import base_eps_curve, load_study
 
     base = base_eps_curve(load_study(tiny_study_dir).base)

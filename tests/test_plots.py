@@ -98,3 +98,21 @@ def test_analysis_imports_neither_torch_nor_ray() -> None:
             "bad = [m for m in ('torch', 'ray') if m in sys.modules]\nprint(bad)\nsys.exit(1 if bad else 0)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_audit_bars() -> None:
+    from analysis.audit import bars_frame
+    from analysis.plots import audit_bars
+
+    rep = {"eps": 0.3, "worst_case_acc": 0.0, "worst_case_ci95": [0.0, 0.07],
+           "rows": [{"name": "clean", "params": {}, "acc": 0.9, "ci95": [0.8, 0.95]},
+                    {"name": "paper_pgd10", "params": {}, "acc": 0.5, "ci95": [0.4, 0.6]},
+                    {"name": "strong_pgd100x5", "params": {"steps": 100, "restarts": 5, "alpha": 0.0075}, "acc": 0.02,
+                     "ci95": [0.0, 0.05]}]}
+    frame = bars_frame([rep, rep], ["a", "b"])
+    assert list(frame["attack"][:4]) == ["Clean", "PGD-10, alpha 0.01 (paper)", "PGD-100 x5 restarts, alpha 0.0075",
+                                         "Worst case"]
+    fig = audit_bars(frame)
+    ax = fig.axes[0]
+    assert len(ax.patches) == 8 and "accuracy (%)" in ax.get_ylabel()
+    assert [round(p.get_height(), 1) for p in ax.patches[:4]] == [90.0, 50.0, 2.0, 0.0]

@@ -52,6 +52,11 @@ BAD = [
     ({"base": {"pretrain": {"optimizer": "lion"}}}, "base.pretrain.optimizer: must be one of"),
     ({"data": {"val_fraction": 0}}, "data.val_fraction: must be > 0, got 0"),
     ({"data": {"image_size": 64}}, "data.image_size: is only settable for imagenette"),
+    ({"audit": {"enabled": "yes"}}, "audit.enabled: must be true or false, got 'yes'"),
+    ({"audit": {"eps": [0.3, 2]}}, "audit.eps: must be <= 1, got 2"),
+    ({"audit": {"limit": 0}}, "audit.limit: must be >= 1, got 0"),
+    ({"audit": {"components": ["apgd-ce", "cw"]}}, "audit.components: must be a non-empty subset of"),
+    ({"audit": {"strong": 3}}, "audit: unknown key 'strong'"),
 ]
 
 

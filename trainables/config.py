@@ -213,7 +213,7 @@ class TrainCfg:
     batch_size: int = 128  # clean images per step; fine-tuning doubles it with their modified copies
     epochs: int = 8
     weight_decay: float = 0.0
-    momentum: float = 0.9  # sgd / rmsprop only
+    momentum: float = 0.9  # sgd only (RMSProp keeps its usual momentum 0, as in Keras and torch)
     plateau_patience: int = 1  # pretraining's adaptive lr: ReduceLROnPlateau patience, in epochs (0 = no schedule)
     plateau_factor: float = 0.5
     seed: int = 0

@@ -150,6 +150,19 @@ def _limit(split: Split, limit: int | None) -> Split:
     return split if limit is None or limit >= len(split) else split.take(slice(0, limit))
 
 
+def place(split: Split, device: torch.device) -> Split:
+    """Device-resident when the data set fits (see `trainables.perf`), else pinned host memory for async copies."""
+    from trainables import perf
+
+    if split.x.device.type == device.type and (split.x.device.index or 0) == (device.index or 0):
+        return split
+    if perf.fits_on(device, split.x.numel() + split.y.numel() * 8):
+        return split.to(device)
+    if device.type == "cuda" and not split.x.is_pinned():
+        return Split(split.x.pin_memory(), split.y.pin_memory())
+    return split
+
+
 def iterate_batches(
     split: Split,
     batch_size: int,
@@ -171,6 +184,8 @@ def iterate_batches(
     for start in range(0, stop, batch_size):
         idx = order[start : start + batch_size]
         x = split.x[idx].to(device, non_blocking=True).float().div_(255.0)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)  # matches channels_last models (trainables.perf)
         y = split.y[idx].to(device, non_blocking=True)
         yield x, y
 

@@ -20,10 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from trainables import perf
 from trainables.attacks import Autocast, eval_mode, run_attack
 from trainables.augment import clean_plus_modified, make_generator
 from trainables.config import AttackCfg, AttackName, AugCfg, ObjectiveCfg, Optimizer, TrainCfg
-from trainables.data import Split, iterate_batches
+from trainables.data import Split, iterate_batches, place
 
 
 class DivergedError(RuntimeError):
@@ -47,17 +48,8 @@ def pick_device(name: str | None = None) -> torch.device:
 
 
 def configure_backends(device: torch.device) -> Autocast:
-    """All global speed switches in one place; returns the autocast factory for `device`."""
-    if device.type != "cuda":
-        # CPU: plain fp32. bf16 autocast on CPU is slower than fp32 for these small convs.
-        return nullcontext
-    # Fixed input shapes per run, so let cuDNN pick the fastest conv algorithms once.
-    torch.backends.cudnn.benchmark = True
-    # TF32 matmuls/convs: ~2x on Ampere+ with accuracy far inside what attack/train noise tolerates.
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    # bf16 has fp32's range, so no GradScaler is needed (unlike fp16).
-    return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    """All global speed switches (see `trainables.perf`); returns the autocast factory for `device`."""
+    return perf.configure(device)
 
 
 def seed_everything(seed: int) -> None:
@@ -73,16 +65,17 @@ def seed_everything(seed: int) -> None:
 # ------------------------------------------------------------------------------------------- training
 
 
-def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainCfg) -> torch.optim.Optimizer:
-    """Optimizer by name; `foreach` implementations are the fast multi-tensor paths on every device."""
-    kw: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "foreach": True}
+def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainCfg, device: torch.device | None = None) -> torch.optim.Optimizer:
+    """Optimizer by name; fused single-kernel steps on GPU where torch has them, foreach otherwise."""
+    fast: dict[str, Any] = dict(perf.optimizer_kwargs(device or torch.device("cpu")))
+    kw: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
     if cfg.optimizer is Optimizer.ADAM:
-        return torch.optim.Adam(params, **kw)
+        return torch.optim.Adam(params, **kw, **fast)
     if cfg.optimizer is Optimizer.ADAMW:
-        return torch.optim.AdamW(params, **kw)
-    if cfg.optimizer is Optimizer.RMSPROP:
-        return torch.optim.RMSprop(params, **kw)
-    return torch.optim.SGD(params, momentum=cfg.momentum, nesterov=cfg.momentum > 0, **kw)
+        return torch.optim.AdamW(params, **kw, **fast)
+    if cfg.optimizer is Optimizer.RMSPROP:  # torch has no fused RMSprop
+        return torch.optim.RMSprop(params, momentum=0.0, foreach=True, **kw)
+    return torch.optim.SGD(params, momentum=cfg.momentum, nesterov=cfg.momentum > 0, **kw, **fast)
 
 
 @dataclasses.dataclass
@@ -110,18 +103,21 @@ def train_one_epoch(
     progress: bool = False,
     desc: str = "train",
     adversarial: AttackCfg | None = None,
+    step_model: nn.Module | None = None,
+    drop_last: bool = False,
 ) -> tuple[float, float]:
     """One pass over `data`; returns (mean loss, accuracy). Raises DivergedError on a non-finite loss.
 
     `augment`: the paper's defense (clean (+) patch-modified batches). `adversarial`: adversarial training
     (Goodfellow et al. / Madry et al.): each batch is replaced by its adversarial examples (last iterate),
-    crafted against the current weights in eval mode.
+    crafted against the current weights in eval mode. `step_model`: what the training step calls (a compiled
+    view of `model` sharing its parameters); the attacks always use `model`.
     """
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
-    batches = iterate_batches(data, batch_size, device, shuffle=True, generator=generator)
+    batches = iterate_batches(data, batch_size, device, shuffle=True, generator=generator, drop_last=drop_last)
     total = math.ceil(len(data) / batch_size)
     for x, y in tqdm(batches, total=total, desc=desc, unit="batch", leave=False, disable=not progress):
         if augment is not None:
@@ -131,7 +127,7 @@ def train_one_epoch(
             attack = dataclasses.replace(adversarial, last_iterate=True, restarts=1)
             x = run_attack(model, x, y, attack, generator=aug_generator, autocast=autocast).x_adv
         with autocast():
-            logits = model(x)
+            logits = (step_model or model)(x)
         loss = F.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
@@ -153,6 +149,7 @@ def evaluate_clean(
     """(mean cross-entropy, accuracy) on `data`, in eval mode."""
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
+    data = place(data, device)
     with eval_mode(model):
         for x, y in iterate_batches(data, batch_size, device):
             with autocast():
@@ -184,7 +181,9 @@ def fit(
     Seeds: batch order from `cfg.seed`, augmentation draws from `cfg.seed + 1` (on the device).
     `on_epoch` sees each epoch's stats (the Ray trainable reports and checkpoints there).
     """
-    optimizer = optimizer or make_optimizer(model.parameters(), cfg)
+    optimizer = optimizer or make_optimizer(model.parameters(), cfg, device)
+    train, val = place(train, device), place(val, device)
+    step_model = perf.maybe_compile(model, device)
     scheduler = (
         torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
         if schedule and cfg.plateau_patience > 0
@@ -198,7 +197,7 @@ def fit(
     for epoch in bar:
         t0 = time.perf_counter()
         train_loss, train_acc = train_one_epoch(
-            model, train, optimizer, batch_size=cfg.batch_size, device=device, generator=batch_gen,
+            model, train, optimizer, step_model=step_model, batch_size=cfg.batch_size, device=device, generator=batch_gen,
             augment=augment, aug_generator=aug_gen, autocast=autocast, progress=progress, desc=f"epoch {epoch + 1}",
             adversarial=adversarial,
         )
@@ -234,24 +233,25 @@ def robust_accuracy(
     and no counted iterate fools the model, so robust accuracy <= clean accuracy by construction.
     """
     generator = make_generator(seed, device)
-    clean_correct = 0
-    robust = dict.fromkeys(attacks, 0)
+    data = place(data, device)
+    clean_correct = torch.zeros((), device=device, dtype=torch.long)  # device counters: no sync per batch
+    robust = {k: torch.zeros((), device=device, dtype=torch.long) for k in attacks}
     with eval_mode(model):
         total = math.ceil(len(data) / batch_size)
         for x, y in tqdm(iterate_batches(data, batch_size, device), total=total, desc="eval", unit="batch",
                          leave=False, disable=not progress):
             with torch.no_grad(), autocast():
                 ok = model(x).argmax(1) == y
-            clean_correct += int(ok.sum())
+            clean_correct += ok.sum()
             keep = ok.nonzero().squeeze(1)
             if keep.numel() == 0:
                 continue
             xs, ys = x[keep], y[keep]
             for key, attack in attacks.items():
                 out = run_attack(model, xs, ys, attack, generator=generator, autocast=autocast)
-                robust[key] += int((~out.fooled).sum())
+                robust[key] += (~out.fooled).sum()
     n = max(len(data), 1)
-    return {"clean": clean_correct / n, **{k: v / n for k, v in robust.items()}}
+    return {"clean": int(clean_correct) / n, **{k: int(v) / n for k, v in robust.items()}}
 
 
 def evaluate(

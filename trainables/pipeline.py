@@ -7,15 +7,18 @@ here parses arguments or knows about Ray.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from trainables.audit import AuditCfg, run_audit
 from trainables.config import AttackCfg, AugCfg, DataCfg, Dataset, Optimizer, TrainCfg, as_jsonable
 from trainables.data import DataBundle, dataset_info
 from trainables.engine import configure_backends, evaluate, evaluate_clean, fit, seed_everything
 from trainables.models import InputSpec, build_model
+from trainables.perf import prepare_model
 
 # The paper's learning rates (Sec. "Experimental Setup"): 1e-3 for the custom CNN, 1e-4 for VGG,
 # both for pretraining (with an adaptive schedule) and for fine-tuning (fixed).
@@ -41,7 +44,7 @@ def pretrain(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train `arch` from scratch on the training split with ReduceLROnPlateau on validation loss."""
     seed_everything(cfg.seed)
-    model = build_model(arch, input_spec(data)).to(device)
+    model = prepare_model(build_model(arch, input_spec(data)), device)
     autocast = configure_backends(device)
     history = fit(model, data.train, data.val, cfg, device=device, schedule=True, autocast=autocast, progress=progress)
     _, test_acc = evaluate_clean(model, data.test, batch_size=500, device=device, autocast=autocast)
@@ -73,7 +76,7 @@ def finetune(
     """The paper's defense: fine-tune `base` on clean (+) patch-modified images at a fixed learning rate."""
     aug.check_fits(data.info.height, data.info.width)
     seed_everything(cfg.seed)
-    model = base.to(device)
+    model = prepare_model(base, device)
     autocast = configure_backends(device)
     history = fit(model, data.train, data.val, cfg, device=device, augment=aug, autocast=autocast, progress=progress)
     _, test_acc = evaluate_clean(model, data.test, batch_size=500, device=device, autocast=autocast)
@@ -103,8 +106,27 @@ def evaluate_model(
     progress: bool = True,
 ) -> dict[str, float]:
     autocast = configure_backends(device)
-    return evaluate(model.to(device), data.split(split), attacks, device=device, batch_size=batch_size, seed=seed,
+    return evaluate(prepare_model(model, device), data.split(split), attacks, device=device, batch_size=batch_size, seed=seed,
                     autocast=autocast, progress=progress)
+
+
+def audit_model(
+    model: nn.Module,
+    data: DataBundle,
+    split: str,
+    cfgs: list[AuditCfg],
+    *,
+    device: torch.device,
+    base: nn.Module | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """`run_audit` at each budget in `cfgs` (one report dict each); `base` enables the transfer check."""
+    autocast = configure_backends(device)
+    model = prepare_model(model, device).eval()
+    base = prepare_model(base, device).eval() if base is not None else None
+    return [run_audit(model, data.split(split), cfg, device=device, base=base, n_classes=data.info.num_classes,
+                      autocast=autocast, progress=progress, log=log).as_dict() for cfg in cfgs]
 
 
 def default_train_cfg(arch: str, *, finetune: bool, **overrides: Any) -> TrainCfg:

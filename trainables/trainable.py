@@ -22,7 +22,7 @@ from ray import tune
 
 from trainables.augment import make_generator
 from trainables.config import AttackCfg, AugCfg, ObjectiveCfg, Optimizer, TrainCfg, trial_cfgs
-from trainables.data import DatasetInfo, Split
+from trainables.data import DatasetInfo, Split, place
 from trainables.engine import (
     DivergedError,
     configure_backends,
@@ -33,6 +33,7 @@ from trainables.engine import (
     train_one_epoch,
 )
 from trainables.models import InputSpec, build_model
+from trainables.perf import prepare_model
 from trainables.variants import evaluate_variants
 
 
@@ -56,8 +57,8 @@ def finetune_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     i = setup.info
     model = build_model(setup.arch, InputSpec(i.channels, i.height, i.width, i.num_classes, i.mean, i.std))
     model.load_state_dict(setup.base_state)
-    model.to(device)
-    optimizer = make_optimizer(model.parameters(), train_cfg)
+    prepare_model(model, device)
+    optimizer = make_optimizer(model.parameters(), train_cfg, device)
     start = 0
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -66,7 +67,7 @@ def finetune_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["epoch"])
-    train, val = setup.train.to(device), setup.val.to(device)  # device-resident: no copies per batch
+    train, val = place(setup.train, device), place(setup.val, device)  # device-resident when it fits
     for epoch in range(start, train_cfg.epochs):
         t0 = time.perf_counter()
         # Seeds per (trial seed, epoch): a resumed epoch replays the same batches and patches.
@@ -136,21 +137,21 @@ def reproduce_trial(config: dict[str, Any], setup: ReproSetup) -> None:
     spec = InputSpec(i.channels, i.height, i.width, i.num_classes, i.mean, i.std)
     base = build_model(setup.arch, spec)
     base.load_state_dict(setup.bases[seed])
-    model = copy.deepcopy(base).to(device)
-    base.to(device)
+    model = prepare_model(copy.deepcopy(base), device)
+    prepare_model(base, device)
     t0 = time.perf_counter()
     if method != "undefended":
         optimizer = Optimizer.RMSPROP if method.startswith("patch_rmsprop") else Optimizer.ADAM
         epochs = setup.long_epochs if method.endswith("_long") else setup.epochs
         if method.endswith("_at") and setup.at_from_scratch_epochs:
             torch.manual_seed(seed)
-            model, epochs = build_model(setup.arch, spec).to(device), setup.at_from_scratch_epochs
+            model, epochs = prepare_model(build_model(setup.arch, spec), device), setup.at_from_scratch_epochs
         cfg = TrainCfg(optimizer=optimizer, lr=setup.lr, batch_size=setup.batch_size, epochs=epochs, seed=seed)
         adversarial = {a.name.value: a for a in setup.attacks}.get(method.removesuffix("_at")) if method.endswith("_at") else None
-        fit(model, setup.train.to(device), setup.val.to(device), cfg, device=device,
+        fit(model, setup.train, setup.val, cfg, device=device,
             augment=setup.aug if method.startswith("patch") else None, adversarial=adversarial, autocast=autocast,
             progress=False)
     train_s = time.perf_counter() - t0
-    scores = evaluate_variants(model, base, setup.test.to(device), setup.attacks, aug=setup.aug,
+    scores = evaluate_variants(model, base, place(setup.test, device), setup.attacks, aug=setup.aug,
                                pixel_std=sum(i.std) / len(i.std), device=device, seed=seed, eot_draws=setup.eot_draws)
     tune.report({**scores, "train_s": train_s, "eval_s": time.perf_counter() - t0 - train_s, **_where(device)})

@@ -1,0 +1,117 @@
+"""Audit reports (`patchtune-audit/1` dicts from `patchtune audit` or a study's audit.json) as tables and text.
+
+No torch: this reads the JSON the audit wrote.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+ROW_LABELS = {
+    "clean": "Clean",
+    "paper_fgsm": "FGSM (paper)",
+    "paper_ifgsm10": "IFGSM-10, alpha 0.01 (paper)",
+    "paper_pgd10": "PGD-10, alpha 0.01 (paper)",
+    "autoattack": "AutoAttack (standard)",
+}
+
+
+def row_label(name: str, params: Mapping[str, Any]) -> str:
+    if name in ROW_LABELS:
+        return ROW_LABELS[name]
+    if name.startswith("strong_pgd"):
+        return f"PGD-{params.get('steps')} x{params.get('restarts')} restarts, alpha {params.get('alpha', 0):.3g}"
+    return name
+
+
+def rows_frame(report: Mapping[str, Any]) -> pd.DataFrame:
+    """One line per attack: accuracy (%) with its 95 % Wilson interval, measured max |delta|, time, note."""
+    out = []
+    for r in report["rows"]:
+        lo, hi = r["ci95"]
+        out.append({
+            "attack": row_label(r["name"], r["params"]),
+            "accuracy_pct": 100 * r["acc"],
+            "ci95_pct": f"[{100 * lo:.1f}, {100 * hi:.1f}]",
+            "max_linf": r["max_linf"],
+            "seconds": r["seconds"],
+            "note": r.get("note", ""),
+        })
+    lo, hi = report["worst_case_ci95"]
+    out.append({"attack": "Worst case (per sample, all rows)", "accuracy_pct": 100 * report["worst_case_acc"],
+                "ci95_pct": f"[{100 * lo:.1f}, {100 * hi:.1f}]", "max_linf": math.nan,
+                "seconds": report["seconds"], "note": ""})
+    return pd.DataFrame(out)
+
+
+def bars_frame(reports: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> pd.DataFrame:
+    """Long frame for `plots.audit_bars`: model, attack, accuracy and its interval in percent."""
+    out = []
+    for label, rep in zip(labels, reports, strict=True):
+        rows = [*rep["rows"], {"name": "worst", "params": {}, "acc": rep["worst_case_acc"], "ci95": rep["worst_case_ci95"]}]
+        for r in rows:
+            name = "Worst case" if r["name"] == "worst" else row_label(r["name"], r["params"])
+            out.append({"model": f"{label} (eps {rep['eps']:g})", "attack": name, "accuracy_pct": 100 * r["acc"],
+                        "ci_lo_pct": 100 * r["ci95"][0], "ci_hi_pct": 100 * r["ci95"][1]})
+    return pd.DataFrame(out)
+
+
+def checks_frame(report: Mapping[str, Any]) -> pd.DataFrame:
+    return pd.DataFrame([{"check": c["name"], "status": c["status"], "detail": c["detail"]} for c in report["checks"]])
+
+
+def side_by_side(reports: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> pd.DataFrame:
+    """Paper-parameter vs strong-attack accuracy (%) of several audited models, one column each."""
+    cols = {}
+    for label, rep in zip(labels, reports, strict=True):
+        f = rows_frame(rep)
+        cols[f"{label} (eps {rep['eps']:g})"] = f.set_index("attack")["accuracy_pct"]
+    return pd.DataFrame(cols).reset_index().rename(columns={"index": "attack"})
+
+
+def headline(report: Mapping[str, Any]) -> str:
+    paper = next((r for r in report["rows"] if r["name"] == "paper_pgd10"), None)
+    lo, hi = report["worst_case_ci95"]
+    fails = [c["name"] for c in report["checks"] if c["status"] == "FAIL"]
+    warns = [c["name"] for c in report["checks"] if c["status"] == "WARN"]
+    text = (f"eps {report['eps']:g}, n={report['n']}: clean {100 * report['clean_acc']:.2f} %, "
+            + (f"paper PGD-10 {100 * paper['acc']:.2f} %, " if paper else "")
+            + f"worst case {100 * report['worst_case_acc']:.2f} % [{100 * lo:.1f}, {100 * hi:.1f}] — verdict "
+            + report["verdict"])
+    if fails:
+        text += f" (FAIL: {', '.join(fails)})"
+    if warns:
+        text += f" (WARN: {', '.join(warns)})"
+    return str(text)
+
+
+def _text_table(frame: pd.DataFrame, floats: Mapping[str, str]) -> str:
+    cells = [[(format(v, floats[c]) if c in floats and isinstance(v, float) and not math.isnan(v) else
+               "-" if isinstance(v, float) and math.isnan(v) else str(v)) for c, v in row.items()]
+             for row in frame.to_dict("records")]
+    header = list(frame.columns)
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)]
+
+    def line(cs: list[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cs, widths, strict=True)).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+
+
+def render_text(report: Mapping[str, Any], title: str = "") -> str:
+    rows = _text_table(rows_frame(report), {"accuracy_pct": ".2f", "max_linf": ".3f", "seconds": ".1f"})
+    checks = _text_table(checks_frame(report), {})
+    head = f"{title}\n" if title else ""
+    return f"{head}{headline(report)}\n\n{rows}\n\n{checks}"
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    from analysis.report import _md_table
+
+    rows = rows_frame(report)
+    rows["accuracy_pct"] = rows["accuracy_pct"].map(lambda v: f"{v:.2f}")
+    return "\n\n".join([headline(report), _md_table(rows), _md_table(checks_frame(report))])

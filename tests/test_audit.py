@@ -1,0 +1,208 @@
+"""Robustness audit: strong attacks (APGD-CE, APGD-T, FAB-T, Square, AutoAttack) and masking checks.
+
+An undefended cnn3 must pass every check and fall to ~0 % at eps 0.3; two deliberately gradient-masked
+versions of the same model (a logit scale of 1e4, a non-differentiable input quantisation) must raise the
+masking checks while the paper's PGD-10 still reports them as robust.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from trainables.attacks import eval_mode
+from trainables.audit import AuditCfg, Status, run_audit, tolerance, wilson
+from trainables.config import ConfigError
+from trainables.data import Split
+from trainables.strong_attacks import COMPONENTS, AutoAttackCfg, auto_attack, run_component
+
+# Small but real: every component runs; AutoAttack at reduced queries/steps only where noted.
+FAST = {"strong_steps": 20, "strong_restarts": 2, "apgd_steps": 25, "square_queries": 300, "sweep_steps": 20,
+        "noise_draws": 20, "check_limit": 64, "batch_size": 128}
+
+
+class LogitScale(nn.Module):
+    """Same decisions as the model, but logits x1e4: softmax saturates and cross-entropy gradients vanish."""
+
+    def __init__(self, model: nn.Module, scale: float = 1e4) -> None:
+        super().__init__()
+        self.model, self.scale = model, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) * self.scale  # type: ignore[no-any-return]
+
+
+class Quantised(nn.Module):
+    """Rounds inputs to `levels` grey levels first: piecewise constant, so the input gradient is zero."""
+
+    def __init__(self, model: nn.Module, levels: int = 4) -> None:
+        super().__init__()
+        self.model, self.levels = model, levels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(torch.round(x * (self.levels - 1)) / (self.levels - 1))  # type: ignore[no-any-return]
+
+
+def _split(data, n: int) -> Split:
+    return Split(data.test.x[:n], data.test.y[:n])
+
+
+def _xy(data, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    return data.test.x[:n].float().div(255).to(device), data.test.y[:n].to(device)
+
+
+def _checks(report) -> dict[str, Status]:
+    return {c.name: c.status for c in report.checks}
+
+
+# ------------------------------------------------------------------------------------------- configuration
+
+
+def test_autoattack_defaults_are_the_reference_ones() -> None:
+    """fra31/auto-attack version='standard', Linf: APGD 100 iterations, 9 targets, FAB-T, 5000 Square queries."""
+    cfg = AutoAttackCfg(eps=0.3)
+    assert cfg.components == ("apgd-ce", "apgd-t", "fab-t", "square")
+    assert (cfg.apgd_steps, cfg.apgd_restarts, cfg.target_classes, cfg.fab_steps) == (100, 1, 9, 100)
+    assert (cfg.square_queries, cfg.square_p_init, cfg.square_rescale_schedule) == (5000, 0.8, False)
+    audit = AuditCfg(eps=0.3)
+    assert audit.autoattack_cfg() == cfg
+    assert audit.strong_pgd().alpha * audit.strong_pgd().steps >= 2 * audit.eps  # can cross the ball
+    assert audit.grid() == (0.075, 0.15, 0.3, 0.5, 0.6)
+
+
+def test_library_components_get_the_reference_parameters(trained_cnn3) -> None:
+    from trainables.strong_attacks import _library_attack
+
+    cfg = AutoAttackCfg(eps=0.3)
+    apgd = _library_attack("apgd-ce", trained_cnn3, cfg, 10)
+    apgdt = _library_attack("apgd-t", trained_cnn3, cfg, 10)
+    fab = _library_attack("fab-t", trained_cnn3, cfg, 10)
+    square = _library_attack("square", trained_cnn3, cfg, 10)
+    assert (apgd.steps, apgd.n_restarts, apgd.loss, apgd.eps) == (100, 1, "ce", 0.3)
+    assert (apgdt.steps, apgdt.n_target_classes, apgdt.eps) == (100, 9, 0.3)
+    assert (fab.steps, fab.n_target_classes, fab.multi_targeted) == (100, 9, True)
+    assert (square.n_queries, square.p_init, square.rescale_schedule, square.loss) == (5000, 0.8, False, "margin")
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"eps": 0}, "eps"), ({"eps": 0.3, "components": ("apgd-ce", "cw")}, "components"),
+    ({"eps": 0.3, "strong_steps": 0}, "strong_steps"), ({"eps": 0.3, "eps_grid": (0.1, 2.0)}, "eps_grid"),
+    ({"eps": 0.3, "square_queries": -5}, "square_queries"),
+])
+def test_bad_audit_config_names_the_field(kwargs, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        AuditCfg(**kwargs)
+
+
+def test_wilson_interval() -> None:
+    assert wilson(0, 500)[0] == 0 and 0 < wilson(0, 500)[1] < 0.01
+    lo, hi = wilson(250, 500)
+    assert lo < 0.5 < hi and hi - lo == pytest.approx(2 * 1.96 * (0.25 / 500) ** 0.5, rel=0.02)
+    assert tolerance(0.0, 64) == 1 / 64
+
+
+# ------------------------------------------------------------------------------------------- attack properties
+
+
+@settings(max_examples=4, deadline=None)
+@given(name=st.sampled_from(COMPONENTS), eps=st.sampled_from([0.05, 0.1, 0.3]), seed=st.integers(0, 3))
+def test_component_properties(trained_cnn3, fmnist_small, device, name: str, eps: float, seed: int) -> None:
+    """Budget, range, our own re-scoring, mode and global RNG restored, no parameter gradients."""
+    x, y = _xy(fmnist_small, 24, device)
+    model = trained_cnn3
+    model.train()
+    for p in model.parameters():
+        p.grad = None
+    torch.manual_seed(1234)
+    expected_next = torch.rand(3)
+    torch.manual_seed(1234)
+    cfg = AutoAttackCfg(eps=eps, apgd_steps=10, fab_steps=10, square_queries=50, seed=seed)
+    res = run_component(name, model, x, y, cfg)
+    assert torch.equal(torch.rand(3), expected_next), "the library's manual_seed leaked into the global RNG"
+    assert model.training and all(m.training for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+    assert (res.x_adv - x).abs().max() <= eps + 1e-6 and res.x_adv.min() >= 0 and res.x_adv.max() <= 1
+    with torch.no_grad(), eval_mode(model):
+        assert torch.equal(model(res.x_adv).argmax(1) != y, res.fooled)
+    model.eval()
+
+
+def test_autoattack_composition_is_a_per_sample_union(trained_cnn3, fmnist_small, device) -> None:
+    x, y = _xy(fmnist_small, 64, device)
+    cfg = AutoAttackCfg(eps=0.05, apgd_steps=20, fab_steps=20, square_queries=100)
+    res = auto_attack(trained_cnn3, x, y, cfg)
+    with torch.no_grad():
+        clean_wrong = trained_cnn3(x).argmax(1) != y
+    assert torch.equal(res.fooled[clean_wrong], clean_wrong[clean_wrong])
+    assert [b == "clean" for b in res.broken_by] == clean_wrong.tolist()
+    # each component attacked exactly the survivors of those before it
+    survivors = int((~clean_wrong).sum())
+    for name in cfg.components:
+        assert res.stats[name]["attacked"] == survivors
+        survivors -= int(res.stats[name]["broken"])
+    assert survivors == int((~res.fooled).sum())
+    # and a single component never does better than the union
+    alone = run_component("apgd-ce", trained_cnn3, x, y, cfg)
+    assert int((~res.fooled).sum()) <= int((~(alone.fooled | clean_wrong)).sum())
+    assert (res.x_adv - x).abs().max() <= 0.05 + 1e-6
+
+
+def test_apgd_is_stronger_than_paper_pgd_at_small_eps(trained_cnn3, fmnist_small, device) -> None:
+    """At eps 0.05 the paper's alpha 0.01 x 10 is a fair attack, but APGD-100 still finds at least as much."""
+    from trainables.attacks import run_attack
+    from trainables.config import AttackCfg
+
+    x, y = _xy(fmnist_small, 128, device)
+    pgd = run_attack(trained_cnn3, x, y, AttackCfg(eps=0.05, alpha=0.01, steps=10))
+    apgd = run_component("apgd-ce", trained_cnn3, x, y, AutoAttackCfg(eps=0.05))
+    assert int(apgd.fooled.sum()) >= int(pgd.fooled.sum()) - 1
+
+
+# ------------------------------------------------------------------------------------------- the audit
+
+
+def test_audit_of_an_undefended_model_passes_and_reaches_zero(trained_cnn3, fmnist_small, device) -> None:
+    torch.manual_seed(0)
+    report = run_audit(trained_cnn3, _split(fmnist_small, 96), AuditCfg(eps=0.3, **FAST), device=device,
+                       base=trained_cnn3, progress=False)
+    checks = _checks(report)
+    assert all(s is Status.PASS for s in checks.values()), {c.name: c.detail for c in report.checks if c.status is not Status.PASS}
+    assert report.verdict is Status.PASS
+    assert report.clean >= 0.6 * report.n
+    assert report.row("strong_pgd20x2").acc <= 0.02 and report.row("autoattack").acc <= 0.02
+    assert report.worst_case <= 1
+    # the paper's IFGSM cannot leave a 0.1 ball whatever its label says, and the row says so
+    ifgsm = report.row("paper_ifgsm10")
+    assert ifgsm.max_linf == pytest.approx(0.1, abs=1e-5) and "cannot reach eps" in ifgsm.note
+    d = report.as_dict()
+    assert d["format"] == "patchtune-audit/1" and d["verdict"] == "PASS"
+    assert {c["name"] for c in d["checks"]} == {"budget", "iterative_vs_single", "steps", "restarts", "eps_monotone",
+                                               "chance_at_large_eps", "blackbox", "transfer", "noise", "loss_rises",
+                                               "gradients", "loss_diversity"}
+
+
+def test_audit_flags_a_logit_scaled_model(trained_cnn3, fmnist_small, device) -> None:
+    masked = LogitScale(trained_cnn3).eval()
+    report = run_audit(masked, _split(fmnist_small, 96), AuditCfg(eps=0.3, **FAST), device=device,
+                       base=trained_cnn3, progress=False)
+    checks = _checks(report)
+    assert checks["gradients"] is Status.FAIL
+    assert checks["loss_diversity"] is Status.WARN  # DLR is scale-invariant: APGD-T breaks what CE could not
+    assert report.verdict is Status.FAIL
+    # the paper's PGD-10 calls it robust; the audit's worst case does not
+    assert report.row("paper_pgd10").acc >= 0.3
+    assert report.worst_case / report.n <= report.row("paper_pgd10").acc - 0.25
+
+
+def test_audit_flags_input_quantisation(trained_cnn3, fmnist_small, device) -> None:
+    masked = Quantised(trained_cnn3).eval()
+    report = run_audit(masked, _split(fmnist_small, 96), AuditCfg(eps=0.3, **FAST), device=device,
+                       base=trained_cnn3, progress=False)
+    checks = _checks(report)
+    assert checks["gradients"] is Status.FAIL
+    assert checks["blackbox"] is Status.FAIL  # Square breaks what every gradient attack left
+    assert Status.FAIL in (checks["noise"], checks["transfer"], checks["chance_at_large_eps"])
+    assert report.row("paper_pgd10").acc > report.worst_case / report.n

@@ -1,0 +1,74 @@
+"""Speed switches (trainables.perf): one place, the same code path on CPU with the GPU parts off."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import pytest
+import torch
+
+from trainables import perf
+from trainables.config import Optimizer, TrainCfg
+from trainables.data import Split, iterate_batches, place
+from trainables.engine import make_optimizer
+from trainables.models import InputSpec, build_model
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+SPEC = InputSpec(3, 32, 32, 10, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+def _split(n: int = 64) -> Split:
+    g = torch.Generator().manual_seed(0)
+    return Split(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 10, (n,), generator=g))
+
+
+def test_cpu_path_has_the_gpu_parts_off() -> None:
+    cpu = torch.device("cpu")
+    assert perf.configure(cpu) is nullcontext and perf.compact_every(cpu) == 1  # fp32 on CPU
+    assert perf.optimizer_kwargs(cpu) == {"foreach": True} and perf.fits_on(cpu, 10**15)
+    split = _split()
+    assert place(split, cpu) is split  # no copy when the data already lives there
+    model = perf.prepare_model(build_model("vgg16", SPEC), cpu)
+    assert model is perf.maybe_compile(model, cpu)
+    assert next(model.parameters()).is_contiguous()  # channels_last is GPU-only
+    for name in Optimizer:
+        opt = make_optimizer(model.parameters(), TrainCfg(optimizer=name), cpu)
+        assert not opt.defaults.get("fused")
+
+
+def test_perf_off_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATCHTUNE_PERF", "off")
+    cfg = perf.PerfCfg.from_env()
+    assert not (cfg.bf16 or cfg.channels_last or cfg.fused_optimizers or cfg.resident_data or cfg.compile)
+    assert cfg.compact_every_gpu == 1
+    monkeypatch.setenv("PATCHTUNE_PERF", "")
+    monkeypatch.setenv("PATCHTUNE_COMPILE", "1")
+    assert perf.PerfCfg.from_env().compile and perf.PerfCfg.from_env().bf16
+
+
+@cuda
+def test_gpu_switches_and_resident_data() -> None:
+    dev = torch.device("cuda")
+    autocast = perf.configure(dev)
+    assert torch.backends.cudnn.benchmark and torch.backends.cuda.matmul.allow_tf32
+    model = perf.prepare_model(build_model("vgg16", SPEC), dev)
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    split = place(_split(), dev)
+    assert split.x.is_cuda and split.x.dtype == torch.uint8  # resident, still uint8 (4x smaller than float)
+    x, y = next(iterate_batches(split, 32, dev, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    with autocast():
+        out = model(x)
+    assert out.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last)
+    opt = make_optimizer(model.parameters(), TrainCfg(optimizer=Optimizer.ADAM), dev)
+    assert opt.defaults.get("fused") is True
+
+
+@cuda
+def test_pinned_fallback_when_the_data_does_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    dev = torch.device("cuda")
+    monkeypatch.setattr(perf, "fits_on", lambda device, nbytes, cfg=None: False)
+    split = place(_split(), dev)
+    assert not split.x.is_cuda and split.x.is_pinned()
+    x, _ = next(iterate_batches(split, 16, dev))
+    assert x.is_cuda

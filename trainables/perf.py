@@ -1,0 +1,113 @@
+"""Every speed switch in one place, with why it is on. The CPU path runs the same code with the GPU parts off.
+
+    bf16 autocast     matmuls/convs in bf16 on tensor cores; bf16 has fp32's exponent range, so unlike fp16
+                      no GradScaler is needed and attack gradients do not underflow. Losses are taken in fp32.
+    TF32              whatever stays fp32 (e.g. outside autocast) still uses tensor cores, ~1e-3 relative error,
+                      far inside training and attack noise.
+    cudnn.benchmark   shapes are fixed within a run (batch size, image size), so the autotuner's one-off cost
+                      buys the fastest conv algorithm for every later step.
+    channels_last     NHWC is the tensor-core-native conv layout: VGG-16's convs skip two transposes per layer.
+    fused optimizers  Adam/AdamW/SGD/RMSprop step as one kernel over all parameters instead of one per tensor
+                      (foreach on CPU, where no fused kernel exists for all of them).
+    resident data     the whole uint8 data set lives on the trial's GPU (F-MNIST 47 MB, CIFAR-10 150 MB,
+                      Imagenette-160 ~730 MB): a batch is one gather, with no loader workers and no host copy;
+                      when it does not fit in `resident_fraction` of free memory, pinned host memory instead,
+                      so the per-batch copy is asynchronous.
+    torch.compile     optional (`PATCHTUNE_COMPILE=1`): fuses the small cnn3's elementwise work; its compile
+                      time (tens of seconds) only pays off on long runs, and it is warmed up outside timings.
+    compact_every     PGD drops samples it has already fooled from the batch; finding them needs one
+                      device->host sync, so on GPU that happens after steps 1 and 2 (where most samples
+                      fall) and then every 4 steps, instead of every step.
+
+`PATCHTUNE_PERF=off` turns the GPU switches off (for A/B timings and for debugging numerical differences).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+from torch import nn
+
+Autocast = Callable[[], AbstractContextManager[object]]
+
+
+@dataclasses.dataclass(frozen=True)
+class PerfCfg:
+    bf16: bool = True
+    tf32: bool = True
+    cudnn_benchmark: bool = True
+    channels_last: bool = True
+    fused_optimizers: bool = True
+    resident_data: bool = True
+    resident_fraction: float = 0.5  # at most this share of the device's free memory goes to the data set
+    compile: bool = False
+    compact_every_gpu: int = 4
+
+    @classmethod
+    def from_env(cls) -> PerfCfg:
+        if os.environ.get("PATCHTUNE_PERF", "").lower() == "off":
+            return cls(bf16=False, tf32=False, cudnn_benchmark=False, channels_last=False, fused_optimizers=False,
+                       resident_data=False, compile=False, compact_every_gpu=1)
+        return cls(compile=os.environ.get("PATCHTUNE_COMPILE", "") == "1")
+
+
+def is_cuda(device: torch.device) -> bool:
+    return device.type == "cuda"
+
+
+def configure(device: torch.device, perf: PerfCfg | None = None) -> Autocast:
+    """Set the global backend switches for `device`; returns the autocast factory the loops use."""
+    perf = perf or PerfCfg.from_env()
+    if not is_cuda(device):
+        return nullcontext  # CPU: fp32. bf16 autocast on CPU is slower than fp32 for these small convs.
+    torch.backends.cudnn.benchmark = perf.cudnn_benchmark
+    torch.backends.cuda.matmul.allow_tf32 = perf.tf32
+    torch.backends.cudnn.allow_tf32 = perf.tf32
+    if not perf.bf16:
+        return nullcontext
+    return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+def prepare_model(model: nn.Module, device: torch.device, perf: PerfCfg | None = None) -> nn.Module:
+    """Move to `device` (in place, like `.to`), channels_last on GPU. Returns the same module."""
+    perf = perf or PerfCfg.from_env()
+    model.to(device)
+    if is_cuda(device) and perf.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def maybe_compile(model: nn.Module, device: torch.device, perf: PerfCfg | None = None) -> nn.Module:
+    """The module the training step calls: compiled when asked (it shares the parameters, so checkpoints
+    keep saving the plain module). Attacks keep the plain module: their shrinking batches would recompile."""
+    perf = perf or PerfCfg.from_env()
+    if is_cuda(device) and perf.compile:
+        return torch.compile(model)  # type: ignore[return-value]
+    return model
+
+
+def optimizer_kwargs(device: torch.device, perf: PerfCfg | None = None) -> dict[str, bool]:
+    perf = perf or PerfCfg.from_env()
+    if is_cuda(device) and perf.fused_optimizers:
+        return {"fused": True}
+    return {"foreach": True}
+
+
+def compact_every(device: torch.device, perf: PerfCfg | None = None) -> int:
+    perf = perf or PerfCfg.from_env()
+    return perf.compact_every_gpu if is_cuda(device) else 1
+
+
+def fits_on(device: torch.device, nbytes: int, perf: PerfCfg | None = None) -> bool:
+    """Whether `nbytes` of data may live on `device` (always true for the CPU)."""
+    perf = perf or PerfCfg.from_env()
+    if not is_cuda(device):
+        return True
+    if not perf.resident_data:
+        return False
+    free, _total = torch.cuda.mem_get_info(device)
+    return nbytes <= perf.resident_fraction * free
