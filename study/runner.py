@@ -146,6 +146,7 @@ def _ray_init(address: str | None, dashboard: bool, dashboard_host: str = "127.0
 
     kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": True, "logging_level": logging.WARNING}
     if address:
+        _probe(address)
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -157,6 +158,20 @@ def _ray_init(address: str | None, dashboard: bool, dashboard_host: str = "127.0
     context = ray.init(address="local", include_dashboard=dashboard, dashboard_host=dashboard_host, **kwargs)
     if dashboard:
         print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds when nothing listens at HOST:PORT (ray.init would retry for minutes first)."""
+    import socket
+
+    target = address.split("://", 1)[-1]
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto" and other forms: Ray resolves them itself, and fails fast when there is nothing
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise StudyError(f"--address {address!r}: nothing answers at {host}:{port} ({exc.strerror or exc})") from None
 
 
 def _resources(spec: StudySpec) -> dict[str, float]:

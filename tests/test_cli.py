@@ -172,6 +172,8 @@ def test_run_refuses_bad_input_before_ray_starts(tmp_path: Path, tiny_base: Path
         (["run", "quick", "--storage", str(tmp_path / "st"), "--optuna-storage", "notadb://x"], "cannot be opened"),
         (["resume", str(tmp_path / "nowhere")], "does not exist"),
         (["status", str(tmp_path)], "is not a patchtune study directory"),
+        # nothing listens there: refused in seconds, not after Ray's minutes of retries
+        (["run", "quick", "--storage", str(tmp_path / "st"), "--address", "127.0.0.1:9"], "nothing answers at 127.0.0.1:9"),
     ]
     (tmp_path / "broken.yaml").write_text("name: x\nsearch: [unclosed\n")
     cases.append((["run", str(tmp_path / "broken.yaml")], "is not valid YAML"))
