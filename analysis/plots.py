@@ -292,11 +292,15 @@ def audit_bars(frame: pd.DataFrame) -> Figure:
         xs = np.arange(len(attacks)) + (j - (len(models) - 1) / 2) * width
         acc = sub["accuracy_pct"].to_numpy(dtype=float)
         err = np.vstack([acc - sub["ci_lo_pct"].to_numpy(dtype=float), sub["ci_hi_pct"].to_numpy(dtype=float) - acc])
-        ax.bar(xs, acc, width, yerr=err, capsize=2, color=colors[model], label=model)
+        bars = ax.bar(xs, acc, width, yerr=err, capsize=2, color=colors[model], label=model)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=3)  # 0 % bars are otherwise invisible
+    paper_rows = [i for i, a in enumerate(attacks) if "(paper)" in a]
+    if paper_rows:
+        ax.axvline(max(paper_rows) + 0.5, color="grey", lw=1, ls="--")
     ax.set_xticks(np.arange(len(attacks)), attacks, rotation=25, ha="right", fontsize=8)
     ax.set_ylabel("test accuracy (%)")
     ax.set_xlabel("attack (left: the paper's parameters; right: strong attacks and their per-sample worst case)")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 105)
     ax.set_title("Robustness audit (bars: accuracy with 95 % Wilson interval)")
     if len(models) > 1:
         ax.legend(fontsize=7)

@@ -117,7 +117,7 @@ def _md_table(frame: pd.DataFrame) -> str:
 def _fmt(value: object) -> str:
     if isinstance(value, float):
         return "-" if math.isnan(value) else f"{value:.4g}"
-    return str(value)
+    return str(value).replace("|", "\\|")  # a bare pipe would end the Markdown cell
 
 
 def write_study_report(path: str | Path) -> Path:
