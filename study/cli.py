@@ -74,6 +74,7 @@ OPTIMIZERS = ("adam", "rmsprop", "sgd", "adamw")
 OPS = ("rotate", "translate", "flip", "noise", "occlude")
 ATTACKS = ("clean", "fgsm", "ifgsm", "pgd")
 ARCHS = ("cnn3", "vgg16")
+DEFENSES = ("patch", "fgsm-at", "ifgsm-at", "pgd-at")
 
 
 def _writable_target(path: str, flag: str) -> Path:
@@ -142,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p, dataset=False)
     _add_train_args(p)
     _add_aug_args(p)
+    p.add_argument("--defense", choices=DEFENSES, default="patch",
+                   help="patch (the paper's defense, default) or one of its adversarial-training baselines")
+    p.add_argument("--at-alpha", type=unit_float, default=0.01, help="AT attack step size (default 0.01, the paper's)")
+    p.add_argument("--at-steps", type=positive_int, default=10, help="AT attack iterations for ifgsm/pgd (default 10)")
     p.add_argument("--out", help="checkpoint path (default runs/finetune-OPTIMIZER-sSEED.pt)")
     p.set_defaults(run=cmd_finetune)
 
@@ -308,7 +313,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from trainables.checkpoint import load_checkpoint, save_checkpoint
-    from trainables.config import DataCfg
+    from trainables.config import PAPER_EPS, AttackCfg, DataCfg
     from trainables.data import load_data
     from trainables.pipeline import default_train_cfg, finetune
 
@@ -323,25 +328,26 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                        val_fraction=split_meta.get("val_fraction", 0.1), split_seed=split_meta.get("split_seed", 0),
                        image_size=image_size, limit_train=args.limit_train, limit_val=args.limit_val,
                        limit_test=args.limit_test)
-    out = _writable_target(args.out or f"runs/finetune-{cfg.optimizer.value}-s{args.seed}.pt", "--out")
+    adversarial = None
+    if args.defense != "patch":
+        adversarial = AttackCfg(name=args.defense.removesuffix("-at"), eps=PAPER_EPS[dataset], alpha=args.at_alpha,
+                                steps=args.at_steps)
+    stem = "" if adversarial is None else f"{args.defense}-"
+    out = _writable_target(args.out or f"runs/finetune-{stem}{cfg.optimizer.value}-s{args.seed}.pt", "--out")
     device = _device(args.device)
     base = ckpt.build()
     data = load_data(data_cfg)
-    _say(f"fine-tuning {arch} ({args.base}) on {dataset.value} clean + patch-modified ({','.join(o.value for o in aug.pool)}, "
-         f"w={aug.patch_size}) with {cfg.optimizer.value} lr {cfg.lr:g} for {cfg.epochs} epochs on {device}")
-    model, meta = finetune(base, ckpt.meta, data, cfg, aug, device=device, progress=not args.quiet)
+    what = (f"clean + patch-modified ({','.join(o.value for o in aug.pool)}, w={aug.patch_size})" if adversarial is None
+            else f"{args.defense} examples (eps {adversarial.eps:g}, alpha {adversarial.alpha:g}, {adversarial.steps} steps)")
+    _say(f"fine-tuning {arch} ({args.base}) on {dataset.value} {what} with {cfg.optimizer.value} lr {cfg.lr:g} for "
+         f"{cfg.epochs} epochs on {device}")
+    model, meta = finetune(base, ckpt.meta, data, cfg, aug, device=device, progress=not args.quiet,
+                           adversarial=adversarial)
     meta["seed"] = cfg.seed
     meta["base_path"] = str(args.base)
     save_checkpoint(out, model, meta)
     _say(f"val acc {meta['val_acc']:.4f}, test acc {meta['test_acc']:.4f} -> {out}")
     return 0
-
-
-def _column(meta: dict[str, Any]) -> str:
-    """Which of the paper's Table 1 columns a checkpoint corresponds to."""
-    if meta.get("kind") == "pretrain":
-        return "undefended"
-    return str((meta.get("train") or {}).get("optimizer", "?"))
 
 
 def _checkpoint_data_cfg(ck: Any, args: argparse.Namespace) -> Any:
@@ -384,6 +390,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "arch": ck.arch,
             "kind": ck.meta.get("kind"),
             "optimizer": (ck.meta.get("train") or {}).get("optimizer"),
+            "defense": ck.meta.get("defense", "patch" if ck.meta.get("kind") == "finetune" else None),
             "accuracy": {a.name.value: acc[a.label] for a in attacks},
         })
     info = {
@@ -454,6 +461,8 @@ def _table(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
         paper = []
         for r in results:
             column = "undefended" if r["kind"] == "pretrain" else str(r["optimizer"])
+            if r.get("defense") not in (None, "patch"):
+                column = str(r["defense"])  # the paper's Table 1 has no AT column: shown as "-"
             value = paper_value(info["dataset"], attack, column)
             paper.append("-" if value is None else f"{value:.2f}")
         rows.append([attack.upper() if attack != "clean" else "Clean", desc or "-", *ours, *paper])
@@ -467,6 +476,8 @@ def _table(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
 
 
 def _short(result: dict[str, Any]) -> str:
+    if result.get("defense") not in (None, "patch"):
+        return str(result["defense"]).removesuffix("_at").upper() + "-AT"
     return "Undefended" if result["kind"] == "pretrain" else {"adam": "Adam", "rmsprop": "RMSProp"}.get(
         str(result["optimizer"]), str(result["optimizer"]))
 

@@ -502,7 +502,7 @@ def audit_best(spec: StudySpec, entries: list[dict[str, Any]], base_path: Path) 
         for rep in reports:
             print(f"audit of {entry['trial_id']}: eps {rep['eps']:g}: paper PGD-10 "
                   f"{100 * next(r['acc'] for r in rep['rows'] if r['name'] == 'paper_pgd10'):.2f} %, worst case "
-                  f"{100 * rep['worst_case_acc']:.2f} %, verdict {rep['verdict']}", flush=True)
+                  f"{100 * rep['worst_case_acc']:.2f} %, masking checks {rep['verdict']}", flush=True)
         audits.append({"trial_id": entry["trial_id"], "checkpoint": entry["checkpoint"], "audits": reports})
     path = spec.study_dir() / "audit.json"
     atomic_write_text(path, json.dumps({"study": spec.name, "base": str(base_path), "trials": audits}, indent=2))
@@ -594,7 +594,7 @@ def status_table(study_dir: Path) -> str:
             for trial in json.loads(audit.read_text())["trials"]:
                 for rep in trial["audits"]:
                     lines.append(f"audit of {trial['trial_id']}: eps {rep['eps']:g}, {rep['n']} test images: worst case "
-                                 f"{100 * rep['worst_case_acc']:.2f}% over paper + strong attacks, verdict {rep['verdict']}")
+                                 f"{100 * rep['worst_case_acc']:.2f}% over paper + strong attacks, masking checks {rep['verdict']}")
     elif (study_dir / "results.parquet").is_file():
         lines.append("results.parquet written; no best.json (study incomplete or no trial completed)")
     else:

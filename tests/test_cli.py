@@ -98,6 +98,24 @@ def test_pretrain_finetune_eval_json(tmp_path: Path, tiny_base: Path) -> None:
     assert "Undefended (paper)" in proc.stdout and "RMSProp (paper)" in proc.stdout and "50.08" in proc.stdout
 
 
+def test_finetune_adversarial_training_baseline(tmp_path: Path, tiny_base: Path) -> None:
+    """`--defense fgsm-at`: the paper's baseline as a checkpoint, evaluated and labelled as such."""
+    at = tmp_path / "at.pt"
+    proc = patchtune("finetune", "--base", str(tiny_base), "--defense", "fgsm-at", "--epochs", "1", "--limit-train", "600",
+                     "--limit-val", "100", "--limit-test", "100", "--out", str(at), "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "fgsm-at examples (eps 0.3" in proc.stderr
+    import torch
+
+    meta = torch.load(at, weights_only=True)["meta"]
+    assert meta["defense"] == "fgsm_at" and meta["augment"] is None and meta["adversarial"]["eps"] == 0.3
+    proc = patchtune("eval", str(tiny_base), str(at), "--limit", "50", "--attacks", "clean,fgsm", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "FGSM-AT (ours)" in proc.stdout and "Undefended (ours)" in proc.stdout
+    proc = patchtune("finetune", "--base", str(tiny_base), "--defense", "cw-at", cwd=tmp_path)
+    assert proc.returncode == 2 and "invalid choice: 'cw-at'" in proc.stderr
+
+
 def test_audit_table_json_and_out_file(tmp_path: Path, tiny_base: Path) -> None:
     """`patchtune audit` on a real undefended checkpoint: strong attacks break it, every check passes."""
     small = ["--limit", "48", "--check-limit", "32", "--steps", "20", "--restarts", "2", "--components", "apgd-ce,square"]
@@ -116,7 +134,7 @@ def test_audit_table_json_and_out_file(tmp_path: Path, tiny_base: Path) -> None:
     # table output: the headline, the rows and every check by name
     proc = patchtune("audit", str(tiny_base), *small, "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    for needle in ("verdict PASS", "PGD-10, alpha 0.01 (paper)", "cannot reach eps", "AutoAttack (standard)",
+    for needle in ("masking checks PASS", "PGD-10, alpha 0.01 (paper)", "cannot reach eps", "AutoAttack (standard)",
                    "Worst case", "iterative_vs_single", "blackbox", "transfer", "SKIP"):
         assert needle in proc.stdout, needle
     # a base model for another data set is refused before any attack runs

@@ -116,3 +116,11 @@ def test_audit_bars() -> None:
     ax = fig.axes[0]
     assert len(ax.patches) == 8 and "accuracy (%)" in ax.get_ylabel()
     assert [round(p.get_height(), 1) for p in ax.patches[:4]] == [90.0, 50.0, 2.0, 0.0]
+    from analysis.audit import headline
+
+    rep.update(n=500, clean_acc=0.9, verdict="PASS", checks=[{"name": "noise", "status": "PASS", "detail": ""}])
+    text = headline(rep)
+    assert "paper PGD-10 50.00 %" in text and "worst case 0.00 % [0.0, 7.0]" in text and "masking checks PASS" in text
+    assert "overstates robustness by 50.0 pt" in text
+    rep["rows"][1]["acc"] = 0.0
+    assert "overstates" not in headline(rep)

@@ -72,19 +72,27 @@ def finetune(
     *,
     device: torch.device,
     progress: bool = True,
+    adversarial: AttackCfg | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The paper's defense: fine-tune `base` on clean (+) patch-modified images at a fixed learning rate."""
+    """The paper's defense: fine-tune `base` on clean (+) patch-modified images at a fixed learning rate.
+
+    With `adversarial`, the paper's baselines instead: adversarial training from the base on that attack's
+    examples (FGSM-AT, IFGSM-AT, PGD-AT), no patch augmentation.
+    """
     aug.check_fits(data.info.height, data.info.width)
     seed_everything(cfg.seed)
     model = prepare_model(base, device)
     autocast = configure_backends(device)
-    history = fit(model, data.train, data.val, cfg, device=device, augment=aug, autocast=autocast, progress=progress)
+    history = fit(model, data.train, data.val, cfg, device=device, augment=None if adversarial else aug,
+                  adversarial=adversarial, autocast=autocast, progress=progress)
     _, test_acc = evaluate_clean(model, data.test, batch_size=500, device=device, autocast=autocast)
     meta = {
         **{k: base_meta[k] for k in ("arch", "dataset", "image_size", "data")},
         "kind": "finetune",
+        "defense": f"{adversarial.name.value}_at" if adversarial else "patch",
         "train": as_jsonable(cfg),
-        "augment": as_jsonable(aug),
+        "augment": None if adversarial else as_jsonable(aug),
+        "adversarial": adversarial.describe() if adversarial else None,
         "base": {k: base_meta.get(k) for k in ("kind", "train", "test_acc", "created")},
         "val_acc": history[-1].val_acc,
         "test_acc": test_acc,
