@@ -2,7 +2,10 @@
 # GPU checks and GPU benchmark rows in one call (for a lent GPU machine without internet):
 #   - the suite's device-agnostic tests on CUDA (TORCH_DEVICE=cuda; GPU-only tests no longer skip),
 #   - `benchmarks/bench_core.py` with its GPU rows (Tune row skipped: Ray is not installed there).
-# Expects F-MNIST under $PATCHTUNE_CACHE/data/fashion-mnist and torchattacks as a wheel in .whl/.
+# Expects F-MNIST under $PATCHTUNE_CACHE/data/fashion-mnist and torchattacks as a wheel in .whl/; prepare both
+# where there is internet (neither is committed):
+#   mkdir -p .devcache/data/fashion-mnist && cp /usr/share/datasets/fashion-mnist/*.gz .devcache/data/fashion-mnist/
+#   .venv/bin/pip download --no-deps torchattacks==3.5.1 -d .whl      # and `echo /.devcache/ >> .git/info/exclude`
 # Writes gpu.txt, tests.txt and bench.txt under ${OUT:-/tmp/gpu-out}.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
