@@ -22,7 +22,16 @@ from analysis.reproduction import render
 from study.runner import StudyError, _pretrain_remote, _ray_init
 from trainables.atomic import atomic_open, atomic_write_text
 from trainables.checkpoint import load_checkpoint, save_checkpoint
-from trainables.config import AugCfg, ConfigError, DataCfg, Dataset, paper_attacks
+from trainables.config import (
+    PAPER_EPS,
+    AttackCfg,
+    AttackName,
+    AugCfg,
+    ConfigError,
+    DataCfg,
+    Dataset,
+    paper_attacks,
+)
 from trainables.data import load_data
 
 
@@ -40,11 +49,14 @@ class ReproSpec:
     eot_draws: int = 4
     long_epochs: int = 10  # fine-tuning epochs of the `patch_*_long` cells
     at_from_scratch: bool = False  # adversarial training from a fresh init for pretrain_epochs, not from the base
+    strong_steps: int = 100  # the strong-PGD row: alpha = 2.5 eps / steps, `strong_restarts` random starts
+    strong_restarts: int = 5
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("pretrain_epochs", "epochs", "patch_size", "seeds", "eot_draws", "long_epochs"):
+        for name in ("pretrain_epochs", "epochs", "patch_size", "seeds", "eot_draws", "long_epochs", "strong_steps",
+                     "strong_restarts"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
 
@@ -112,7 +124,10 @@ def reproduce(spec: ReproSpec, storage: Path, *, name: str | None = None, addres
                            lr=spec.lr, epochs=spec.epochs, batch_size=128, aug=AugCfg(patch_size=spec.patch_size),
                            attacks=paper_attacks(dataset, ["fgsm", "ifgsm", "pgd"]), eot_draws=spec.eot_draws,
                            long_epochs=spec.long_epochs,
-                           at_from_scratch_epochs=spec.pretrain_epochs if spec.at_from_scratch else None)
+                           at_from_scratch_epochs=spec.pretrain_epochs if spec.at_from_scratch else None,
+                           strong=AttackCfg(AttackName.PGD, eps=PAPER_EPS[dataset], steps=spec.strong_steps,
+                                            alpha=min(1.0, 2.5 * PAPER_EPS[dataset] / spec.strong_steps),
+                                            restarts=spec.strong_restarts))
         trainable = tune.with_resources(tune.with_parameters(reproduce_trial, setup=setup),
                                         {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
         tuner = tune.Tuner(

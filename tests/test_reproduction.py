@@ -59,6 +59,18 @@ def test_findings_use_paired_tests_over_seeds() -> None:
     assert "undecided (n=1 seed" in one[0]
 
 
+def test_strong_pgd_row_and_overstatement_finding() -> None:
+    f = frame()
+    assert "strong PGD-100 x5 (ours only)" not in set(table1(f, "fmnist")["Attack"])  # older results: no row
+    f["strong/pgd"] = f["whitebox/pgd"] - 0.08  # the strong attack finds 8 pt more everywhere
+    t = table1(f, "fmnist")
+    assert list(t["Attack"])[-1] == "strong PGD-100 x5 (ours only)" and t.iloc[-1]["adam (paper)"] == "-"
+    assert t.iloc[-1]["adam (ours)"].startswith("2.0")
+    text = findings(f, "fmnist")
+    assert any(s.startswith("The paper's PGD-10 overstates the robustness of PGD-AT on F-MNIST (PGD-10 minus strong "
+                            "PGD-100 x5): yes, +8.0 pt") for s in text), text
+
+
 def test_matching_setting_names_the_setting_near_the_paper() -> None:
     text = matching_setting(frame(), "fmnist")
     assert "eps in normalised units on adam (53.0 % vs paper 53.7 %)" in text
@@ -100,9 +112,12 @@ def test_reproduce_end_to_end_tiny(tiny_repro_dir: Path) -> None:
     out = tiny_repro_dir
     results = pd.read_parquet(out / "results.parquet")
     assert len(results) == 16 and set(results["method"]) == set(METHODS) and set(results["seed"]) == {0, 1}
-    assert {"clean", "whitebox/pgd", "transfer/pgd", "ttt_eot/pgd"} <= set(results.columns)
+    assert {"clean", "whitebox/pgd", "transfer/pgd", "ttt_eot/pgd", "strong/pgd"} <= set(results.columns)
+    # PGD-100 x5 with alpha 2.5 eps / 100 is never much weaker than the paper's PGD-10 (per model, 40 images)
+    assert (results["strong/pgd"] <= results["whitebox/pgd"] + 0.05).all()
     for key in [c for c in results.columns if "/" in c and not c.startswith("ttt")]:
         assert (results[key] <= results["clean"] + 1e-9).all(), key
     text = (out / "tables.md").read_text()
     assert "53.72" in text and "RMSProp beats Adam under PGD-10 on F-MNIST" in text
+    assert "strong PGD-100 x5 (ours only)" in text and "The paper's PGD-10 overstates the robustness of" in text
     assert len(list((out.parent / "_bases").glob("repro-fmnist-cnn3-s*.pt"))) == 2

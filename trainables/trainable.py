@@ -29,6 +29,7 @@ from trainables.engine import (
     fit,
     make_optimizer,
     pick_device,
+    robust_accuracy,
     score_objective,
     train_one_epoch,
 )
@@ -126,6 +127,7 @@ class ReproSetup:
     eot_draws: int = 8
     long_epochs: int = 10  # the `*_long` cells: the paper fine-tuned for 20 GPU-minutes, far beyond 2 epochs
     at_from_scratch_epochs: int | None = None  # set: adversarial training starts from a fresh init, this long
+    strong: AttackCfg | None = None  # a strong PGD (alpha * steps >= 2 eps, restarts) scored beside the paper's
 
 
 def reproduce_trial(config: dict[str, Any], setup: ReproSetup) -> None:
@@ -152,6 +154,10 @@ def reproduce_trial(config: dict[str, Any], setup: ReproSetup) -> None:
             augment=setup.aug if method.startswith("patch") else None, adversarial=adversarial, autocast=autocast,
             progress=False)
     train_s = time.perf_counter() - t0
-    scores = evaluate_variants(model, base, place(setup.test, device), setup.attacks, aug=setup.aug,
+    test = place(setup.test, device)
+    scores = evaluate_variants(model, base, test, setup.attacks, aug=setup.aug,
                                pixel_std=sum(i.std) / len(i.std), device=device, seed=seed, eot_draws=setup.eot_draws)
+    if setup.strong is not None:
+        strong = robust_accuracy(model, test, {"pgd": setup.strong}, device=device, seed=seed, autocast=autocast)
+        scores["strong/pgd"] = strong["pgd"]
     tune.report({**scores, "train_s": train_s, "eval_s": time.perf_counter() - t0 - train_s, **_where(device)})
