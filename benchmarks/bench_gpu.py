@@ -29,7 +29,7 @@ from trainables.config import AttackCfg, AugCfg, DataCfg, TrainCfg
 from trainables.data import DataBundle, Split, load_data, place
 from trainables.engine import configure_backends, evaluate, make_optimizer, train_one_epoch
 from trainables.models import InputSpec, build_model
-from trainables.perf import Autocast, prepare_model
+from trainables.perf import Autocast, input_layout, prepare_model
 
 
 def _sync(device: torch.device) -> None:
@@ -97,9 +97,7 @@ def eval_fraction(models: dict[str, torch.nn.Module], data: DataBundle, device: 
                   n: int, batch: int) -> list[dict[str, Any]]:
     autocast = configure_backends(device)
     test = place(data.test.take(slice(0, n)), device)
-    x = test.x[:batch].to(device).float().div(255)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = test.x[:batch].to(device).float().div(255).contiguous(memory_format=input_layout(device))
     y = test.y[:batch].to(device)
     attack = AttackCfg(name="pgd", eps=0.3, alpha=0.01, steps=10)
     rows = []
@@ -133,9 +131,7 @@ def finetune_fraction(model: torch.nn.Module, train: Split, device: torch.device
                         augment=aug, aug_generator=make_generator(1, device), autocast=autocast)
 
     t_ours = device_time(epoch, device, repeats, warmup=1)
-    x = train.x[: 2 * batch].to(device).float().div(255)
-    if device.type == "cuda" and os.environ.get("PATCHTUNE_PERF") != "off":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = train.x[: 2 * batch].to(device).float().div(255).contiguous(memory_format=input_layout(device))
     t_limit = device_time(finetune_limit(m, x, train.y[: 2 * batch].to(device), opt, autocast), device, repeats * 4)
     limit = batch / t_limit  # clean images per second (each step trains on batch clean + batch modified)
     frac = (n / t_ours) / limit

@@ -468,15 +468,27 @@ def finalize(spec: StudySpec, grid: Any, base_path: Path) -> Path:
     return study_dir
 
 
-def _audit_remote(ckpt_path: str, base_path: str, cfg: DataCfg, audit_cfgs: list[Any]) -> list[dict[str, Any]]:
+def _audit_remote(ckpt_paths: list[str], base_path: str, cfg: DataCfg,
+                  audit_cfgs: list[Any]) -> list[list[dict[str, Any]]]:
+    """Every checkpoint's audit reports, one list per checkpoint; data and base are loaded once."""
     from trainables.engine import pick_device
     from trainables.pipeline import audit_model
 
     data = load_data(cfg)
-    model = load_checkpoint(ckpt_path).build()
     base = load_checkpoint(base_path).build()
-    return audit_model(model, data, "test", audit_cfgs, device=pick_device(), base=base, progress=False,
-                       log=lambda msg: print(f"audit {Path(ckpt_path).name}: {msg}", flush=True))
+    device = pick_device()
+    out = []
+    for path in ckpt_paths:
+        name = Path(path).name
+        print(f"auditing {name} on {len(data.test)} test images at eps "
+              + ", ".join(f"{c.eps:g}" for c in audit_cfgs), flush=True)
+
+        def log(msg: str, name: str = name) -> None:
+            print(f"audit {name}: {msg}", flush=True)
+
+        out.append(audit_model(load_checkpoint(path).build(), data, "test", audit_cfgs, device=device, base=base,
+                               progress=False, log=log))
+    return out
 
 
 def audit_best(spec: StudySpec, entries: list[dict[str, Any]], base_path: Path) -> Path:
@@ -489,16 +501,14 @@ def audit_best(spec: StudySpec, entries: list[dict[str, Any]], base_path: Path) 
     cfgs = [AuditCfg(eps=e, strong_steps=a.strong_steps, strong_restarts=a.strong_restarts, autoattack=a.autoattack,
                      components=a.components, check_limit=a.check_limit, seed=spec.seed) for e in spec.audit_eps]
     cfg = dataclasses.replace(data_cfg(spec), limit_test=a.limit)
+    args = ([e["checkpoint"] for e in entries], str(base_path), cfg, cfgs)
+    if _gpus_for_task():
+        task = ray.remote(num_cpus=max(1.0, spec.resources.cpu), num_gpus=1)(_audit_remote)
+        per_entry = ray.get(task.remote(*args))
+    else:  # no GPU anywhere: the driver is as good a place as any worker
+        per_entry = _audit_remote(*args)
     audits = []
-    for entry in entries:
-        print(f"auditing best trial {entry['trial_id']} on {a.limit} test images at eps "
-              + ", ".join(f"{e:g}" for e in spec.audit_eps), flush=True)
-        args = (entry["checkpoint"], str(base_path), cfg, cfgs)
-        if _gpus_for_task():
-            task = ray.remote(num_cpus=max(1.0, spec.resources.cpu), num_gpus=1)(_audit_remote)
-            reports = ray.get(task.remote(*args))
-        else:
-            reports = _audit_remote(*args)
+    for entry, reports in zip(entries, per_entry, strict=True):
         for rep in reports:
             print(f"audit of {entry['trial_id']}: eps {rep['eps']:g}: paper PGD-10 "
                   f"{100 * next(r['acc'] for r in rep['rows'] if r['name'] == 'paper_pgd10'):.2f} %, worst case "

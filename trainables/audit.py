@@ -354,10 +354,11 @@ def run_audit(
         t0 = time.perf_counter()
         aa_robust = ok.clone()
         aa_by = ["clean" if not v else "" for v in ok.tolist()]
+        aa_cfg = cfg.autoattack_cfg()
         idx = ok.nonzero().squeeze(1)
         for sl in _batches(idx.numel(), cfg.batch_size):
             b = idx[sl]
-            res = auto_attack(model, x[b], y[b], cfg.autoattack_cfg(), n_classes=n_classes)
+            res = auto_attack(model, x[b], y[b], aa_cfg, n_classes=n_classes)
             aa_robust[b] = ~res.fooled
             for i, who in zip(b.tolist(), res.broken_by, strict=True):
                 aa_by[i] = who
@@ -369,7 +370,6 @@ def run_audit(
                 agg["raw_max_linf"] = max(agg["raw_max_linf"], st["raw_max_linf"])
         broken_by = {c: sum(1 for w in aa_by if w == c) for c in ("clean", *cfg.components)}
         robust["autoattack"] = aa_robust
-        aa_cfg = cfg.autoattack_cfg()
         rows.append(Row("autoattack", aa_cfg.describe(), int(aa_robust.sum()), n,
                         max((s["raw_max_linf"] for s in aa_stats.values()), default=0.0), None,
                         time.perf_counter() - t0, "per-sample worst case over " + ", ".join(cfg.components)))

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainables import perf
 from trainables.atomic import atomic_torch_save
 from trainables.config import DataCfg, Dataset
 
@@ -152,8 +153,6 @@ def _limit(split: Split, limit: int | None) -> Split:
 
 def place(split: Split, device: torch.device) -> Split:
     """Device-resident when the data set fits (see `trainables.perf`), else pinned host memory for async copies."""
-    from trainables import perf
-
     if split.x.device.type == device.type and (split.x.device.index or 0) == (device.index or 0):
         return split
     if perf.fits_on(device, split.x.numel() + split.y.numel() * 8):
@@ -181,11 +180,10 @@ def iterate_batches(
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     order = order.to(split.x.device)
     stop = n - n % batch_size if drop_last else n
+    layout = perf.input_layout(device)  # channels_last on GPU, like the models (a no-op for contiguous_format)
     for start in range(0, stop, batch_size):
         idx = order[start : start + batch_size]
-        x = split.x[idx].to(device, non_blocking=True).float().div_(255.0)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)  # matches channels_last models (trainables.perf)
+        x = split.x[idx].to(device, non_blocking=True).float().div_(255.0).contiguous(memory_format=layout)
         y = split.y[idx].to(device, non_blocking=True)
         yield x, y
 

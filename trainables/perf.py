@@ -81,6 +81,12 @@ def prepare_model(model: nn.Module, device: torch.device, perf: PerfCfg | None =
     return model
 
 
+def input_layout(device: torch.device, perf: PerfCfg | None = None) -> torch.memory_format:
+    """The memory format batches take on `device`: the one `prepare_model` gives the models."""
+    perf = perf or PerfCfg.from_env()
+    return torch.channels_last if is_cuda(device) and perf.channels_last else torch.contiguous_format
+
+
 def maybe_compile(model: nn.Module, device: torch.device, perf: PerfCfg | None = None) -> nn.Module:
     """The module the training step calls: compiled when asked (it shares the parameters, so checkpoints
     keep saving the plain module). Attacks keep the plain module: their shrinking batches would recompile."""
