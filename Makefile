@@ -32,17 +32,17 @@ STUDY_NAME ?= quick-$(shell date +%Y%m%d-%H%M%S)
 run: setup
 	$(BIN)/patchtune run quick --name $(STUDY_NAME)
 
-test: setup
-	$(BIN)/ruff check study trainables analysis tests benchmarks
-	$(BIN)/mypy trainables study
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+test: lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 bench: setup
 	$(BIN)/python benchmarks/bench_core.py
 
+# ruff, strict mypy on trainables/ and study/, and the layer contracts in pyproject.toml (import-linter)
 lint: setup
 	$(BIN)/ruff check study trainables analysis tests benchmarks
 	$(BIN)/mypy trainables study
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

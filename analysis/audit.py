@@ -11,6 +11,8 @@ from typing import Any
 
 import pandas as pd
 
+from analysis import tables
+
 ROW_LABELS = {
     "clean": "Clean",
     "paper_fgsm": "FGSM (paper)",
@@ -93,29 +95,8 @@ def headline(report: Mapping[str, Any]) -> str:
     return str(text)
 
 
-def _text_table(frame: pd.DataFrame, floats: Mapping[str, str]) -> str:
-    cells = [[(format(v, floats[c]) if c in floats and isinstance(v, float) and not math.isnan(v) else
-               "-" if isinstance(v, float) and math.isnan(v) else str(v)) for c, v in row.items()]
-             for row in frame.to_dict("records")]
-    header = list(frame.columns)
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)]
-
-    def line(cs: list[str]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(cs, widths, strict=True)).rstrip()
-
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in cells)])
-
-
 def render_text(report: Mapping[str, Any], title: str = "") -> str:
-    rows = _text_table(rows_frame(report), {"accuracy_pct": ".2f", "max_linf": ".3f", "seconds": ".1f"})
-    checks = _text_table(checks_frame(report), {})
+    rows = tables.text(rows_frame(report), floats={"accuracy_pct": ".2f", "max_linf": ".3f", "seconds": ".1f"})
+    checks = tables.text(checks_frame(report))
     head = f"{title}\n" if title else ""
     return f"{head}{headline(report)}\n\n{rows}\n\n{checks}"
-
-
-def render_markdown(report: Mapping[str, Any]) -> str:
-    from analysis.report import _md_table
-
-    rows = rows_frame(report)
-    rows["accuracy_pct"] = rows["accuracy_pct"].map(lambda v: f"{v:.2f}")
-    return "\n\n".join([headline(report), _md_table(rows), _md_table(checks_frame(report))])

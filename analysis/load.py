@@ -14,7 +14,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
-OPS = ("rotate", "translate", "flip", "noise", "occlude")
+from trainables.vocab import PatchOp, values
+
+OPS = values(PatchOp)
 
 
 @dataclasses.dataclass
@@ -33,6 +35,10 @@ class StudyData:
     @property
     def objective(self) -> str:
         return str((self.spec.get("objective") or {}).get("metric", "pgd_acc"))
+
+    @property
+    def optuna_url(self) -> str:
+        return optuna_url(self.path, self.spec.get("optuna_storage"))
 
     def finished(self) -> pd.DataFrame:
         """Trials that ran their whole fine-tuning budget (not pruned, not failed)."""
@@ -104,3 +110,22 @@ def pareto_front(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
             front.append(idx)
             best_y = row[y]
     return frame.loc[front].sort_values(x)
+
+
+def optuna_url(study_dir: Path, configured: str | None = None) -> str:
+    """A study's Optuna storage URL: the configured one, else the SQLite file inside the study directory."""
+    return configured or f"sqlite:///{study_dir / 'optuna.db'}"
+
+
+def open_optuna_storage(url: str) -> Any:
+    """An Optuna storage from a study's URL: `journal:PATH` is a JournalStorage on a file (NFS-friendly), anything
+    else an SQLAlchemy URL (sqlite:///..., postgresql://...). Imported lazily: Optuna is only needed here."""
+    import optuna
+
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url.removeprefix("journal:")).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    return optuna.storages.RDBStorage(url)

@@ -13,6 +13,7 @@ import matplotlib
 
 if "ipykernel" not in sys.modules:  # notebooks keep their inline backend; scripts and the CLI draw off-screen
     matplotlib.use("Agg")
+import matplotlib.colors as mcolors  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -20,7 +21,11 @@ import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from analysis import grid  # noqa: E402
+from analysis.grid import Cell  # noqa: E402
 from analysis.load import OPS, pareto_front  # noqa: E402
+from analysis.stats import t_interval, welch  # noqa: E402
+from trainables.vocab import AttackName, values  # noqa: E402
 
 OPTIMIZER_COLORS = {"adam": "#1f77b4", "rmsprop": "#d62728", "sgd": "#2ca02c", "adamw": "#9467bd"}
 OBJECTIVE_LABELS = {
@@ -119,9 +124,8 @@ def transform_effect(results: pd.DataFrame, metric: str = "objective", label: st
         on, off = frame.loc[frame[col].astype(bool), "value"], frame.loc[~frame[col].astype(bool), "value"]
         if len(on) < 1 or len(off) < 1:
             continue
-        diff = on.mean() - off.mean()
-        se = np.sqrt(on.var(ddof=1) / len(on) + off.var(ddof=1) / len(off)) if len(on) > 1 and len(off) > 1 else np.nan
-        rows.append({"op": op, "diff": diff, "ci": 1.96 * se, "n_on": len(on), "n_off": len(off)})
+        c = welch(on, off)
+        rows.append({"op": op, "diff": c.diff, "ci": c.half, "n_on": len(on), "n_off": len(off)})
     table = pd.DataFrame(rows, columns=["op", "diff", "ci", "n_on", "n_off"])
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
     if len(table):
@@ -211,33 +215,50 @@ def learning_curves(epochs: pd.DataFrame, metric: str = "objective", label: str 
     return fig
 
 
-METHOD_LABELS = {"undefended": "undefended", "patch_adam": "patch + Adam", "patch_rmsprop": "patch + RMSProp",
-                 "patch_adam_long": "patch + Adam (long)", "patch_rmsprop_long": "patch + RMSProp (long)",
-                 "fgsm_at": "FGSM-AT", "ifgsm_at": "IFGSM-AT", "pgd_at": "PGD-AT"}
-METHOD_COLORS = {"undefended": "0.55", "patch_adam": OPTIMIZER_COLORS["adam"], "patch_rmsprop": OPTIMIZER_COLORS["rmsprop"],
-                 "patch_adam_long": "#aec7e8", "patch_rmsprop_long": "#ff9896",
-                 "fgsm_at": "#8c564b", "ifgsm_at": "#e377c2", "pgd_at": "#17becf"}
+UNDEFENDED_COLOR = "0.55"
+LONG_SHADE = 0.55  # long fine-tunes: their optimizer's colour this far towards white
+# Adversarially trained models, one colour per training attack in AttackName order (the last one for any
+# other); none of them is an optimizer's colour.
+AT_COLORS = ("#8c564b", "#e377c2", "#17becf", "#bcbd22")
+
+
+def _lighter(color: str, amount: float) -> str:
+    r, g, b = (c + (1 - c) * amount for c in mcolors.to_rgb(color))
+    return str(mcolors.to_hex((r, g, b)))
+
+
+def _at_color(attack: str) -> str:
+    attacks = [a for a in values(AttackName) if a != AttackName.CLEAN.value]
+    return AT_COLORS[min(attacks.index(attack), len(AT_COLORS) - 1) if attack in attacks else -1]
+
+
+def cell_color(cell: Cell) -> str:
+    """A reproduction cell's colour, from what it is: grey undefended, its optimizer's colour for patch
+    fine-tuning (lighter when fine-tuned long), one colour per adversarial-training attack."""
+    if cell.undefended:
+        return UNDEFENDED_COLOR
+    if cell.at_attack is not None:
+        return _at_color(cell.at_attack)
+    color = _palette([str(cell.optimizer)])[str(cell.optimizer)]
+    return _lighter(color, LONG_SHADE) if cell.long else color
 
 
 def method_bars(results: pd.DataFrame, keys: Sequence[str] = ("clean", "whitebox/fgsm", "whitebox/ifgsm", "whitebox/pgd"),
                 paper: Mapping[str, Mapping[str, float]] | None = None) -> Figure:
-    """Accuracy (%) per method and attack: mean over seeds with 95 % CI bars; paper values as black ticks."""
-    from scipy import stats
-
-    methods = [m for m in METHOD_LABELS if m in set(results["method"])]
+    """Accuracy (%) per method and attack: mean over seeds with 95 % CI bars; paper values (method -> attack -> %)
+    as black ticks. Methods, their order, labels and colours come from the frame's metadata (analysis/grid.py)."""
+    cells = grid.cells(results)
     fig, ax = plt.subplots(figsize=(8.2, 4.2))
-    width = 0.8 / max(len(methods), 1)
-    for j, method in enumerate(methods):
-        sub = results[results["method"] == method]
-        means, halves = [], []
-        for key in keys:
-            v = 100 * sub[key].astype(float)
-            means.append(v.mean())
-            halves.append(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0)
-        xs = np.arange(len(keys)) + (j - (len(methods) - 1) / 2) * width
-        ax.bar(xs, means, width, yerr=halves, capsize=2, color=METHOD_COLORS[method], label=METHOD_LABELS[method])
+    width = 0.8 / max(len(cells), 1)
+    for j, cell in enumerate(cells):
+        sub = results[results["method"] == cell.method]
+        intervals = [t_interval(100 * sub[key].astype(float)) for key in keys]
+        means = [iv.mean for iv in intervals]
+        halves = [0.0 if np.isnan(iv.half) else iv.half for iv in intervals]  # one seed: no bar
+        xs = np.arange(len(keys)) + (j - (len(cells) - 1) / 2) * width
+        ax.bar(xs, means, width, yerr=halves, capsize=2, color=cell_color(cell), label=cell.label)
         for x, key in zip(xs, keys, strict=True):
-            value = (paper or {}).get(method, {}).get(key.split("/")[-1])
+            value = (paper or {}).get(cell.method, {}).get(key.split("/")[-1])
             if value is not None:
                 ax.plot([x - width / 2, x + width / 2], [value, value], color="black", lw=2)
     ax.set_xticks(np.arange(len(keys)), [k.split("/")[-1].upper().replace("PGD", "PGD-10").replace("CLEAN", "clean")
@@ -252,20 +273,21 @@ def method_bars(results: pd.DataFrame, keys: Sequence[str] = ("clean", "whitebox
 
 
 def settings_bars(results: pd.DataFrame, settings: Sequence[str], labels: Mapping[str, str], attack: str = "pgd",
-                  paper: Mapping[str, float] | None = None) -> Figure:
-    """PGD accuracy (%) of the patch-fine-tuned models under each evaluation setting, beside the paper's."""
-    methods = [m for m in ("undefended", "patch_adam", "patch_rmsprop", "patch_adam_long", "patch_rmsprop_long")
-               if m in set(results["method"])]
+                  paper: Mapping[str, Mapping[str, float]] | None = None) -> Figure:
+    """`attack` accuracy (%) of the Table 1 models (paper budget and long fine-tunes) under each evaluation
+    setting; the paper's value (method -> attack -> %) of each as a dashed line."""
+    cells = grid.table1_cells(results) + grid.table1_cells(results, long=True)
     fig, ax = plt.subplots(figsize=(8.2, 4.0))
-    width = 0.8 / max(len(methods), 1)
-    for j, method in enumerate(methods):
-        sub = results[results["method"] == method]
+    width = 0.8 / max(len(cells), 1)
+    for j, cell in enumerate(cells):
+        sub = results[results["method"] == cell.method]
         means = [100 * sub[f"{s}/{attack}"].astype(float).mean() for s in settings]
-        xs = np.arange(len(settings)) + (j - (len(methods) - 1) / 2) * width
-        ax.bar(xs, means, width, color=METHOD_COLORS[method], label=METHOD_LABELS[method])
-    for method, value in (paper or {}).items():
-        if method in methods:
-            ax.axhline(value, color=METHOD_COLORS[method], ls="--", lw=1, label=f"paper: {METHOD_LABELS[method]}")
+        xs = np.arange(len(settings)) + (j - (len(cells) - 1) / 2) * width
+        ax.bar(xs, means, width, color=cell_color(cell), label=cell.label)
+    for cell in cells:
+        value = (paper or {}).get(cell.method, {}).get(attack)
+        if value is not None:
+            ax.axhline(value, color=cell_color(cell), ls="--", lw=1, label=f"paper: {cell.label}")
     ax.set_xticks(np.arange(len(settings)), [labels[s].replace(" ", "\n", 2) for s in settings], fontsize=7)
     ax.set_ylabel(f"{attack.upper()} test accuracy (%)")
     ax.set_xlabel("evaluation setting")

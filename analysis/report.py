@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis import plots
-from analysis.load import StudyData, base_eps_curve, epochs_long, eps_curves, load_study
+from analysis import plots, stats, tables
+from analysis.audit import bars_frame, checks_frame, headline, side_by_side
+from analysis.load import StudyData, base_eps_curve, epochs_long, eps_curves, load_study, open_optuna_storage
 from analysis.paper import paper_value
+from analysis.reproduction import SETTING_LABELS, SETTINGS, paper_by_method, render
 from trainables.atomic import atomic_write_bytes
 
 
@@ -23,15 +23,7 @@ def optuna_importances(data: StudyData) -> dict[str, float]:
     """PED-ANOVA importances of the searched parameters for the objective (Optuna's default evaluator)."""
     import optuna
 
-    url = data.spec.get("optuna_storage") or f"sqlite:///{data.path / 'optuna.db'}"
-    if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend
-
-        storage: optuna.storages.BaseStorage | str = optuna.storages.JournalStorage(
-            JournalFileBackend(url.removeprefix("journal:")))
-    else:
-        storage = url
-    study = optuna.load_study(study_name=data.name, storage=storage)
+    study = optuna.load_study(study_name=data.name, storage=open_optuna_storage(data.optuna_url))
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if len(complete) < 2:
         return {}
@@ -39,35 +31,18 @@ def optuna_importances(data: StudyData) -> dict[str, float]:
     return dict(optuna.importance.get_param_importances(study, target=target))
 
 
-def mean_ci(values: pd.Series) -> tuple[float, float, float]:
-    """Mean and 95 % t confidence interval."""
-    from scipy import stats
-
-    v = values.dropna().astype(float)
-    if len(v) < 2:
-        m = float(v.mean()) if len(v) else math.nan
-        return m, math.nan, math.nan
-    half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-    return float(v.mean()), float(v.mean()) - half, float(v.mean()) + half
-
-
 def optimizer_finding(data: StudyData) -> str:
     """One plain sentence comparing the two best-sampled optimizers under the objective (Welch t-test)."""
-    from scipy import stats
-
     frame = data.finished()
     counts = frame["optimizer"].value_counts()
     if len(counts) < 2 or counts.iloc[1] < 2:
         return "Too few finished trials per optimizer to compare optimizers in this study."
     a, b = sorted(counts.index[:2])
     va, vb = 100 * frame.loc[frame.optimizer == a, "objective"], 100 * frame.loc[frame.optimizer == b, "objective"]
-    diff = va.mean() - vb.mean()
-    test = stats.ttest_ind(va, vb, equal_var=False)
-    se = math.sqrt(va.var(ddof=1) / len(va) + vb.var(ddof=1) / len(vb))
-    verdict = "yes" if diff > 0 and test.pvalue < 0.05 else "no" if diff < 0 and test.pvalue < 0.05 else "not significantly"
-    return (f"{a} beats {b} on the objective ({data.objective}, validation split) across this study's trials: "
-            f"{verdict}, {diff:+.1f} pt [{diff - 1.96 * se:+.1f}, {diff + 1.96 * se:+.1f}], Welch p={test.pvalue:.2g} "
-            f"(n={len(va)} vs {len(vb)}; trials differ in every other hyperparameter too).")
+    return stats.verdict_sentence(
+        f"{a} beats {b} on the objective ({data.objective}, validation split) across this study's trials",
+        stats.welch(va, vb), p_label="Welch p", unit="trial",
+        detail=f"n={len(va)} vs {len(vb)}; trials differ in every other hyperparameter too")
 
 
 def _save(fig: Figure, out: Path, name: str) -> str:
@@ -106,18 +81,7 @@ def study_figures(data: StudyData) -> dict[str, Callable[[], Figure]]:
     return figures
 
 
-def _md_table(frame: pd.DataFrame) -> str:
-    cols = [str(c) for c in frame.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in frame.itertuples(index=False):
-        lines.append("| " + " | ".join(_fmt(v) for v in row) + " |")
-    return "\n".join(lines)
-
-
-def _fmt(value: object) -> str:
-    if isinstance(value, float):
-        return "-" if math.isnan(value) else f"{value:.4g}"
-    return str(value).replace("|", "\\|")  # a bare pipe would end the Markdown cell
+MD_FLOATS = ".4g"  # float cells of the study report's tables
 
 
 def write_study_report(path: str | Path) -> Path:
@@ -140,19 +104,21 @@ def write_study_report(path: str | Path) -> Path:
                 paper = paper_value(str(data.spec.get("dataset")), attack, column)
                 rows.append({"trial": entry["trial_id"], "optimizer": opt, "attack": attack,
                              "ours (%)": round(100 * acc, 2), "paper (%)": "-" if paper is None else paper})
-        md += [_md_table(pd.DataFrame(rows)), "",
+        md += [tables.markdown(pd.DataFrame(rows), floats=MD_FLOATS), "",
                f"n = {data.best['test_split']['n']} test images. The paper's clean number is its undefended model's.", ""]
     audit_path = data.path / "audit.json"
     if audit_path.is_file():
         md += _audit_section(json.loads(audit_path.read_text()), out)
     md += ["## Findings", "", "- " + optimizer_finding(data)]
     for opt, sub in data.finished().groupby("optimizer"):
-        m, lo, hi = mean_ci(100 * sub["objective"])
-        md.append(f"- {opt}: mean objective {m:.1f} % [95 % CI {lo:.1f}, {hi:.1f}] over {len(sub)} finished trials.")
+        iv = stats.t_interval(100 * sub["objective"])
+        md.append(f"- {opt}: mean objective {iv.mean:.1f} % [95 % CI {iv.lo:.1f}, {iv.hi:.1f}] over {len(sub)} finished "
+                  "trials.")
     md += ["", "## Top trials", ""]
     cols = [c for c in ("trial_id", "status", "optimizer", "lr", "batch_size", "patch_size", "num_patches", "pool",
                         "objective", "val_clean_acc", "val_pgd_acc", "val_robust_auc") if c in r]
-    md += [_md_table(r.sort_values("objective", ascending=False)[cols].head(10)), "", "## Figures", ""]
+    top = r.sort_values("objective", ascending=False)[cols].head(10)
+    md += [tables.markdown(top, floats=MD_FLOATS), "", "## Figures", ""]
     for name, file in images.items():
         md += [f"### {name.replace('_', ' ')}", "", f"![{name}]({file})", ""]
     atomic_write_bytes(out / "report.md", "\n".join(md).encode())
@@ -161,8 +127,6 @@ def write_study_report(path: str | Path) -> Path:
 
 def _audit_section(payload: dict[str, object], out: Path) -> list[str]:
     """Paper-parameter vs strong-attack accuracy of the audited best trial(s), side by side, with the checks."""
-    from analysis.audit import bars_frame, checks_frame, headline, side_by_side
-
     trials = payload["trials"]
     assert isinstance(trials, list)
     reports = [rep for t in trials for rep in t["audits"]]
@@ -172,39 +136,29 @@ def _audit_section(payload: dict[str, object], out: Path) -> list[str]:
     for col in table.columns[1:]:
         table[col] = table[col].map(lambda v: f"{v:.2f}")
     md = ["## Robustness audit (test split): paper parameters vs strong attacks", "",
-          _md_table(table), "",
+          tables.markdown(table, floats=MD_FLOATS), "",
           "Rows: the paper's FGSM / IFGSM-10 / PGD-10 (alpha 0.01), PGD with alpha = 2.5 eps / steps and restarts, "
           "AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square at the reference parameters), and the per-sample "
           "worst case over all of them — the number to quote.", ""]
     for label, rep in zip(labels, reports, strict=True):
-        md += [f"### Checks: trial {label}, eps {rep['eps']:g}", "", headline(rep), "", _md_table(checks_frame(rep)), ""]
+        md += [f"### Checks: trial {label}, eps {rep['eps']:g}", "", headline(rep), "",
+               tables.markdown(checks_frame(rep), floats=MD_FLOATS), ""]
     md += [f"![audit]({figure})", ""]
     return md
 
 
-def ci_text(values: np.ndarray | pd.Series) -> str:
-    m, lo, hi = mean_ci(pd.Series(values))
-    return f"{m:.2f} [{lo:.2f}, {hi:.2f}]"
-
-
 def write_reproduction_report(path: str | Path) -> Path:
     """Tables, findings and figures of a `patchtune reproduce` directory into DIR/report/."""
-    from analysis.paper import TABLE1
-    from analysis.reproduction import SETTING_LABELS, SETTINGS, render
-
     path = Path(path)
     results = pd.read_parquet(path / "results.parquet")
     meta = json.loads((path / "reproduction.json").read_text())
     dataset = str(meta["dataset"])
     out = path / "report"
     out.mkdir(exist_ok=True)
-    paper = TABLE1.get(dataset, {})
-    by_method = {m: {a: v[c] for a, v in paper.items() if c in v}
-                 for m, c in (("undefended", "undefended"), ("patch_adam", "adam"), ("patch_rmsprop", "rmsprop"))}
     images = {
-        "method_bars": _save(plots.method_bars(results, paper=by_method), out, "method_bars"),
+        "method_bars": _save(plots.method_bars(results, paper=paper_by_method(results, dataset)), out, "method_bars"),
         "settings_bars": _save(plots.settings_bars(
-            results, SETTINGS, SETTING_LABELS, paper={m: v["pgd"] for m, v in by_method.items() if "pgd" in v and m != "undefended"}),
+            results, SETTINGS, SETTING_LABELS, paper=paper_by_method(results, dataset, defended_only=True)),
             out, "settings_bars"),
     }
     header = (f"# Reproduction: {dataset}, {meta['arch']}\n\n{meta['train_images']} fine-tuning images, "

@@ -1,168 +1,216 @@
 """The paper's Table 1 / Table 2 beside ours (mean and 95 % CI over seeds) and plain findings sentences.
 
 Input: a reproduction's results frame, one row per (seed, method) with columns `clean`, `ttt/clean` and
-`<setting>/<attack>` (see trainables/variants.py) as accuracies in [0, 1]. No torch, no Ray.
+`<setting>/<attack>` (see trainables/variants.py) as accuracies in [0, 1], plus the metadata columns that say
+what each method is (see analysis/grid.py): which method fills which table column comes from the frame.
+No torch, no Ray.
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 
+from analysis import grid, stats, tables
+from analysis.grid import Cell
 from analysis.paper import TABLE1, TABLE2
+from analysis.stats import Comparison, Interval
+from analysis.tables import optimizer_label
+from trainables import vocab
+from trainables.vocab import AttackName, Setting, values
 
-ATTACKS = ("fgsm", "ifgsm", "pgd")
+ATTACKS = tuple(a.value for a in AttackName if a is not AttackName.CLEAN)  # the paper's attacks
 ATTACK_LABELS = {"clean": "Clean", "fgsm": "FGSM", "ifgsm": "IFGSM", "pgd": "PGD-10"}
 STRONG_KEY = "strong/pgd"  # PGD with alpha * steps >= 2 eps and restarts (study/reproduce.py): not the paper's
 STRONG_LABEL = "strong PGD-100 x5 (ours only)"
-TABLE1_COLUMNS = {"undefended": "undefended", "patch_adam": "adam", "patch_rmsprop": "rmsprop"}
-TABLE2_COLUMNS = {"fgsm_at": "fgsm_at", "ifgsm_at": "ifgsm_at", "pgd_at": "pgd_at", "patch_rmsprop": "proposed"}
-SETTINGS = ("whitebox", "transfer", "softmax", "trainmode", "normeps", "ttt", "ttt_eot")
-SETTING_LABELS = {
-    "whitebox": "white-box", "transfer": "transfer from base", "softmax": "softmax-output loss",
-    "trainmode": "train-mode attack", "normeps": "eps in normalised units", "ttt": "test-time transform",
-    "ttt_eot": "test-time transform + EOT",
-}
+SETTINGS = values(Setting)
+SETTING_LABELS = {s.value: label for s, label in vocab.SETTING_LABELS.items()}
+DATASET_NAMES = {"fmnist": "F-MNIST", "cifar10": "CIFAR-10", "imagenette": "Imagenette"}
 
 
-def mean_ci(values: pd.Series | np.ndarray) -> tuple[float, float]:
-    """Mean and half-width of the 95 % t interval, in percent (NaN half-width for one seed)."""
-    from scipy import stats
-
-    v = 100 * pd.Series(values).dropna().astype(float)
-    if len(v) == 0:
-        return math.nan, math.nan
-    if len(v) == 1:
-        return float(v.iloc[0]), math.nan
-    return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+def interval(results: pd.DataFrame, method: str, key: str) -> Interval:
+    """Mean and 95 % t interval over seeds of `method`'s `key`, in percent."""
+    return stats.t_interval(100 * _column(results, method, key).dropna().astype(float))
 
 
-def fmt(mean: float, half: float) -> str:
-    if math.isnan(mean):
+def fmt(iv: Interval) -> str:
+    """"mean ± half" in percent; the mean alone for one seed, "-" for none."""
+    if math.isnan(iv.mean):
         return "-"
-    return f"{mean:.2f}" if math.isnan(half) else f"{mean:.2f} ± {half:.2f}"
+    return f"{iv.mean:.2f}" if math.isnan(iv.half) else f"{iv.mean:.2f} ± {iv.half:.2f}"
 
 
 def _column(results: pd.DataFrame, method: str, key: str) -> pd.Series:
     return results.loc[results["method"] == method].sort_values("seed")[key]
 
 
+def _paper(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _table1_columns(results: pd.DataFrame) -> list[tuple[str, str]]:
+    """(method, Table 1 column) of the cells that reproduce Table 1 with the paper's fine-tuning budget."""
+    return [(c.method, str(c.table1_column)) for c in grid.table1_cells(results)]
+
+
+def _table2_columns(results: pd.DataFrame) -> list[tuple[str, str]]:
+    return [(c.method, str(c.table2_column)) for c in grid.table2_cells(results)]
+
+
 def table1(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """Rows: Clean, FGSM, IFGSM, PGD-10. Per column: ours (mean ± 95 % CI, %) and the paper's."""
     paper = TABLE1.get(dataset, {})
+    columns = _table1_columns(results)
     rows = []
     for attack in ("clean", *ATTACKS):
         row: dict[str, str] = {"Attack": ATTACK_LABELS[attack]}
-        for method, column in TABLE1_COLUMNS.items():
+        for method, column in columns:
             key = "clean" if attack == "clean" else f"whitebox/{attack}"
-            row[f"{column} (ours)"] = fmt(*mean_ci(_column(results, method, key)))
-            value = paper.get(attack, {}).get(column)
-            row[f"{column} (paper)"] = "-" if value is None else f"{value:.2f}"
+            row[f"{column} (ours)"] = fmt(interval(results, method, key))
+            row[f"{column} (paper)"] = _paper(paper.get(attack, {}).get(column))
         rows.append(row)
     if STRONG_KEY in results:
-        rows.append(_strong_row(results, TABLE1_COLUMNS))
+        rows.append(_strong_row(results, columns))
     return pd.DataFrame(rows)
 
 
-def _strong_row(results: pd.DataFrame, columns: dict[str, str]) -> dict[str, str]:
+def _strong_row(results: pd.DataFrame, columns: list[tuple[str, str]]) -> dict[str, str]:
     row = {"Attack": STRONG_LABEL}
-    for method, column in columns.items():
-        row[f"{column} (ours)"] = fmt(*mean_ci(_column(results, method, STRONG_KEY)))
+    for method, column in columns:
+        row[f"{column} (ours)"] = fmt(interval(results, method, STRONG_KEY))
         row[f"{column} (paper)"] = "-"
     return row
 
 
 def table2(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """Adversarial training vs the proposed fine-tuning; the paper's Table 2 exists for CIFAR-10 only."""
+    columns = _table2_columns(results)
     rows = []
     for attack in ATTACKS:
         row: dict[str, str] = {"Attack": ATTACK_LABELS[attack]}
-        for method, column in TABLE2_COLUMNS.items():
-            row[f"{column} (ours)"] = fmt(*mean_ci(_column(results, method, f"whitebox/{attack}")))
+        for method, column in columns:
+            row[f"{column} (ours)"] = fmt(interval(results, method, f"whitebox/{attack}"))
             value = TABLE2.get(attack, {}).get(column) if dataset == "cifar10" else None
-            row[f"{column} (paper)"] = "-" if value is None else f"{value:.2f}"
+            row[f"{column} (paper)"] = _paper(value)
         rows.append(row)
     if STRONG_KEY in results:
-        rows.append(_strong_row(results, TABLE2_COLUMNS))
+        rows.append(_strong_row(results, columns))
     return pd.DataFrame(rows)
 
 
-LONG_COLUMNS = {"patch_adam_long": "adam", "patch_rmsprop_long": "rmsprop"}
+def _model_label(cell: Cell) -> str:
+    """A Table 1 cell's name in the settings table and findings: its column, marked when fine-tuned long."""
+    return f"{cell.table1_column} (long)" if cell.long else str(cell.table1_column)
 
 
 def settings_table(results: pd.DataFrame, dataset: str, attack: str = "pgd") -> pd.DataFrame:
     """One column per evaluation setting for `attack`: which, if any, reproduces the paper's numbers.
     The `(long)` rows are the same defenses after a much longer fine-tune (the paper's 20 GPU-minutes)."""
     rows = []
-    cells = [(m, c, c) for m, c in TABLE1_COLUMNS.items()]
-    cells += [(m, c, f"{c} (long)") for m, c in LONG_COLUMNS.items() if m in set(results["method"])]
-    for method, column, label in cells:
-        row: dict[str, str] = {"model": label}
+    for cell in grid.table1_cells(results) + grid.table1_cells(results, long=True):
+        row: dict[str, str] = {"model": _model_label(cell)}
         for setting in SETTINGS:
-            row[SETTING_LABELS[setting]] = fmt(*mean_ci(_column(results, method, f"{setting}/{attack}")))
-        value = TABLE1.get(dataset, {}).get(attack, {}).get(column)
-        row["paper"] = "-" if value is None else f"{value:.2f}"
+            row[SETTING_LABELS[setting]] = fmt(interval(results, cell.method, f"{setting}/{attack}"))
+        row["paper"] = _paper(TABLE1.get(dataset, {}).get(attack, {}).get(str(cell.table1_column)))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def paired(results: pd.DataFrame, a: str, b: str, key: str) -> tuple[float, float, float, float, int]:
-    """Mean difference a - b in points, its 95 % CI and the paired t-test p over seeds present in both."""
-    from scipy import stats
+def paper_by_method(results: pd.DataFrame, dataset: str,
+                    defended_only: bool = False) -> dict[str, dict[str, float]]:
+    """The paper's Table 1 numbers (attack -> %) of each method that reproduces a Table 1 column with the
+    paper's budget, for the plots' reference marks; `defended_only` leaves out the undefended model."""
+    paper = TABLE1.get(dataset, {})
+    return {c.method: {a: v[str(c.table1_column)] for a, v in paper.items() if c.table1_column in v}
+            for c in grid.table1_cells(results) if not (defended_only and c.undefended)}
 
+
+def paired(results: pd.DataFrame, a: str, b: str, key: str) -> Comparison:
+    """Method a minus method b on `key` in points: mean difference, its 95 % CI and the paired t-test p over
+    the seeds present in both."""
     left = results[results.method == a].set_index("seed")[key]
     right = results[results.method == b].set_index("seed")[key]
     common = left.index.intersection(right.index)
-    d = 100 * (left.loc[common] - right.loc[common]).astype(float)
-    n = len(d)
-    if n < 2:
-        diff = float(d.mean()) if n else math.nan
-        return diff, math.nan, math.nan, math.nan, n
-    half = float(stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / math.sqrt(n))
-    p = float(stats.ttest_rel(left.loc[common], right.loc[common]).pvalue) if d.std(ddof=1) > 0 else (
-        0.0 if d.mean() != 0 else 1.0)
-    return float(d.mean()), float(d.mean()) - half, float(d.mean()) + half, p, n
+    return stats.paired(left.loc[common], right.loc[common], scale=100)
 
 
-def _sentence(claim: str, diff: float, lo: float, hi: float, p: float, n: int) -> str:
-    if n < 2:
-        return f"{claim}: undecided (n={n} seed{'s' if n != 1 else ''}; difference {diff:+.1f} pt, no test possible)."
-    verdict = "yes" if diff > 0 and p < 0.05 else "no" if p < 0.05 else "not significantly"
-    return f"{claim}: {verdict}, {diff:+.1f} pt [{lo:+.1f}, {hi:+.1f}], p={p:.2g} (paired t-test, n={n} seeds)."
+def paired_keys(results: pd.DataFrame, method: str, a: str, b: str) -> Comparison:
+    """Like `paired`, for two metrics of the same method: a - b over seeds, in points."""
+    sub = results[results.method == method]
+    return stats.paired(sub[a], sub[b], scale=100)
+
+
+def _sentence(claim: str, comparison: Comparison) -> str:
+    return stats.verdict_sentence(claim, comparison, detail=f"paired t-test, n={comparison.n} seeds")
+
+
+def _opt(cell: Cell) -> str:
+    return optimizer_label(str(cell.optimizer))
+
+
+def _at_label(cell: Cell) -> str:
+    return f"{str(cell.at_attack).upper()}-AT"
 
 
 def findings(results: pd.DataFrame, dataset: str) -> list[str]:
-    name = {"fmnist": "F-MNIST", "cifar10": "CIFAR-10", "imagenette": "Imagenette"}.get(dataset, dataset)
-    out = []
-    for attack in ("pgd", "fgsm"):
-        label = ATTACK_LABELS[attack]
-        out.append(_sentence(f"RMSProp beats Adam under {label} on {name}",
-                             *paired(results, "patch_rmsprop", "patch_adam", f"whitebox/{attack}")))
-    for method, label in (("patch_adam", "Adam"), ("patch_rmsprop", "RMSProp")):
-        out.append(_sentence(f"Patch fine-tuning with {label} raises PGD-10 accuracy over the undefended model on {name}",
-                             *paired(results, method, "undefended", "whitebox/pgd")))
-    out.append(_sentence(f"Patch fine-tuning keeps clean accuracy (RMSProp vs undefended) on {name}",
-                         *paired(results, "patch_rmsprop", "undefended", "clean")))
-    for at in ("fgsm_at", "ifgsm_at", "pgd_at"):
-        out.append(_sentence(f"The proposed fine-tuning (RMSProp) beats {at.replace('_at', '').upper()}-AT under PGD-10 on {name}",
-                             *paired(results, "patch_rmsprop", at, "whitebox/pgd")))
+    """One sentence per claim of the paper (and of ours about its evaluation), each a paired t-test over
+    seeds. "The proposed" method is the Table 2 `proposed` cell; its rivals are the other Table 1 patch
+    fine-tunes, the undefended model and the adversarial-training baselines."""
+    name = DATASET_NAMES.get(dataset, dataset)
+    proposed, undefended = grid.proposed_cell(results), grid.undefended_cell(results)
+    out = _optimizer_findings(results, proposed, name) + _patch_findings(results, proposed, undefended, name)
+    out += _at_findings(results, proposed, name)
     out.append(matching_setting(results, dataset))
     if STRONG_KEY in results:
-        for method, label in (("patch_rmsprop", "the proposed fine-tuning (RMSProp)"), ("pgd_at", "PGD-AT")):
-            out.append(_sentence(f"The paper's PGD-10 overstates the robustness of {label} on {name} "
-                                 "(PGD-10 minus strong PGD-100 x5)",
-                                 *paired_keys(results, method, "whitebox/pgd", STRONG_KEY)))
+        out += _strong_findings(results, proposed, name)
     return out
 
 
-def paired_keys(results: pd.DataFrame, method: str, a: str, b: str) -> tuple[float, float, float, float, int]:
-    """Like `paired`, for two metrics of the same method: a - b over seeds, in points."""
-    sub = results[results.method == method]
-    both = pd.concat([pd.DataFrame({"method": "a", "seed": sub["seed"], "value": sub[a]}),
-                      pd.DataFrame({"method": "b", "seed": sub["seed"], "value": sub[b]})])
-    return paired(both, "a", "b", "value")
+def _optimizer_findings(results: pd.DataFrame, proposed: Cell | None, name: str) -> list[str]:
+    """The paper's optimizer claim: the proposed fine-tune beats the other optimizers' (PGD-10, FGSM)."""
+    if proposed is None:
+        return []
+    rivals = [c for c in grid.table1_cells(results) if c.patch and c != proposed]
+    return [_sentence(f"{_opt(proposed)} beats {_opt(other)} under {ATTACK_LABELS[attack]} on {name}",
+                      paired(results, proposed.method, other.method, f"whitebox/{attack}"))
+            for attack in ("pgd", "fgsm") for other in rivals]
+
+
+def _patch_findings(results: pd.DataFrame, proposed: Cell | None, undefended: Cell | None,
+                    name: str) -> list[str]:
+    """Patch fine-tuning against the undefended model: more robust, as accurate."""
+    if undefended is None:
+        return []
+    out = [_sentence(f"Patch fine-tuning with {_opt(cell)} raises PGD-10 accuracy over the undefended model "
+                     f"on {name}", paired(results, cell.method, undefended.method, "whitebox/pgd"))
+           for cell in grid.table1_cells(results) if cell.patch]
+    if proposed is not None:
+        claim = f"Patch fine-tuning keeps clean accuracy ({_opt(proposed)} vs undefended) on {name}"
+        out.append(_sentence(claim, paired(results, proposed.method, undefended.method, "clean")))
+    return out
+
+
+def _at_findings(results: pd.DataFrame, proposed: Cell | None, name: str) -> list[str]:
+    """The paper's Table 2 claim: the proposed fine-tuning beats each adversarial-training baseline."""
+    if proposed is None:
+        return []
+    baselines = [c for c in grid.table2_cells(results) if c.at_attack is not None]
+    return [_sentence(f"The proposed fine-tuning ({_opt(proposed)}) beats {_at_label(at)} under PGD-10 "
+                      f"on {name}", paired(results, proposed.method, at.method, "whitebox/pgd"))
+            for at in baselines]
+
+
+def _strong_findings(results: pd.DataFrame, proposed: Cell | None, name: str) -> list[str]:
+    """Does PGD-10 overstate robustness? For the proposed fine-tuning and for PGD-AT (the usual strong
+    baseline): PGD-10 minus the strong attack, per seed."""
+    checked = [(proposed, f"the proposed fine-tuning ({_opt(proposed)})")] if proposed is not None else []
+    pgd_at = grid.at_defense(AttackName.PGD)
+    checked += [(c, _at_label(c)) for c in grid.cells(results) if c.defense == pgd_at]
+    return [_sentence(f"The paper's PGD-10 overstates the robustness of {label} on {name} "
+                      "(PGD-10 minus strong PGD-100 x5)",
+                      paired_keys(results, cell.method, "whitebox/pgd", STRONG_KEY))
+            for cell, label in checked]
 
 
 def matching_setting(results: pd.DataFrame, dataset: str) -> str:
@@ -170,34 +218,26 @@ def matching_setting(results: pd.DataFrame, dataset: str) -> str:
     within 3 pt, or the paper's value inside a 95 % CI no wider than +-10 pt."""
     paper = TABLE1.get(dataset, {}).get("pgd", {})
     matches, closest = [], (math.inf, "")
-    for method, column in (("patch_adam", "adam"), ("patch_rmsprop", "rmsprop"),
-                           ("patch_adam_long", "adam"), ("patch_rmsprop_long", "rmsprop")):
-        target = paper.get(column)
-        if target is None:
+    for cell in grid.table1_cells(results) + grid.table1_cells(results, long=True):
+        target = paper.get(str(cell.table1_column))
+        if cell.undefended or target is None:
             continue
         for setting in SETTINGS:
-            mean, half = mean_ci(_column(results, method, f"{setting}/pgd"))
-            if math.isnan(mean):
+            iv = interval(results, cell.method, f"{setting}/pgd")
+            if math.isnan(iv.mean):
                 continue
-            gap = abs(mean - target)
-            label = f"{column} (long)" if method.endswith("_long") else column
-            text = f"{SETTING_LABELS[setting]} on {label} ({mean:.1f} % vs paper {target:.1f} %)"
+            gap = abs(iv.mean - target)
+            text = (f"{SETTING_LABELS[setting]} on {_model_label(cell)} "
+                    f"({iv.mean:.1f} % vs paper {target:.1f} %)")
             if gap < closest[0]:
                 closest = (gap, text)
-            if gap <= 3.0 or (not math.isnan(half) and half <= 10.0 and gap <= half):
+            if gap <= 3.0 or (not math.isnan(iv.half) and iv.half <= 10.0 and gap <= iv.half):
                 matches.append(text)
     if matches:
         return "Settings that reproduce the paper's defended PGD-10 numbers: " + "; ".join(matches) + "."
     if closest[1]:
         return f"No evaluation setting reproduces the paper's defended PGD-10 numbers; closest: {closest[1]}."
     return "No PGD-10 results to compare with the paper."
-
-
-def markdown_table(frame: pd.DataFrame) -> str:
-    cols = list(frame.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 def render(results: pd.DataFrame, dataset: str, header: str = "") -> str:
@@ -207,8 +247,8 @@ def render(results: pd.DataFrame, dataset: str, header: str = "") -> str:
               "accuracy (%) on the test split at the paper's attack parameters; white-box, worst case over iterates. "
               "The strong-PGD row (where present) is ours only: alpha = 2.5 eps / 100 steps, 5 restarts; "
               "`patchtune audit` adds AutoAttack and the masking checks.", "",
-              f"## Table 1 ({dataset})", "", markdown_table(table1(results, dataset)), "",
-              "## Table 2: adversarial training vs the proposed fine-tuning", "", markdown_table(table2(results, dataset)), "",
-              "## PGD-10 under each evaluation setting", "", markdown_table(settings_table(results, dataset)), "",
+              f"## Table 1 ({dataset})", "", tables.markdown(table1(results, dataset)), "",
+              "## Table 2: adversarial training vs the proposed fine-tuning", "", tables.markdown(table2(results, dataset)), "",
+              "## PGD-10 under each evaluation setting", "", tables.markdown(settings_table(results, dataset)), "",
               "## Findings", "", *[f"- {s}" for s in findings(results, dataset)], ""]
     return "\n".join(parts)

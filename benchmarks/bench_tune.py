@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench_core import machine, render  # noqa: E402
 
-from study.runner import base_cache_path, data_cfg, objective_cfg  # noqa: E402
+from study.preflight import base_cache_path, data_cfg, objective_cfg  # noqa: E402
 from study.spec import parse_spec  # noqa: E402
 
 
@@ -47,32 +47,30 @@ def bench_spec(storage: Path, name: str, trials: int, concurrency: int) -> dict[
 
 
 def _bare_trial(args: tuple[dict[str, Any], dict[str, Any], str]) -> float:
-    """One trial without Ray: what `trainables.trainable.finetune_trial` does, minus tune.report."""
+    """One trial without Ray: the same `pipeline.run_trial` the trainable runs, checkpointing to a temp dir."""
     import torch
 
     torch.set_num_threads(1)
-    from trainables.augment import make_generator
     from trainables.checkpoint import load_checkpoint
-    from trainables.config import trial_cfgs
     from trainables.data import load_data
-    from trainables.engine import make_optimizer, score_objective, train_one_epoch
+    from trainables.pipeline import TrialSetup, TrialState, run_trial
 
     raw, config, base = args
     spec = parse_spec(raw)
     data = load_data(data_cfg(spec))
-    model = load_checkpoint(base).build()
-    train_cfg, aug = trial_cfgs(config)
-    optimizer = make_optimizer(model.parameters(), train_cfg)
-    device = torch.device("cpu")
-    score = 0.0
-    for epoch in range(train_cfg.epochs):
-        seed = train_cfg.seed * 1000 + epoch
-        train_one_epoch(model, data.train, optimizer, batch_size=train_cfg.batch_size, device=device,
-                        generator=torch.Generator().manual_seed(seed), augment=aug, aug_generator=make_generator(seed + 1))
-        score = score_objective(model, data.val, objective_cfg(spec), device=device, seed=train_cfg.seed)["objective"]
-        with tempfile.TemporaryDirectory() as d:  # the trainable checkpoints every epoch too
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, Path(d) / "state.pt")
-    return score
+    setup = TrialSetup(arch=spec.resolved_arch, info=data.info, train=data.train, val=data.val,
+                       base_state=load_checkpoint(base).state_dict, objective=objective_cfg(spec),
+                       jitter=spec.search.jitter)
+    scores: list[float] = []
+
+    def report(metrics: dict[str, Any], state: TrialState | None) -> None:
+        scores.append(float(metrics["objective"]))
+        if state is not None:
+            with tempfile.TemporaryDirectory() as d:  # the trainable checkpoints every epoch too
+                torch.save(state, Path(d) / "state.pt")
+
+    run_trial(config, setup, report=report, device=torch.device("cpu"))
+    return scores[-1]
 
 
 def _bare_test_eval(raw: dict[str, Any], base: str) -> None:

@@ -9,99 +9,42 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-EXIT_USAGE = 2
-
-
-class UsageError(Exception):
-    """A user mistake detected after argument parsing (bad combination, missing file, bad checkpoint...)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        # argparse prints the whole usage block; users asked for one line that names the bad value.
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-# ------------------------------------------------------------------------------------------- argument types
-
-
-def _number(kind: Callable[[str], float], cond: Callable[[float], bool], what: str) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if isinstance(value, float) and not math.isfinite(value) or not cond(value):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-
-    return parse
-
-
-positive_float = _number(float, lambda v: v > 0, "a number > 0")
-unit_float = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
-open_unit_float = _number(float, lambda v: 0 < v < 1, "a number in (0, 1)")
-positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
-nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")
-any_int = _number(int, lambda v: True, "an integer")
-
-
-def _choice_list(choices: Sequence[str], what: str) -> Callable[[str], list[str]]:
-    def parse(text: str) -> list[str]:
-        items = [t.strip().lower() for t in text.split(",") if t.strip()]
-        if not items:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(choices)}; got an empty {what}")
-        for item in items:
-            if item not in choices:
-                raise argparse.ArgumentTypeError(f"unknown {what} {item!r} (choose from {', '.join(choices)})")
-        if len(set(items)) != len(items):
-            raise argparse.ArgumentTypeError(f"{what} lists an entry twice: {text!r}")
-        return items
-
-    return parse
-
-
-DATASETS = ("fmnist", "cifar10", "imagenette")
-OPTIMIZERS = ("adam", "rmsprop", "sgd", "adamw")
-OPS = ("rotate", "translate", "flip", "noise", "occlude")
-ATTACKS = ("clean", "fgsm", "ifgsm", "pgd")
-ARCHS = ("cnn3", "vgg16")
-DEFENSES = ("patch", "fgsm-at", "ifgsm-at", "pgd-at")
-
-
-def _writable_target(path: str, flag: str) -> Path:
-    """Check, without creating anything, that `path` can be written later."""
-    target = Path(path)
-    if target.is_dir():
-        raise UsageError(f"{flag} {path!r} is a directory, expected a file path")
-    ancestor = target.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise UsageError(f"{flag} {path!r}: {ancestor} is not a directory")
-    if not os.access(ancestor, os.W_OK):
-        raise UsageError(f"{flag} {path!r}: {ancestor} is not writable")
-    return target
-
-
-def _data_root(value: str | None) -> str | None:
-    if value is None:
-        return None
-    p = Path(value)
-    if not p.is_dir():
-        raise UsageError(f"--data-root {value!r} is not a directory")
-    if not os.access(p, os.R_OK | os.X_OK):
-        raise UsageError(f"--data-root {value!r} is not readable")
-    return str(p)
-
+from study.cli_args import (
+    ARCHS,
+    ATTACKS,
+    DATASETS,
+    DEFENSES,
+    EXIT_USAGE,
+    OPS,
+    OPTIMIZERS,
+    SPLITS,
+    Parser,
+    UsageError,
+    any_int,
+    choice_list,
+    data_root,
+    join_negative_values,
+    nonneg_int,
+    number,
+    open_unit_float,
+    positive_float,
+    positive_int,
+    unit_float,
+    writable_target,
+)
+from trainables.vocab import (
+    Component,
+    Dataset,
+    dataset_info,
+    paper_eps,
+    values,
+)
 
 # ------------------------------------------------------------------------------------------- parser
 
@@ -126,8 +69,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="patchtune", description=__doc__.split("\n\n")[0] if __doc__ else None)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    parser = Parser(prog="patchtune", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
     p = sub.add_parser("pretrain", help="train a base (undefended) model from scratch")
@@ -152,14 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="clean and white-box robust accuracy of one or more checkpoints")
     p.add_argument("checkpoints", nargs="+", metavar="CKPT")
-    p.add_argument("--attacks", type=_choice_list(ATTACKS, "attack"), default=list(ATTACKS),
+    p.add_argument("--attacks", type=choice_list(ATTACKS, "attack"), default=list(ATTACKS),
                    help="comma-separated subset of clean,fgsm,ifgsm,pgd (default all)")
     p.add_argument("--eps", type=unit_float, help="L-inf budget in [0,1] pixels (default: paper's, 0.3 fmnist / 0.03 others)")
     p.add_argument("--alpha", type=unit_float, default=0.01, help="step size for ifgsm/pgd (default 0.01)")
     p.add_argument("--steps", type=positive_int, default=10, help="iterations for ifgsm/pgd (default 10)")
     p.add_argument("--restarts", type=positive_int, default=1, help="PGD random restarts (default 1)")
     p.add_argument("--last-iterate", action="store_true", help="count only the final iterate (classic number)")
-    p.add_argument("--split", choices=("test", "val"), default="test", help="split to evaluate (default test)")
+    p.add_argument("--split", choices=SPLITS, default="test", help="split to evaluate (default test)")
     p.add_argument("--limit", type=positive_int, help="evaluate only the first N images of the split")
     p.add_argument("--batch-size", type=positive_int, default=500, help="images per attack batch (default 500)")
     p.add_argument("--seed", type=any_int, default=0, help="seed of the PGD random starts")
@@ -173,13 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="CKPT")
     p.add_argument("--eps", type=unit_float, nargs="+", help="L-inf budget(s) in [0,1] pixels (default: the paper's for the data set)")
     p.add_argument("--limit", type=positive_int, default=500, help="audit the first N images of the split (default 500)")
-    p.add_argument("--split", choices=("test", "val"), default="test", help="split to audit (default test)")
+    p.add_argument("--split", choices=SPLITS, default="test", help="split to audit (default test)")
     p.add_argument("--base", metavar="CKPT", help="undefended base checkpoint: enables the transfer check")
     p.add_argument("--steps", type=positive_int, default=100, help="strong PGD iterations (default 100; alpha = 2.5 eps / steps)")
     p.add_argument("--restarts", type=positive_int, default=5, help="strong PGD random restarts (default 5)")
     p.add_argument("--no-autoattack", action="store_true", help="skip AutoAttack (and with it the Square and DLR checks)")
-    p.add_argument("--components", type=_choice_list(("apgd-ce", "apgd-t", "fab-t", "square"), "component"),
-                   default=["apgd-ce", "apgd-t", "fab-t", "square"],
+    p.add_argument("--components", type=choice_list(values(Component), "component"),
+                   default=list(values(Component)),
                    help="AutoAttack components, comma-separated (default all four, the standard version)")
     p.add_argument("--check-limit", type=positive_int, default=200, help="images for the costlier checks (default 200)")
     p.add_argument("--batch-size", type=positive_int, default=250, help="images per attack batch (default 250)")
@@ -200,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=positive_int, help="fine-tuning epochs per trial")
     p.add_argument("--seed", type=any_int, help="study seed (sampler and trials)")
     p.add_argument("--cpus-per-trial", type=positive_float, help="CPUs per trial")
-    p.add_argument("--gpus-per-trial", type=_number(float, lambda v: v >= 0, "a number >= 0"), help="GPUs per trial (fractions pack trials)")
+    p.add_argument("--gpus-per-trial", type=number(float, lambda v: v >= 0, "a number >= 0"), help="GPUs per trial (fractions pack trials)")
     p.add_argument("--optuna-storage", help="SQLAlchemy URL or journal:PATH (default: sqlite in the study directory)")
     p.add_argument("--address", help="Ray cluster address (`auto` = the running cluster; default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard on 127.0.0.1 and print its URL")
@@ -235,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--at-from-scratch", action="store_true",
                    help="adversarial training from a fresh init for --pretrain-epochs instead of from the base")
     p.add_argument("--cpus-per-trial", type=positive_float, default=1.0)
-    p.add_argument("--gpus-per-trial", type=_number(float, lambda v: v >= 0, "a number >= 0"), default=0.0)
+    p.add_argument("--gpus-per-trial", type=number(float, lambda v: v >= 0, "a number >= 0"), default=0.0)
     p.add_argument("--data-root", help="directory searched first for the data set files")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     p.set_defaults(run=cmd_reproduce)
@@ -256,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_aug_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pool", type=_choice_list(OPS, "op"), default=list(OPS),
+    p.add_argument("--pool", type=choice_list(OPS, "op"), default=list(OPS),
                    help="comma-separated ops drawn uniformly per image (default all five)")
     p.add_argument("--patch-size", type=positive_int, help="patch side w in pixels (default ~0.3 x image side)")
     p.add_argument("--num-patches", type=positive_int, default=1, help="patches per image (default 1)")
@@ -277,29 +220,32 @@ def _device(name: str) -> Any:
 
 def _aug_cfg(args: argparse.Namespace, dataset: Any, image_size: int | None) -> Any:
     from trainables.config import AugCfg
-    from trainables.data import dataset_info
-    from trainables.pipeline import default_patch_size
+    from trainables.vocab import ConfigError
 
-    size = args.patch_size or default_patch_size(dataset, image_size)
     info = dataset_info(dataset, image_size)
-    if size > min(info.height, info.width):
-        raise UsageError(f"--patch-size {size} is larger than the {info.height}x{info.width} {dataset.value} images")
-    return AugCfg(pool=tuple(args.pool), patch_size=size, num_patches=args.num_patches, jitter=args.jitter)
+    aug = AugCfg(pool=tuple(args.pool), patch_size=args.patch_size or info.default_patch_size,
+                 num_patches=args.num_patches, jitter=args.jitter)
+    try:
+        aug.check_fits(info.height, info.width)
+    except ConfigError:
+        raise UsageError(f"--patch-size {aug.patch_size} is larger than the {info.height}x{info.width} "
+                         f"{info.name.value} images") from None
+    return aug
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from trainables.checkpoint import save_checkpoint
-    from trainables.config import DataCfg, Dataset
+    from trainables.config import DataCfg
     from trainables.data import load_data
-    from trainables.pipeline import DEFAULT_ARCH, default_train_cfg, pretrain
+    from trainables.pipeline import default_train_cfg, pretrain
 
     dataset = Dataset(args.dataset)
-    arch = args.arch or DEFAULT_ARCH[dataset]
+    arch = args.arch or dataset_info(dataset).default_arch.value
     cfg = default_train_cfg(arch, finetune=False, optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
                             epochs=args.epochs, seed=args.seed)
-    data_cfg = DataCfg(dataset=dataset, root=_data_root(args.data_root), val_fraction=args.val_fraction,
+    data_cfg = DataCfg(dataset=dataset, root=data_root(args.data_root), val_fraction=args.val_fraction,
                        limit_train=args.limit_train, limit_val=args.limit_val, limit_test=args.limit_test)
-    out = _writable_target(args.out or f"runs/pretrain-{dataset.value}-{arch}-s{args.seed}.pt", "--out")
+    out = writable_target(args.out or f"runs/pretrain-{dataset.value}-{arch}-s{args.seed}.pt", "--out")
     device = _device(args.device)
     data = load_data(data_cfg)
     _say(f"pretraining {arch} on {dataset.value} ({len(data.train)} train / {len(data.val)} val images from "
@@ -313,7 +259,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from trainables.checkpoint import load_checkpoint, save_checkpoint
-    from trainables.config import PAPER_EPS, AttackCfg, DataCfg
+    from trainables.config import AttackCfg, DataCfg
     from trainables.data import load_data
     from trainables.pipeline import default_train_cfg, finetune
 
@@ -324,16 +270,16 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     aug = _aug_cfg(args, dataset, image_size)
     cfg = default_train_cfg(arch, finetune=True, optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
                             epochs=args.epochs, seed=args.seed)
-    data_cfg = DataCfg(dataset=dataset, root=_data_root(args.data_root),
+    data_cfg = DataCfg(dataset=dataset, root=data_root(args.data_root),
                        val_fraction=split_meta.get("val_fraction", 0.1), split_seed=split_meta.get("split_seed", 0),
                        image_size=image_size, limit_train=args.limit_train, limit_val=args.limit_val,
                        limit_test=args.limit_test)
     adversarial = None
     if args.defense != "patch":
-        adversarial = AttackCfg(name=args.defense.removesuffix("-at"), eps=PAPER_EPS[dataset], alpha=args.at_alpha,
+        adversarial = AttackCfg(name=args.defense.removesuffix("-at"), eps=paper_eps(dataset), alpha=args.at_alpha,
                                 steps=args.at_steps)
     stem = "" if adversarial is None else f"{args.defense}-"
-    out = _writable_target(args.out or f"runs/finetune-{stem}{cfg.optimizer.value}-s{args.seed}.pt", "--out")
+    out = writable_target(args.out or f"runs/finetune-{stem}{cfg.optimizer.value}-s{args.seed}.pt", "--out")
     device = _device(args.device)
     base = ckpt.build()
     data = load_data(data_cfg)
@@ -356,13 +302,14 @@ def _checkpoint_data_cfg(ck: Any, args: argparse.Namespace) -> Any:
 
     split_meta = ck.meta.get("data") or {}
     limit = {"limit_test": args.limit} if args.split == "test" else {"limit_val": args.limit}
-    return DataCfg(dataset=ck.dataset, root=_data_root(args.data_root), val_fraction=split_meta.get("val_fraction", 0.1),
+    return DataCfg(dataset=ck.dataset, root=data_root(args.data_root), val_fraction=split_meta.get("val_fraction", 0.1),
                    split_seed=split_meta.get("split_seed", 0), image_size=ck.meta.get("image_size"), **limit)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from analysis.tables import eval_table
     from trainables.checkpoint import load_checkpoint
-    from trainables.config import PAPER_EPS, AttackCfg
+    from trainables.config import AttackCfg
     from trainables.data import load_data
     from trainables.pipeline import evaluate_model
 
@@ -371,7 +318,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for path, ck in zip(args.checkpoints[1:], ckpts[1:], strict=True):
         if ck.dataset is not first.dataset or ck.meta.get("image_size") != first.meta.get("image_size"):
             raise UsageError(f"{path} is for {ck.dataset.value}, but {args.checkpoints[0]} is for {first.dataset.value}")
-    eps = args.eps if args.eps is not None else PAPER_EPS[first.dataset]
+    eps = args.eps if args.eps is not None else paper_eps(first.dataset)
     attacks = [AttackCfg(name=a, eps=eps, alpha=args.alpha, steps=args.steps, restarts=args.restarts,
                          last_iterate=args.last_iterate) for a in args.attacks]
     data_cfg = _checkpoint_data_cfg(first, args)
@@ -404,7 +351,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         payload = {**results[0], **info} if len(results) == 1 else {**info, "models": results}
         print(json.dumps(payload, indent=None))
         return 0
-    print(_table(results, info))
+    print(eval_table(results, info))
     return 0
 
 
@@ -413,7 +360,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from trainables.atomic import atomic_write_text
     from trainables.audit import AuditCfg
     from trainables.checkpoint import load_checkpoint
-    from trainables.config import PAPER_EPS
     from trainables.data import load_data
     from trainables.pipeline import audit_model
 
@@ -422,8 +368,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if base is not None and (base.dataset is not ck.dataset or base.input_spec() != ck.input_spec()):
         raise UsageError(f"--base {args.base} is for {base.dataset.value} {base.arch}, but {args.checkpoint} is for "
                          f"{ck.dataset.value} {ck.arch}")
-    out = _writable_target(args.out, "--out") if args.out else None
-    eps_list = args.eps or [PAPER_EPS[ck.dataset]]
+    out = writable_target(args.out, "--out") if args.out else None
+    eps_list = args.eps or [paper_eps(ck.dataset)]
     cfgs = [AuditCfg(eps=e, strong_steps=args.steps, strong_restarts=args.restarts, autoattack=not args.no_autoattack,
                      components=tuple(args.components), check_limit=args.check_limit, batch_size=args.batch_size,
                      seed=args.seed) for e in eps_list]
@@ -449,50 +395,17 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
-    from analysis.paper import paper_value
-
-    names = [f"{_short(r)}" for r in results]
-    header = ["Attack", "Parameters"] + [f"{n} (ours)" for n in names] + [f"{n} (paper)" for n in names]
-    rows = []
-    for attack, params in info["attacks"].items():
-        desc = ", ".join(f"{k}={v}" for k, v in params.items() if k in ("eps", "alpha", "steps"))
-        ours = [f"{100 * r['accuracy'][attack]:.2f}" for r in results]
-        paper = []
-        for r in results:
-            column = "undefended" if r["kind"] == "pretrain" else str(r["optimizer"])
-            if r.get("defense") not in (None, "patch"):
-                column = str(r["defense"])  # the paper's Table 1 has no AT column: shown as "-"
-            value = paper_value(info["dataset"], attack, column)
-            paper.append("-" if value is None else f"{value:.2f}")
-        rows.append([attack.upper() if attack != "clean" else "Clean", desc or "-", *ours, *paper])
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
-
-    title = f"{info['dataset']} {info['split']} split, n={info['n']}, accuracy (%); paper = Agarwal et al. 2021, Table 1"
-    return "\n".join([title, line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
-
-
-def _short(result: dict[str, Any]) -> str:
-    if result.get("defense") not in (None, "patch"):
-        return str(result["defense"]).removesuffix("_at").upper() + "-AT"
-    return "Undefended" if result["kind"] == "pretrain" else {"adam": "Adam", "rmsprop": "RMSProp"}.get(
-        str(result["optimizer"]), str(result["optimizer"]))
-
-
 def cmd_show_augment(args: argparse.Namespace) -> int:
-    from trainables.config import DataCfg, Dataset
+    from trainables.config import DataCfg
     from trainables.data import load_data
     from trainables.visualize import augment_grid
 
     dataset = Dataset(args.dataset)
     aug = _aug_cfg(args, dataset, None)
-    out = _writable_target(args.out, "--out")
+    out = writable_target(args.out, "--out")
     if out.suffix.lower() != ".png":
         raise UsageError(f"--out {args.out!r} must end in .png")
-    data = load_data(DataCfg(dataset=dataset, root=_data_root(args.data_root), limit_test=args.n))
+    data = load_data(DataCfg(dataset=dataset, root=data_root(args.data_root), limit_test=args.n))
     augment_grid(data.test.x[: args.n], aug, seed=args.seed, path=out, title=f"{dataset.value}: patch augmentation, w={aug.patch_size}")
     _say(f"wrote {out}")
     return 0
@@ -556,11 +469,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                      long_epochs=args.long_epochs, at_from_scratch=args.at_from_scratch or None,
                      cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial)
     storage = Path(args.storage)
-    _writable_target(str(storage / (args.name or "x") / "results.parquet"), "--storage")
+    writable_target(str(storage / (args.name or "x") / "results.parquet"), "--storage")
     if args.name and (storage / args.name).exists():
         raise UsageError(f"--name {args.name!r}: {storage / args.name} already exists")
     reproduce(spec, storage, name=args.name, address=args.address or os.environ.get("RAY_ADDRESS") or None,
-              data_root=_data_root(args.data_root))
+              data_root=data_root(args.data_root))
     return 0
 
 
@@ -586,23 +499,9 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-_NEGATIVE_NUMBER = re.compile(r"^-(\d|\.\d|inf|nan)", re.IGNORECASE)
-
-
-def _join_negative_values(argv: Sequence[str]) -> list[str]:
-    """`--lr -1e-3` -> `--lr=-1e-3`: argparse would take '-1e-3' for an option and hide the real mistake."""
-    out: list[str] = []
-    for token in argv:
-        if out and out[-1].startswith("--") and "=" not in out[-1] and _NEGATIVE_NUMBER.match(token):
-            out[-1] = f"{out[-1]}={token}"
-        else:
-            out.append(token)
-    return out
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv))
     from study.runner import StudyError
     from trainables.checkpoint import CheckpointError
     from trainables.config import ConfigError

@@ -1,9 +1,10 @@
 """`patchtune reproduce DATASET`: the paper's fixed settings x seeds as a Ray Tune grid (not Optuna).
 
-Per seed: a base model pretrained with Adam (a Ray task, cached); then six cells per seed: undefended,
-patch fine-tuning with Adam and with RMSProp at the paper's lr, and FGSM-, IFGSM- and PGD-AT with the same
-epoch budget; every model scored on the test split under every evaluation setting (trainables/variants.py).
-Writes results.parquet (one row per seed x method), reproduction.json and tables.md into the output dir.
+Per seed: a base model pretrained with Adam (a Ray task, cached); then one model per cell of
+`study.grid.REPRODUCTION_GRID` (undefended, patch fine-tuning with Adam and with RMSProp, short and long, and
+FGSM-, IFGSM- and PGD-AT with the same epoch budget), every model scored on the test split under every
+evaluation setting (trainables/variants.py). Writes results.parquet (one row per seed x cell, with the cell's
+description), reproduction.json and tables.md into the output dir.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from typing import Any
 import pandas as pd
 
 from analysis.reproduction import render
-from study.runner import StudyError, _pretrain_remote, _ray_init
+from study.cluster import gpus_for_task, ray_init
+from study.grid import REPRODUCTION_GRID
+from study.preflight import StudyError
+from study.runner import pretrain_base
 from trainables.atomic import atomic_open, atomic_write_text
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import (
-    PAPER_EPS,
     AttackCfg,
     AttackName,
     AugCfg,
@@ -33,6 +36,7 @@ from trainables.config import (
     paper_attacks,
 )
 from trainables.data import load_data
+from trainables.vocab import ARCHS, dataset_info, paper_eps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,24 +65,25 @@ class ReproSpec:
                 raise ConfigError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
 
 
-# Defaults per data set. F-MNIST runs on 2 CPU cores in about half an hour: fine-tuning and adversarial
-# training on 10k images (PGD-AT costs 11 passes per image), every setting scored on 500 test images
-# (`--limit-train/--limit-test` for more). The VGG defaults are GPU-cluster jobs.
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "fmnist": {"arch": "cnn3", "lr": 1e-3, "pretrain_epochs": 10, "epochs": 2, "patch_size": 8,
-               "limit_train": 10000, "limit_test": 500},
-    "cifar10": {"arch": "vgg16", "lr": 1e-4, "pretrain_epochs": 200, "epochs": 10, "patch_size": 8,
-                "limit_train": None, "limit_test": None, "long_epochs": 50},
-    "imagenette": {"arch": "vgg16", "lr": 1e-4, "pretrain_epochs": 100, "epochs": 10, "patch_size": 48,
-                   "limit_train": None, "limit_test": None, "long_epochs": 50},
+# Budgets per data set; arch, lr, pretraining epochs and patch size are the paper's (trainables.vocab).
+# F-MNIST runs on 2 CPU cores in about half an hour: fine-tuning and adversarial training on 10k images
+# (PGD-AT costs 11 passes per image), every setting scored on 500 test images (`--limit-train/--limit-test`
+# for more). The VGG defaults are GPU-cluster jobs.
+BUDGETS: dict[Dataset, dict[str, Any]] = {
+    Dataset.FMNIST: {"epochs": 2, "limit_train": 10000, "limit_test": 500},
+    Dataset.CIFAR10: {"epochs": 10, "limit_train": None, "limit_test": None, "long_epochs": 50},
+    Dataset.IMAGENETTE: {"pretrain_epochs": 100, "epochs": 10, "limit_train": None, "limit_test": None,
+                         "long_epochs": 50},
 }
 
 
 def make_spec(dataset: str, **overrides: Any) -> ReproSpec:
-    if dataset not in DEFAULTS:
-        raise ConfigError(f"dataset must be one of {', '.join(DEFAULTS)}, got {dataset!r}")
-    values = {**DEFAULTS[dataset], **{k: v for k, v in overrides.items() if v is not None}}
-    return ReproSpec(dataset=dataset, **values)
+    info = dataset_info(dataset)
+    arch = ARCHS[info.default_arch]
+    paper = {"arch": info.default_arch.value, "lr": arch.paper_lr, "pretrain_epochs": arch.pretrain_epochs,
+             "patch_size": info.default_patch_size}
+    values = {**paper, **BUDGETS[info.name], **{k: v for k, v in overrides.items() if v is not None}}
+    return ReproSpec(dataset=info.name.value, **values)
 
 
 def _base_path(storage: Path, spec: ReproSpec, seed: int) -> Path:
@@ -91,7 +96,7 @@ def reproduce(spec: ReproSpec, storage: Path, *, name: str | None = None, addres
     import ray
     from ray import tune
 
-    from trainables.trainable import REPRO_METHODS, ReproSetup, reproduce_trial
+    from trainables.trainable import ReproSetup, reproduce_trial
 
     storage = storage.expanduser().resolve()
     name = name or f"reproduce-{spec.dataset}-{dt.datetime.now():%Y%m%d-%H%M%S}"
@@ -103,15 +108,15 @@ def reproduce(spec: ReproSpec, storage: Path, *, name: str | None = None, addres
                        limit_val=1000)
     data = load_data(data_cfg)
     started = time.perf_counter()
-    _ray_init(address, dashboard=False)
+    ray_init(address, dashboard=False)
     try:
         seeds = list(range(spec.seeds))
         missing = [s for s in seeds if not _base_path(storage, spec, s).is_file()]
         if missing:
             print(f"pretraining {len(missing)} base model(s) ({spec.arch}, {spec.pretrain_epochs} epochs, Adam) as Ray tasks",
                   flush=True)
-            gpus = 1.0 if float(ray.cluster_resources().get("GPU", 0)) >= 1 else 0.0  # type: ignore[no-untyped-call]
-            task = ray.remote(num_cpus=spec.cpus_per_trial, num_gpus=gpus)(_pretrain_remote)
+            # Seeds pretrain in parallel, each a task (on a GPU worker when the cluster has GPUs).
+            task = ray.remote(num_cpus=spec.cpus_per_trial, num_gpus=gpus_for_task())(pretrain_base)
             full = dataclasses.replace(data_cfg, limit_train=None, limit_val=None, limit_test=None)
             refs = {s: task.remote(spec.arch, full, {"epochs": spec.pretrain_epochs, "seed": s}) for s in missing}
             for s, ref in refs.items():
@@ -125,14 +130,15 @@ def reproduce(spec: ReproSpec, storage: Path, *, name: str | None = None, addres
                            attacks=paper_attacks(dataset, ["fgsm", "ifgsm", "pgd"]), eot_draws=spec.eot_draws,
                            long_epochs=spec.long_epochs,
                            at_from_scratch_epochs=spec.pretrain_epochs if spec.at_from_scratch else None,
-                           strong=AttackCfg(AttackName.PGD, eps=PAPER_EPS[dataset], steps=spec.strong_steps,
-                                            alpha=min(1.0, 2.5 * PAPER_EPS[dataset] / spec.strong_steps),
+                           strong=AttackCfg(AttackName.PGD, eps=paper_eps(dataset), steps=spec.strong_steps,
+                                            alpha=min(1.0, 2.5 * paper_eps(dataset) / spec.strong_steps),
                                             restarts=spec.strong_restarts))
         trainable = tune.with_resources(tune.with_parameters(reproduce_trial, setup=setup),
                                         {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
         tuner = tune.Tuner(
             trainable,
-            param_space={"seed": tune.grid_search(seeds), "method": tune.grid_search(list(REPRO_METHODS))},
+            param_space={"seed": tune.grid_search(seeds),
+                         "cell": tune.grid_search([cell.recipe() for cell in REPRODUCTION_GRID])},
             tune_config=tune.TuneConfig(reuse_actors=True),
             run_config=tune.RunConfig(name=name, storage_path=str(storage),
                                       failure_config=tune.FailureConfig(max_failures=1)),
@@ -140,6 +146,7 @@ def reproduce(spec: ReproSpec, storage: Path, *, name: str | None = None, addres
         grid = tuner.fit()
     finally:
         ray.shutdown()
+    cells = {cell.method: cell for cell in REPRODUCTION_GRID}
     rows = []
     for index in range(len(grid)):
         result = grid[index]
@@ -147,7 +154,8 @@ def reproduce(spec: ReproSpec, storage: Path, *, name: str | None = None, addres
         if result.error or not result.metrics:
             first = str(result.error).splitlines()[0] if result.error else "no result"
             raise StudyError(f"reproduction cell {config} failed ({first}); trial logs in {out}")
-        rows.append({"seed": config["seed"], "method": config["method"],
+        cell = cells[config["cell"]["method"]]
+        rows.append({"seed": config["seed"], **cell.columns(),
                      **{k: v for k, v in result.metrics.items() if "/" in k or k in ("clean", "train_s", "eval_s")}})
     results = pd.DataFrame(rows).sort_values(["method", "seed"]).reset_index(drop=True)
     with atomic_open(out / "results.parquet", "wb") as f:
@@ -174,6 +182,3 @@ def _build(arch: str, data: Any) -> Any:
 
     return build_model(arch, input_spec(data))
 
-
-def load_results(path: Path) -> pd.DataFrame:
-    return pd.read_parquet(path / "results.parquet")

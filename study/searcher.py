@@ -1,4 +1,4 @@
-"""OptunaSearch with the bookkeeping a study needs (Ray 2.60 / Optuna 5.0 behaviour, see the notes).
+"""OptunaSearch with the bookkeeping a study needs (behaviour of Ray 2.60 / Optuna 5.0, the versions pinned).
 
 - Trials that ASHA stops early reach `on_trial_complete` with their low-fidelity last result, which Ray
   tells Optuna as COMPLETE (ray-project/ray#5459). Here they become PRUNED, with that value as their last

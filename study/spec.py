@@ -17,7 +17,24 @@ from typing import Any
 
 import yaml
 
-from trainables.config import PAPER_ALPHA, PAPER_EPS, PAPER_STEPS, ConfigError, Dataset, Optimizer, PatchOp
+from analysis.load import optuna_url
+from trainables.vocab import (
+    DEFAULT_EPS_GRID,
+    PAPER_ALPHA,
+    PAPER_STEPS,
+    Arch,
+    Component,
+    ConfigError,
+    Dataset,
+    Objective,
+    Optimizer,
+    PatchOp,
+    SamplerType,
+    SchedulerType,
+    dataset_info,
+    patches_need_jitter,
+    values,
+)
 
 PRESET_DIR = Path(__file__).with_name("presets")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
@@ -41,6 +58,11 @@ def _num(value: Any, path: str, *, low: float | None = None, high: float | None 
     return value
 
 
+def _member(value: Any, enum_type: type[Any], path: str) -> None:
+    if value not in values(enum_type):
+        _fail(path, f"must be one of {', '.join(values(enum_type))}, got {value!r}")
+
+
 def _range(value: Any, path: str, *, integer: bool, low: float, high: float | None = None) -> tuple[Any, Any]:
     if not isinstance(value, (list, tuple)) or len(value) != 2:
         _fail(path, f"must be a [low, high] pair, got {value!r}")
@@ -55,7 +77,7 @@ def _range(value: Any, path: str, *, integer: bool, low: float, high: float | No
 class PretrainSpec:
     """Build the base model first (once, cached by these settings) instead of loading a checkpoint."""
 
-    optimizer: str = "adam"
+    optimizer: str = Optimizer.ADAM.value
     lr: float | None = None  # None = the paper's (1e-3 cnn3, 1e-4 vgg16)
     epochs: int = 10
     batch_size: int = 128
@@ -63,8 +85,7 @@ class PretrainSpec:
     limit_train: int | None = None  # pretrain on the first N training images (quick presets)
 
     def validate(self, path: str) -> None:
-        if self.optimizer not in [o.value for o in Optimizer]:
-            _fail(f"{path}.optimizer", f"must be one of {', '.join(o.value for o in Optimizer)}, got {self.optimizer!r}")
+        _member(self.optimizer, Optimizer, f"{path}.optimizer")
         if self.lr is not None:
             _num(self.lr, f"{path}.lr", low=0, low_open=True, high=10)
         _num(self.epochs, f"{path}.epochs", integer=True, low=1)
@@ -121,10 +142,9 @@ class SearchSpec:
     def validate(self, path: str) -> None:
         if not isinstance(self.lr, Mapping) or not self.lr:
             _fail(f"{path}.lr", f"must map optimizer names to [low, high] ranges, got {self.lr!r}")
-        valid = [o.value for o in Optimizer]
         for name, rng in self.lr.items():
-            if name not in valid:
-                _fail(f"{path}.lr", f"unknown optimizer {name!r} (choose from {', '.join(valid)})")
+            if name not in values(Optimizer):
+                _fail(f"{path}.lr", f"unknown optimizer {name!r} (choose from {', '.join(values(Optimizer))})")
             _range(rng, f"{path}.lr.{name}", integer=False, low=0, high=10)
         if not isinstance(self.batch_size, (list, tuple)) or not self.batch_size:
             _fail(f"{path}.batch_size", f"must be a non-empty list of integers, got {self.batch_size!r}")
@@ -133,13 +153,13 @@ class SearchSpec:
         _range(self.patch_size, f"{path}.patch_size", integer=True, low=1)
         _range(self.num_patches, f"{path}.num_patches", integer=True, low=1, high=16)
         _num(self.jitter, f"{path}.jitter", integer=True, low=0)
-        if self.num_patches[1] > 1 and self.jitter == 0:
+        if patches_need_jitter(self.num_patches[1], self.jitter):
             _fail(f"{path}.num_patches", "more than one patch needs jitter > 0 (otherwise every patch sits on the centre)")
         if not isinstance(self.pool, Mapping):
             _fail(f"{path}.pool", f"must map ops to true/false, got {self.pool!r}")
         for op, on in self.pool.items():
-            if op not in [o.value for o in PatchOp]:
-                _fail(f"{path}.pool", f"unknown op {op!r} (choose from {', '.join(o.value for o in PatchOp)})")
+            if op not in values(PatchOp):
+                _fail(f"{path}.pool", f"unknown op {op!r} (choose from {', '.join(values(PatchOp))})")
             if not isinstance(on, bool):
                 _fail(f"{path}.pool.{op}", f"must be true or false, got {on!r}")
         if not any(self.pool.values()):
@@ -152,9 +172,6 @@ class SearchSpec:
         return tuple(op for op, on in self.pool.items() if on)
 
 
-OBJECTIVES = ("pgd_acc", "robust_auc")
-
-
 @dataclasses.dataclass(frozen=True)
 class ObjectiveSpec:
     """What the trials report each epoch on the validation subset, and which number Optuna/ASHA maximise.
@@ -164,17 +181,16 @@ class ObjectiveSpec:
     signal where one eps is flat (e.g. 0 % for every model at F-MNIST's eps 0.3).
     """
 
-    metric: str = "pgd_acc"
+    metric: str = Objective.PGD_ACC.value
     eps: float | None = None  # None = the paper's eps for the data set
     alpha: float = PAPER_ALPHA
     steps: int = PAPER_STEPS
-    eps_grid: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
+    eps_grid: tuple[float, ...] = DEFAULT_EPS_GRID
     val_limit: int | None = 1000  # validation images scored per epoch (None = the whole split)
     multi_objective: bool = False  # maximise (objective, clean accuracy) jointly; Pareto front
 
     def validate(self, path: str) -> None:
-        if self.metric not in OBJECTIVES:
-            _fail(f"{path}.metric", f"must be one of {', '.join(OBJECTIVES)}, got {self.metric!r}")
+        _member(self.metric, Objective, f"{path}.metric")
         if self.eps is not None:
             _num(self.eps, f"{path}.eps", low=0, low_open=True, high=1)
         _num(self.alpha, f"{path}.alpha", low=0, low_open=True, high=1)
@@ -191,26 +207,24 @@ class ObjectiveSpec:
 
 @dataclasses.dataclass(frozen=True)
 class SchedulerSpec:
-    type: str = "asha"  # asha | fifo
+    type: str = SchedulerType.ASHA.value
     grace_period: int = 1  # epochs every trial gets before ASHA may stop it
     reduction_factor: int = 2
 
     def validate(self, path: str) -> None:
-        if self.type not in ("asha", "fifo"):
-            _fail(f"{path}.type", f"must be asha or fifo, got {self.type!r}")
+        _member(self.type, SchedulerType, f"{path}.type")
         _num(self.grace_period, f"{path}.grace_period", integer=True, low=1)
         _num(self.reduction_factor, f"{path}.reduction_factor", integer=True, low=2)
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplerSpec:
-    type: str = "tpe"  # tpe | random | nsga2
+    type: str = SamplerType.TPE.value
     n_startup_trials: int = 10  # TPE: random trials before the model kicks in
     seed: int | None = None  # None = the study seed
 
     def validate(self, path: str) -> None:
-        if self.type not in ("tpe", "random", "nsga2"):
-            _fail(f"{path}.type", f"must be tpe, random or nsga2, got {self.type!r}")
+        _member(self.type, SamplerType, f"{path}.type")
         _num(self.n_startup_trials, f"{path}.n_startup_trials", integer=True, low=0)
         if self.seed is not None:
             _num(self.seed, f"{path}.seed", integer=True)
@@ -236,7 +250,7 @@ class AuditSpec:
     strong_steps: int = 100
     strong_restarts: int = 5
     autoattack: bool = True
-    components: tuple[str, ...] = ("apgd-ce", "apgd-t", "fab-t", "square")
+    components: tuple[str, ...] = values(Component)
     check_limit: int = 200
 
     def validate(self, path: str) -> None:
@@ -251,7 +265,7 @@ class AuditSpec:
                 _num(e, f"{path}.eps", low=0, low_open=True, high=1)
         for name in ("limit", "strong_steps", "strong_restarts", "check_limit"):
             _num(getattr(self, name), f"{path}.{name}", integer=True, low=1)
-        allowed = ("apgd-ce", "apgd-t", "fab-t", "square")
+        allowed = values(Component)
         if not isinstance(self.components, tuple) or not self.components or any(c not in allowed for c in self.components):
             _fail(f"{path}.components", f"must be a non-empty subset of {', '.join(allowed)}, got {self.components!r}")
 
@@ -259,8 +273,8 @@ class AuditSpec:
 @dataclasses.dataclass(frozen=True)
 class StudySpec:
     name: str
-    dataset: str = "fmnist"
-    arch: str | None = None  # None = cnn3 for fmnist, vgg16 otherwise
+    dataset: str = Dataset.FMNIST.value
+    arch: str | None = None  # None = the data set's default (cnn3 for fmnist, vgg16 otherwise)
     data: DataSpec = dataclasses.field(default_factory=DataSpec)
     base: BaseSpec = dataclasses.field(default_factory=lambda: BaseSpec(pretrain=PretrainSpec()))
     search: SearchSpec = dataclasses.field(default_factory=SearchSpec)
@@ -281,10 +295,9 @@ class StudySpec:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
             _fail("name", f"must be 1-80 letters, digits, '.', '_' or '-', got {self.name!r}")
-        if self.dataset not in [d.value for d in Dataset]:
-            _fail("dataset", f"must be one of {', '.join(d.value for d in Dataset)}, got {self.dataset!r}")
-        if self.arch is not None and self.arch not in ("cnn3", "vgg16"):
-            _fail("arch", f"must be cnn3 or vgg16, got {self.arch!r}")
+        _member(self.dataset, Dataset, "dataset")
+        if self.arch is not None:
+            _member(self.arch, Arch, "arch")
         self.data.validate("data")
         self.base.validate("base")
         self.search.validate("search")
@@ -305,12 +318,13 @@ class StudySpec:
             _fail("storage", f"must be a filesystem path (mount cloud storage or NFS at the same path on every node), got {self.storage!r}")
         if self.data.image_size is not None and self.dataset != "imagenette":
             _fail("data.image_size", f"is only settable for imagenette, got dataset {self.dataset}")
-        side = 28 if self.dataset == "fmnist" else 32 if self.dataset == "cifar10" else (self.data.image_size or 160)
-        if self.search.patch_size[1] > side:
-            _fail("search.patch_size", f"upper bound {self.search.patch_size[1]} is larger than the {side}x{side} images")
-        if self.objective.multi_objective and self.scheduler.type == "asha":
+        info = dataset_info(self.dataset, self.data.image_size)
+        if self.search.patch_size[1] > info.side:
+            _fail("search.patch_size", f"upper bound {self.search.patch_size[1]} is larger than the "
+                                       f"{info.height}x{info.width} images")
+        if self.objective.multi_objective and self.scheduler.type == SchedulerType.ASHA:
             _fail("scheduler.type", "asha cannot be combined with objective.multi_objective (use fifo)")
-        if self.sampler.type == "nsga2" and not self.objective.multi_objective:
+        if self.sampler.type == SamplerType.NSGA2 and not self.objective.multi_objective:
             _fail("sampler.type", "nsga2 is a multi-objective sampler; set objective.multi_objective: true or use tpe")
         if self.scheduler.grace_period > self.epochs:
             _fail("scheduler.grace_period", f"must be <= epochs ({self.epochs}), got {self.scheduler.grace_period}")
@@ -323,11 +337,11 @@ class StudySpec:
 
     @property
     def resolved_arch(self) -> str:
-        return self.arch or ("cnn3" if self.dataset == "fmnist" else "vgg16")
+        return self.arch or dataset_info(self.dataset).default_arch.value
 
     @property
     def objective_eps(self) -> float:
-        return self.objective.eps if self.objective.eps is not None else PAPER_EPS[self.dataset_enum]
+        return self.objective.eps if self.objective.eps is not None else dataset_info(self.dataset).paper_eps
 
     @property
     def sampler_seed(self) -> int:
@@ -337,7 +351,7 @@ class StudySpec:
         return Path(self.storage).expanduser().resolve() / self.name
 
     def optuna_url(self) -> str:
-        return self.optuna_storage or f"sqlite:///{self.study_dir() / 'optuna.db'}"
+        return optuna_url(self.study_dir(), self.optuna_storage)
 
     @property
     def audit_eps(self) -> tuple[float, ...]:
@@ -383,6 +397,9 @@ def _build(cls: type[Any], raw: Any, path: str) -> Any:
     for key, value in raw.items():
         sub = f"{path}.{key}" if path else key
         nested = _dataclass_in(hints[key])
+        if nested is not None and value is None and type(None) not in typing.get_args(hints[key]):
+            # `sampler: null` (or a bare `sampler:`) is not "the defaults": say so instead of guessing.
+            _fail(sub, "must be a mapping of settings, got null (leave the key out for the defaults)")
         if nested is not None and value is not None:
             kwargs[key] = _build(nested, value, sub)
         elif isinstance(value, list):

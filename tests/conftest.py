@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 
 from trainables.config import DataCfg, TrainCfg
 from trainables.data import DataBundle, load_data
@@ -14,6 +16,13 @@ from trainables.engine import fit, pick_device
 from trainables.models import InputSpec, build_model
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# The suite gives the same result on every run: property tests draw a fixed sequence of examples (derandomize) and
+# keep no example database between runs. `HYPOTHESIS_PROFILE=explore make test` searches fresh examples instead;
+# whatever it finds goes into the suite as an explicit case.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", max_examples=500, database=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +51,17 @@ def trained_cnn3(fmnist_small: DataBundle, device: torch.device) -> torch.nn.Mod
         progress=False)
     model.eval()
     return model
+
+
+@pytest.fixture
+def cnn3_in_train_mode(trained_cnn3: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The shared trained cnn3 switched to train mode (attacks must switch to eval and back), restored to eval
+    whatever the test does, so a failing test cannot leave the session fixture in the wrong mode."""
+    trained_cnn3.train()
+    try:
+        yield trained_cnn3
+    finally:
+        trained_cnn3.eval()
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -24,10 +25,9 @@ def _xy(data, n: int = 200, device: torch.device | str = "cpu") -> tuple[torch.T
 
 @pytest.mark.parametrize("name", ["fgsm", "ifgsm", "pgd"])
 @pytest.mark.parametrize("last_iterate", [False, True])
-def test_attack_properties(trained_cnn3, fmnist_small, device, name: str, last_iterate: bool) -> None:
+def test_attack_properties(cnn3_in_train_mode, fmnist_small, device, name: str, last_iterate: bool) -> None:
     x, y = _xy(fmnist_small, 128, device)
-    model = trained_cnn3
-    model.train()  # the attack must switch to eval and back
+    model = cnn3_in_train_mode  # the attack must switch to eval and back
     before = [p.detach().clone() for p in model.parameters()]
     for p in model.parameters():
         p.grad = None
@@ -43,19 +43,16 @@ def test_attack_properties(trained_cnn3, fmnist_small, device, name: str, last_i
     with torch.no_grad(), eval_mode(model):
         pred = model(out.x_adv).argmax(1)
     assert torch.equal(pred != y, out.fooled) if last_iterate else bool((pred[out.fooled] != y[out.fooled]).all())
-    model.eval()
 
 
-def test_mode_restored_per_submodule(trained_cnn3, device) -> None:
-    model = trained_cnn3
-    model.train()
+def test_mode_restored_per_submodule(cnn3_in_train_mode, device) -> None:
+    model = cnn3_in_train_mode
     model[1][0].eval()  # a mixed state must come back exactly
     states = [m.training for m in model.modules()]
     x = torch.rand(4, 1, 28, 28, device=device)
     pgd(model, x, torch.zeros(4, dtype=torch.long, device=device), eps=0.1, alpha=0.01, steps=2,
         generator=make_generator(0, device))
     assert [m.training for m in model.modules()] == states
-    model.eval()
 
 
 def test_same_examples_as_torchattacks_from_the_same_start(cpu_cnn3, fmnist_small) -> None:
@@ -171,3 +168,76 @@ def test_compaction_interval_does_not_change_the_result(trained_cnn3, fmnist_sma
             assert not differ.any()
         else:  # cuDNN picks other kernels for other batch sizes: a near-zero gradient can change sign
             assert differ.float().mean() < 0.01
+
+
+def _tiny() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2 * 4 * 4, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
+    return model, torch.rand(12, 2, 4, 4), torch.randint(0, 3, (12,))
+
+
+def test_on_step_trace_matches_a_straightforward_pgd_loop() -> None:
+    """steps + 1 per-sample losses: at the random start and after each step, every sample, with last_iterate."""
+    model, x, y = _tiny()
+    eps, alpha, steps = 0.2, 0.05, 6
+    calls: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+    out = pgd(model, x, y, eps=eps, alpha=alpha, steps=steps, last_iterate=True, generator=make_generator(11),
+              on_step=lambda step, loss, idx: calls.append((step, loss.clone(), idx.clone())))
+    assert [c[0] for c in calls] == list(range(steps + 1))
+    assert all(torch.equal(c[2], torch.arange(12)) for c in calls)
+    # the same thing written out: uniform start, then signed-gradient steps projected on the ball and [0, 1]
+    xa = (x + torch.empty_like(x).uniform_(-eps, eps, generator=make_generator(11))).clamp(0, 1)
+    expected = []
+    for step in range(steps + 1):
+        xa = xa.detach().requires_grad_(True)
+        loss = nn.functional.cross_entropy(model(xa), y, reduction="none")
+        expected.append(loss.detach())
+        if step < steps:
+            (g,) = torch.autograd.grad(loss.sum(), xa)
+            xa = torch.min(torch.max(xa.detach() + alpha * g.sign(), x - eps), x + eps).clamp(0, 1)
+    for (_, got, _), want in zip(calls, expected, strict=True):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(out.x_adv, xa.detach())
+    assert expected[-1].mean() > expected[0].mean()
+
+
+@pytest.mark.parametrize("last_iterate", [False, True])
+@pytest.mark.parametrize("random_init", [False, True])
+def test_on_step_does_not_change_the_result(trained_cnn3, fmnist_small, device, last_iterate: bool,
+                                            random_init: bool) -> None:
+    x, y = _xy(fmnist_small, 96, device)
+    kw = {"eps": 0.1, "alpha": 0.02, "steps": 8, "random_init": random_init, "last_iterate": last_iterate,
+          "compact_every": 3}
+    plain = pgd(trained_cnn3, x, y, generator=make_generator(2, device), **kw)
+    calls: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+    watched = pgd(trained_cnn3, x, y, generator=make_generator(2, device),
+                  on_step=lambda step, loss, idx: calls.append((step, loss, idx)), **kw)
+    assert torch.equal(plain.x_adv, watched.x_adv) and torch.equal(plain.fooled, watched.fooled)
+    assert [c[0] for c in calls] == list(range(9))
+    for step, loss, idx in calls:
+        assert loss.shape == idx.shape and loss.dtype == torch.float32 and not loss.requires_grad
+        if last_iterate or step == 0:
+            assert torch.equal(idx, torch.arange(96, device=device))
+    for (_, _, before), (_, _, after) in zip(calls, calls[1:], strict=False):
+        assert set(after.tolist()) <= set(before.tolist())  # samples only ever leave
+    # whoever survives was attacked to the end
+    assert set((~plain.fooled).nonzero().squeeze(1).tolist()) <= set(calls[-1][2].tolist())
+    # the loss at step 0 is that of the start
+    with torch.no_grad():
+        start = x if not random_init else (
+            x + torch.empty_like(x).uniform_(-0.1, 0.1, generator=make_generator(2, device))).clamp(0, 1)
+        torch.testing.assert_close(calls[0][1], nn.functional.cross_entropy(trained_cnn3(start), y, reduction="none"))
+
+
+def test_run_attack_on_step_maps_restarts_back_to_rows_of_x() -> None:
+    model, x, y = _tiny()
+    cfg = AttackCfg(eps=0.1, alpha=0.05, steps=3, restarts=2, last_iterate=True)
+    first = run_attack(model, x, y, dataclasses.replace(cfg, restarts=1), generator=make_generator(4))
+    assert 0 < int(first.fooled.sum()) < 12
+    starts: list[torch.Tensor] = []
+    out = run_attack(model, x, y, cfg, generator=make_generator(4),
+                     on_step=lambda step, _loss, idx: starts.append(idx) if step == 0 else None)
+    assert len(starts) == 2
+    assert torch.equal(starts[0], torch.arange(12))
+    assert torch.equal(starts[1], (~first.fooled).nonzero().squeeze(1))
+    assert (out.fooled | ~first.fooled).all()

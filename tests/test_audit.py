@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 from trainables.attacks import eval_mode
-from trainables.audit import AuditCfg, Status, run_audit, tolerance, wilson
+from trainables.audit import (
+    AuditCfg,
+    Status,
+    _check_chance_at_large_eps,
+    _check_eps_monotone,
+    _check_loss_diversity,
+    run_audit,
+    tolerance,
+    wilson,
+)
 from trainables.config import ConfigError
 from trainables.data import Split
 from trainables.strong_attacks import COMPONENTS, AutoAttackCfg, auto_attack, run_component
@@ -102,18 +111,37 @@ def test_wilson_interval() -> None:
     lo, hi = wilson(250, 500)
     assert lo < 0.5 < hi and hi - lo == pytest.approx(2 * 1.96 * (0.25 / 500) ** 0.5, rel=0.02)
     assert tolerance(0.0, 64) == 1 / 64
+    assert wilson(0, 0) == (0.0, 1.0) and wilson(500, 500)[1] == 1
+    # the textbook formula with z = 1.96
+    z, p, n = 1.96, 0.3, 200
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
+    assert wilson(60, 200) == pytest.approx((centre - half, centre + half), abs=1e-5)
+
+
+def test_sweep_and_loss_diversity_checks() -> None:
+    falling = [(0.1, 0.5), (0.3, 0.2), (0.5, 0.05)]
+    assert _check_eps_monotone(falling, 200).status is Status.PASS
+    rising = _check_eps_monotone([(0.1, 0.5), (0.3, 0.7)], 200)
+    assert rising.status is Status.FAIL and "from eps 0.1 to 0.3" in rising.detail
+    assert _check_chance_at_large_eps(falling, 200, 10).status is Status.PASS
+    assert _check_chance_at_large_eps([(0.5, 0.6)], 200, 10).status is Status.FAIL
+    skipped = _check_chance_at_large_eps(falling[:2], 200, 10)
+    assert skipped.status is Status.SKIP and skipped.values == {"curve": {"0.1": 0.5, "0.3": 0.2}, "n": 200}
+    assert _check_loss_diversity({"apgd-ce": 5}, 100).status is Status.SKIP
+    assert _check_loss_diversity({"apgd-ce": 5, "apgd-t": 0}, 100).status is Status.PASS
+    assert _check_loss_diversity({"apgd-ce": 5, "apgd-t": 30}, 100).status is Status.WARN
 
 
 # ------------------------------------------------------------------------------------------- attack properties
 
 
-@settings(max_examples=4, deadline=None)
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.sampled_from(COMPONENTS), eps=st.sampled_from([0.05, 0.1, 0.3]), seed=st.integers(0, 3))
-def test_component_properties(trained_cnn3, fmnist_small, device, name: str, eps: float, seed: int) -> None:
+def test_component_properties(cnn3_in_train_mode, fmnist_small, device, name: str, eps: float, seed: int) -> None:
     """Budget, range, our own re-scoring, mode and global RNG restored, no parameter gradients."""
     x, y = _xy(fmnist_small, 24, device)
-    model = trained_cnn3
-    model.train()
+    model = cnn3_in_train_mode
     for p in model.parameters():
         p.grad = None
     torch.manual_seed(1234)
@@ -127,7 +155,6 @@ def test_component_properties(trained_cnn3, fmnist_small, device, name: str, eps
     assert (res.x_adv - x).abs().max() <= eps + 1e-6 and res.x_adv.min() >= 0 and res.x_adv.max() <= 1
     with torch.no_grad(), eval_mode(model):
         assert torch.equal(model(res.x_adv).argmax(1) != y, res.fooled)
-    model.eval()
 
 
 def test_autoattack_composition_is_a_per_sample_union(trained_cnn3, fmnist_small, device) -> None:
@@ -182,6 +209,9 @@ def test_audit_of_an_undefended_model_passes_and_reaches_zero(trained_cnn3, fmni
     assert {c["name"] for c in d["checks"]} == {"budget", "iterative_vs_single", "steps", "restarts", "eps_monotone",
                                                "chance_at_large_eps", "blackbox", "transfer", "noise", "loss_rises",
                                                "gradients", "loss_diversity"}
+    assert [c["name"] for c in d["checks"]][:2] == ["budget", "iterative_vs_single"]
+    trace = next(c for c in d["checks"] if c["name"] == "loss_rises")["values"]["trace"]
+    assert len(trace) == min(FAST["strong_steps"], 20) + 1 and trace[-1] > trace[0]
 
 
 def test_audit_flags_a_logit_scaled_model(trained_cnn3, fmnist_small, device) -> None:

@@ -26,7 +26,7 @@ def _changed_mask(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def test_prob_zero_is_identity() -> None:
     x = _batch()
-    out = patch_augment(x, AugCfg(prob=0.0), make_generator(0))
+    out = patch_augment(x, AugCfg(prob=0.0, patch_size=8), make_generator(0))
     assert torch.equal(out, x)
 
 
@@ -116,10 +116,10 @@ def test_clean_plus_modified_duplicates_labels() -> None:
 
 def test_bad_configs_are_refused_with_the_value() -> None:
     with pytest.raises(ConfigError, match="empty pool"):
-        AugCfg(pool=())
+        AugCfg(pool=(), patch_size=8)
     with pytest.raises(ConfigError, match="'blur'"):
-        AugCfg(pool=("rotate", "blur"))
+        AugCfg(pool=("rotate", "blur"), patch_size=8)
     with pytest.raises(ConfigError, match="patch_size 40 is larger than the 28x28"):
         patch_augment(_batch(), AugCfg(patch_size=40), make_generator(0))
     with pytest.raises(ConfigError, match="prob must be in"):
-        AugCfg(prob=1.5)
+        AugCfg(prob=1.5, patch_size=8)

@@ -45,7 +45,9 @@ def test_weights_that_do_not_fit_the_arch_are_refused(tmp_path: Path, fmnist_sma
         load_checkpoint(path).build()
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04garbage"])
+# Text files once reached torch's legacy unpickler and ended in a KeyError / IndexError traceback.
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04garbage", b"hello", b"a b c",
+                                     b"NOTES\nremember to try lr 1e-3\n", bytes(range(256))])
 def test_corrupt_files_refused(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "c.pt"
     path.write_bytes(content)

@@ -8,7 +8,8 @@ import sys
 PURE = ["trainables", "trainables.config", "trainables.data", "trainables.models", "trainables.augment",
         "trainables.attacks", "trainables.engine", "trainables.checkpoint", "trainables.pipeline",
         "trainables.visualize", "trainables.perf", "trainables.strong_attacks", "trainables.audit",
-        "analysis", "analysis.paper", "analysis.audit", "study.cli"]
+        "trainables.vocab", "trainables.pipeline", "analysis", "analysis.paper", "analysis.audit", "analysis.stats",
+        "analysis.tables", "analysis.grid", "study.cli", "study.grid", "study.spec"]
 
 
 def test_pure_modules_do_not_import_ray() -> None:

@@ -3,23 +3,35 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainables.config import ConfigError
 from trainables.models import InputSpec, Normalize, build_model, model_names
-
-SPECS = {
-    "cnn3": [InputSpec(1, 28, 28, 10, (0.286,), (0.353,)), InputSpec(3, 32, 32, 10, (0.5,) * 3, (0.25,) * 3)],
-    "vgg16": [InputSpec(3, 32, 32, 10, (0.5,) * 3, (0.25,) * 3), InputSpec(3, 64, 64, 10, (0.5,) * 3, (0.25,) * 3)],
-}
+from trainables.vocab import Arch, ConfigError, Dataset, dataset_info, values
 
 
-def test_registry_lists_the_paper_models() -> None:
-    assert {"cnn3", "vgg16"} <= set(model_names())
+def _input(dataset: Dataset, side: int | None = None) -> InputSpec:
+    i = dataset_info(dataset, side)
+    return InputSpec(i.channels, i.height, i.width, i.num_classes, i.mean, i.std)
 
 
-@pytest.mark.parametrize("name", sorted(SPECS))
-@pytest.mark.parametrize("which", [0, 1])
-def test_forward_backward_channels_last(name: str, which: int) -> None:
-    spec = SPECS[name][which]
+def _fits(arch: str, spec: InputSpec) -> bool:
+    try:
+        build_model(arch, spec)
+    except ConfigError:  # e.g. vgg16 on 28x28 F-MNIST: refused, tested below
+        return False
+    return True
+
+
+# Every registered model on every data set's input shape it accepts (Imagenette at 64 px keeps it fast).
+INPUTS = [_input(d, 64 if d is Dataset.IMAGENETTE else None) for d in Dataset]
+CASES = [(arch, spec) for arch in model_names() for spec in INPUTS if _fits(arch, spec)]
+FMNIST = _input(Dataset.FMNIST)
+
+
+def test_registry_has_a_factory_for_every_arch() -> None:
+    assert model_names() == sorted(values(Arch))
+
+
+@pytest.mark.parametrize("name, spec", CASES, ids=[f"{a}-{s.height}px-{s.channels}ch" for a, s in CASES])
+def test_forward_backward_channels_last(name: str, spec: InputSpec) -> None:
     torch.manual_seed(0)
     model = build_model(name, spec).eval()
     assert isinstance(model[0], Normalize)
@@ -41,6 +53,6 @@ def test_normalize_is_the_first_layer_and_uses_the_spec() -> None:
 
 def test_unknown_or_unfit_models_are_refused() -> None:
     with pytest.raises(ConfigError, match="'resnet'"):
-        build_model("resnet", SPECS["cnn3"][0])
+        build_model("resnet", FMNIST)
     with pytest.raises(ConfigError, match="at least 32x32"):
-        build_model("vgg16", SPECS["cnn3"][0])
+        build_model("vgg16", FMNIST)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import matplotlib.colors as mcolors
 import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
+from repro_frame import METHODS, repro_frame
 
 from analysis import plots
 from analysis.load import OPS, epochs_long, eps_curves, pareto_front, tidy_results
+from analysis.reproduction import SETTING_LABELS, SETTINGS, paper_by_method
 
 
 @pytest.fixture
@@ -94,7 +97,8 @@ def test_eps_curves_and_learning_curves(results: pd.DataFrame, epochs: pd.DataFr
 
 
 def test_analysis_imports_neither_torch_nor_ray() -> None:
-    code = ("import sys, analysis.load, analysis.plots, analysis.report, analysis.paper\n"
+    code = ("import sys, analysis.load, analysis.plots, analysis.report, analysis.paper, analysis.audit, analysis.grid, "
+            "analysis.reproduction, analysis.stats, analysis.tables\n"
             "bad = [m for m in ('torch', 'ray') if m in sys.modules]\nprint(bad)\nsys.exit(1 if bad else 0)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -124,3 +128,42 @@ def test_audit_bars() -> None:
     assert "overstates robustness by 50.0 pt" in text
     rep["rows"][1]["acc"] = 0.0
     assert "overstates" not in headline(rep)
+
+
+def _bar_colours(fig: Figure) -> dict[str, str]:
+    ax = fig.axes[0]
+    handles, labels = ax.get_legend_handles_labels()
+    return {label: mcolors.to_hex(h.patches[0].get_facecolor()) for h, label in zip(handles, labels, strict=True)
+            if hasattr(h, "patches")}
+
+
+def test_method_bars_take_methods_labels_and_colours_from_the_metadata() -> None:
+    frame = repro_frame(seeds=3, shuffle=True)
+    fig = plots.method_bars(frame, paper=paper_by_method(frame, "fmnist"))
+    ax = fig.axes[0]
+    colours = _bar_colours(fig)
+    assert list(colours) == ["undefended", "patch + Adam", "patch + RMSProp", "patch + Adam (long)",
+                             "patch + RMSProp (long)", "FGSM-AT", "IFGSM-AT", "PGD-AT"]
+    assert len(ax.patches) == 4 * len(METHODS) and ax.get_ylabel() == "test accuracy (%)"
+    assert colours["patch + Adam"] == plots.OPTIMIZER_COLORS["adam"]
+    assert colours["patch + RMSProp"] == plots.OPTIMIZER_COLORS["rmsprop"]
+    for opt in ("Adam", "RMSProp"):  # a long fine-tune: the same hue, lighter
+        short, long = (np.array(mcolors.to_rgb(colours[k])) for k in (f"patch + {opt}", f"patch + {opt} (long)"))
+        assert (long >= short).all() and long.sum() > short.sum() + 0.3
+    assert len(set(colours.values())) == len(colours)  # every method distinguishable
+    ticks = [line for line in ax.lines if line.get_linewidth() == 2 and line.get_color() == "black"]
+    assert len(ticks) == 4 + 3 + 3  # the paper's values: undefended (4 keys), patch + Adam / RMSProp (3 attacks each)
+    renamed = frame.assign(method=frame["method"] + "_x")  # the names are only identifiers
+    assert _bar_colours(plots.method_bars(renamed)) == colours
+
+
+def test_settings_bars_show_the_table1_models_with_the_paper_lines() -> None:
+    frame = repro_frame(seeds=2)
+    fig = plots.settings_bars(frame, SETTINGS, SETTING_LABELS, paper=paper_by_method(frame, "fmnist", defended_only=True))
+    ax = fig.axes[0]
+    assert list(_bar_colours(fig)) == ["undefended", "patch + Adam", "patch + RMSProp", "patch + Adam (long)",
+                                       "patch + RMSProp (long)"]
+    assert len(ax.patches) == 5 * len(SETTINGS) and ax.get_xlabel() == "evaluation setting"
+    assert sorted(line.get_ydata()[0] for line in ax.lines) == [50.08, 53.72]
+    adam_normeps = ax.patches[len(SETTINGS) + SETTINGS.index("normeps")]
+    assert adam_normeps.get_height() == pytest.approx(53.0)

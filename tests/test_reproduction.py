@@ -3,43 +3,31 @@ tiny end-to-end `patchtune reproduce` on real Ray."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
+from repro_frame import GRID, METHODS, repro_frame
 from torch import nn
 
-from analysis.reproduction import findings, matching_setting, mean_ci, paired, render, settings_table, table1
+from analysis.reproduction import (
+    findings,
+    matching_setting,
+    paired,
+    paper_by_method,
+    render,
+    settings_table,
+    table1,
+    table2,
+)
 from trainables.augment import make_generator
 from trainables.config import AugCfg, Dataset, paper_attacks
 from trainables.variants import VARIANTS, AlwaysTrainMode, RandomPatchModel, evaluate_variants
 
-METHODS = ("undefended", "patch_adam", "patch_rmsprop", "patch_adam_long", "patch_rmsprop_long", "fgsm_at", "ifgsm_at",
-           "pgd_at")
-
 
 def frame(seeds: int = 3, rmsprop_gain: float = 0.05) -> pd.DataFrame:
-    rng = np.random.default_rng(0)
-    rows = []
-    for seed in range(seeds):
-        for m in METHODS:
-            base = {"undefended": 0.02, "patch_adam": 0.10, "patch_rmsprop": 0.10 + rmsprop_gain}.get(m, 0.3)
-            row = {"seed": seed, "method": m, "clean": 0.9}
-            for v in VARIANTS:
-                for a in ("fgsm", "ifgsm", "pgd"):
-                    row[f"{v}/{a}"] = base + rng.normal(0, 0.002)
-            row["normeps/pgd"] = 0.53 if m == "patch_adam" else row["normeps/pgd"]
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def test_mean_ci_is_the_t_interval() -> None:
-    mean, half = mean_ci(pd.Series([0.1, 0.2, 0.3]))
-    assert mean == pytest.approx(20.0) and half == pytest.approx(4.303 * 10 / math.sqrt(3), rel=1e-3)
-    assert math.isnan(mean_ci(pd.Series([0.5]))[1])
+    return repro_frame(seeds=seeds, rmsprop_gain=rmsprop_gain)
 
 
 def test_table1_puts_the_paper_beside_ours() -> None:
@@ -50,8 +38,8 @@ def test_table1_puts_the_paper_beside_ours() -> None:
 
 
 def test_findings_use_paired_tests_over_seeds() -> None:
-    diff, lo, hi, p, n = paired(frame(), "patch_rmsprop", "patch_adam", "whitebox/pgd")
-    assert n == 3 and diff == pytest.approx(5.0, abs=0.5) and lo < diff < hi and p < 0.05
+    c = paired(frame(), "patch_rmsprop", "patch_adam", "whitebox/pgd")
+    assert c.n == 3 and c.diff == pytest.approx(5.0, abs=0.5) and c.lo < c.diff < c.hi and c.p < 0.05
     text = findings(frame(), "fmnist")
     assert text[0].startswith("RMSProp beats Adam under PGD-10 on F-MNIST: yes, +")
     assert any("beats PGD-AT under PGD-10 on F-MNIST: no" in s for s in text)
@@ -78,6 +66,34 @@ def test_matching_setting_names_the_setting_near_the_paper() -> None:
     st = settings_table(frame(), "fmnist")
     assert list(st["model"]) == ["undefended", "adam", "rmsprop", "adam (long)", "rmsprop (long)"] and "paper" in st.columns
     assert "## Table 1 (fmnist)" in render(frame(), "fmnist")
+
+
+def test_metadata_not_method_names_decide_the_tables() -> None:
+    """Renamed methods in a shuffled frame give the same report: which method is which comes from the metadata."""
+    f = repro_frame()
+    f["strong/pgd"] = f["whitebox/pgd"] - 0.08
+    renamed = f.assign(method="cell" + f["method"].map({m: str(i) for i, m in enumerate(METHODS)}))
+    renamed = renamed.sample(frac=1, random_state=3).reset_index(drop=True)
+    assert render(renamed, "cifar10") == render(f, "cifar10")
+
+
+def test_table2_columns_follow_the_paper() -> None:
+    t = table2(frame(), "cifar10")
+    assert [c for c in t.columns if c.endswith("(ours)")] == ["fgsm_at (ours)", "ifgsm_at (ours)", "pgd_at (ours)",
+                                                             "proposed (ours)"]
+    assert t.loc[2, "proposed (paper)"] == "60.37" and t.loc[2, "proposed (ours)"].startswith("14.89 ± ")
+    assert set(table2(frame(), "fmnist")["pgd_at (paper)"]) == {"-"}  # the paper's Table 2 is CIFAR-10 only
+
+
+def test_grid_without_long_cells_or_metadata() -> None:
+    short = repro_frame(methods=[m for m in METHODS if not m.endswith("_long")])
+    assert list(settings_table(short, "fmnist")["model"]) == ["undefended", "adam", "rmsprop"]
+    assert paper_by_method(short, "fmnist", defended_only=True) == {
+        "patch_adam": {"fgsm": 87.51, "ifgsm": 88.21, "pgd": 53.72},
+        "patch_rmsprop": {"fgsm": 85.73, "ifgsm": 84.38, "pgd": 50.08}}
+    assert paper_by_method(short, "fmnist")["undefended"]["clean"] == 91.49
+    with pytest.raises(ValueError, match="table1_column"):
+        table1(short.drop(columns=["table1_column"]), "fmnist")
 
 
 def test_evaluation_settings_on_a_real_model(trained_cnn3, fmnist_small) -> None:
@@ -112,6 +128,10 @@ def test_reproduce_end_to_end_tiny(tiny_repro_dir: Path) -> None:
     out = tiny_repro_dir
     results = pd.read_parquet(out / "results.parquet")
     assert len(results) == 16 and set(results["method"]) == set(METHODS) and set(results["seed"]) == {0, 1}
+    # Each row describes its cell as the grid declares it, so the analysis needs no method names.
+    for row in results.to_dict("records"):
+        written = {k: None if pd.isna(row[k]) else row[k] for k in GRID[row["method"]].columns()}  # parquet: NaN
+        assert written == GRID[row["method"]].columns()
     assert {"clean", "whitebox/pgd", "transfer/pgd", "ttt_eot/pgd", "strong/pgd"} <= set(results.columns)
     # PGD-100 x5 with alpha 2.5 eps / 100 is never much weaker than the paper's PGD-10 (per model, 40 images)
     assert (results["strong/pgd"] <= results["whitebox/pgd"] + 0.05).all()

@@ -97,3 +97,24 @@ def test_results_for_trials_optuna_already_finished_are_ignored(url: str) -> Non
     replay.on_trial_complete("a", {"objective": 0.25, "training_iteration": 3})
     (trial,) = trials(url)
     assert trial.state is TrialState.COMPLETE and trial.value == pytest.approx(0.2)
+
+
+# StudySearch reaches into OptunaSearch's and Optuna's private state; pyproject pins ray/optuna below the next
+# releases. When an upgrade renames any of these, this test says which, before a study misbehaves.
+PRIVATE_STATE = {"_ot_trials": dict, "_ot_study": optuna.Study, "_completed_trials": set, "_metric": str}
+
+
+def test_the_private_state_studysearch_relies_on_still_exists(url: str) -> None:
+    s = make_searcher(url)
+    assert s.suggest("t0") is not None
+    missing = [f"OptunaSearch.{name} (expected {kind.__name__})" for name, kind in PRIVATE_STATE.items()
+               if not isinstance(getattr(s, name, None), kind)]
+    trial = s._ot_trials.get("t0") if isinstance(getattr(s, "_ot_trials", None), dict) else None
+    if trial is None or not isinstance(getattr(trial, "_trial_id", None), int):
+        missing.append("optuna.Trial._trial_id (int)")
+    frozen = optuna.load_study(study_name="s", storage=url).get_trials()[0]
+    if not isinstance(getattr(frozen, "_trial_id", None), int):
+        missing.append("optuna.trial.FrozenTrial._trial_id (int)")
+    assert not missing, (
+        "ray/optuna changed private state that study/searcher.py (StudySearch) depends on: " + ", ".join(missing)
+        + ". Adapt StudySearch to the new versions, then raise the upper bounds in pyproject.toml.")

@@ -46,7 +46,8 @@ def test_fixed_pool_and_single_patch_need_no_parameters() -> None:
 
 
 def test_bound_space_pickles_with_the_stdlib() -> None:
-    # OptunaSearch is checkpointed with stdlib pickle: a closure space breaks Tuner.fit (notes, G5).
+    # Tune checkpoints the searcher (OptunaSearch, with its space) with stdlib pickle: a closure as the space
+    # cannot be pickled, and Tuner.fit fails at its first experiment snapshot.
     space = functools.partial(define_space, search=load_spec("quick").search, constants={"epochs": 2})
     restored = pickle.loads(pickle.dumps(space))
     config = restored(optuna.create_study().ask())

@@ -44,7 +44,7 @@ BAD = [
     ({"objective": {"eps": 1.5}}, "objective.eps: must be <= 1, got 1.5"),
     ({"objective": {"multi_objective": True}}, "asha cannot be combined with objective.multi_objective"),
     ({"sampler": {"type": "nsga2"}}, "nsga2 is a multi-objective sampler"),
-    ({"sampler": {"type": "cmaes"}}, "sampler.type: must be tpe, random or nsga2, got 'cmaes'"),
+    ({"sampler": {"type": "cmaes"}}, "sampler.type: must be one of tpe, random, nsga2, got 'cmaes'"),
     ({"scheduler": {"grace_period": 5}}, "scheduler.grace_period: must be <= epochs"),
     ({"resources": {"gpu": -1}}, "resources.gpu: must be >= 0, got -1"),
     ({"name": "a b/c"}, "name: must be 1-80 letters"),
@@ -91,3 +91,26 @@ def test_yaml_is_parsed_safely(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         load_spec(str(evil))
     assert not (tmp_path / "pwned").exists()
+
+
+SECTIONS = ["data", "base", "search", "objective", "resources", "scheduler", "sampler", "audit"]
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_a_section_set_to_null_is_refused_in_one_line(section: str) -> None:
+    # Found by the fuzz test in test_reliability.py: `sampler: null` ended in an AttributeError traceback.
+    raw = read_spec_dict("quick")
+    raw[section] = None
+    with pytest.raises(ConfigError, match=rf"^{section}: must be a mapping of settings, got null"):
+        parse_spec(raw)
+
+
+def test_every_section_null_at_once_is_refused() -> None:
+    raw = {**read_spec_dict("quick"), **{s: None for s in SECTIONS}}
+    with pytest.raises(ConfigError, match="must be a mapping of settings, got null"):
+        parse_spec(raw)
+
+
+def test_base_pretrain_null_means_no_pretraining() -> None:
+    spec = parse_spec({**read_spec_dict("quick"), "base": {"checkpoint": "b.pt", "pretrain": None}})
+    assert spec.base.pretrain is None and spec.base.checkpoint == "b.pt"

@@ -40,9 +40,3 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     with atomic_open(path, "wb") as f:
         f.write(data)
 
-
-def atomic_torch_save(obj: object, path: str | os.PathLike[str]) -> None:
-    import torch  # here, not at the top: analysis/ uses this module without importing torch
-
-    with atomic_open(path, "wb") as f:
-        torch.save(obj, f)

@@ -13,6 +13,9 @@ is never weaker than the last iterate, and it lets the loop stop spending comput
 forward pass it needs for its gradient shows it misclassified. `last_iterate=True` gives the classic number
 and exactly the iterates of torchattacks' PGD/BIM.
 
+`on_step` lets a caller watch the loop (the audit's loss trace): it gets the per-sample cross-entropy of every
+iterate the loop evaluates, from the start (step 0) to the one after the last step (step `steps`).
+
 Contract: `x` float [B, C, H, W] in [0, 1], `y` int64 [B], both on the model's device. The model runs in eval
 mode during the attack and gets its previous mode back; gradients are taken w.r.t. the input only
 (`torch.autograd.grad`), so parameters' `.grad` is untouched. Returned `x_adv` has x's shape/dtype/device,
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 
 import torch
@@ -34,7 +37,12 @@ from trainables import perf
 from trainables.config import AttackCfg, AttackName
 from trainables.perf import Autocast
 
-__all__ = ["Autocast", "AttackOutput", "eval_mode", "pgd", "project", "random_start", "run_attack"]
+__all__ = ["Autocast", "AttackOutput", "StepHook", "eval_mode", "pgd", "project", "random_start", "run_attack"]
+
+# on_step(step, loss, idx): `loss` float [B'] is the cross-entropy of iterate `step` (0 = the start) for the B'
+# samples still attacked, `idx` int64 [B'] their rows in the attacked batch. Both are detached device tensors:
+# reading them on the host is the caller's sync, not the loop's.
+StepHook = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
 @contextlib.contextmanager
@@ -79,6 +87,7 @@ def pgd(
     generator: torch.Generator | None = None,
     autocast: Autocast = nullcontext,
     compact_every: int | None = None,
+    on_step: StepHook | None = None,
 ) -> AttackOutput:
     """L-inf PGD with per-sample early stopping; FGSM and IFGSM are special cases (see `run_attack`).
 
@@ -91,6 +100,10 @@ def pgd(
         generator: source of the random start (on x's device), for reproducible evaluations.
         compact_every: drop fooled samples from the batch after steps 1 and 2 and then every this many steps
             (default: 1 on CPU, 4 on GPU; the result is the same, only host syncs and wasted steps trade off).
+        on_step: called with (step, loss, idx) for each iterate the loop evaluates, steps + 1 of them (see
+            `StepHook`); samples leave `idx` once dropped as fooled, and the call for the final iterate is
+            skipped if none is left. With last_iterate every sample is there at every step. Costs one extra
+            loss on the final forward pass, nothing when None.
     """
     if compact_every is None:
         compact_every = perf.compact_every(x.device)
@@ -109,8 +122,10 @@ def pgd(
             xa = xa.detach().requires_grad_(True)
             with autocast():
                 logits = model(xa)
-            loss = F.cross_entropy(logits.float(), ya, reduction="sum")  # sum: per-sample grads independent of batch
-            (grad,) = torch.autograd.grad(loss, xa)
+            loss = F.cross_entropy(logits.float(), ya, reduction="none")
+            if on_step is not None:
+                on_step(step, loss.detach(), idx)
+            (grad,) = torch.autograd.grad(loss.sum(), xa)  # sum: per-sample grads independent of the batch
             if not last_iterate:
                 hit = logits.argmax(1) != ya
                 best = torch.where((hit & ~hit_so_far).view(-1, *([1] * (x.dim() - 1))), xa.detach(), best)
@@ -126,8 +141,12 @@ def pgd(
                     if idx.numel() == 0:
                         return AttackOutput(x_adv, fooled)
             xa = project(xo, xa.detach() + alpha * grad.sign(), eps)
-        with torch.no_grad(), autocast():
-            hit = model(xa).argmax(1) != ya
+        with torch.no_grad():
+            with autocast():
+                logits = model(xa)
+            if on_step is not None:
+                on_step(steps, F.cross_entropy(logits.float(), ya, reduction="none"), idx)
+            hit = logits.argmax(1) != ya
         already = hit_so_far.view(-1, *([1] * (x.dim() - 1)))
         fooled[idx] = hit_so_far | hit
         x_adv[idx] = torch.where(already, best, xa.detach())
@@ -142,25 +161,38 @@ def run_attack(
     *,
     generator: torch.Generator | None = None,
     autocast: Autocast = nullcontext,
+    on_step: StepHook | None = None,
 ) -> AttackOutput:
-    """Dispatch an AttackCfg; PGD restarts attack only the samples that survived earlier restarts."""
+    """Dispatch an AttackCfg; PGD restarts attack only the samples that survived earlier restarts.
+
+    `on_step` is passed to `pgd` (never called for CLEAN); each restart runs its steps again from 0, with `idx`
+    mapped back to rows of `x`.
+    """
     if cfg.name is AttackName.CLEAN:
         with eval_mode(model), torch.no_grad(), autocast():
             return AttackOutput(x.clone(), model(x).argmax(1) != y)
     if cfg.name is AttackName.FGSM:
         return pgd(model, x, y, eps=cfg.eps, alpha=cfg.eps, steps=1, random_init=False,
-                   last_iterate=cfg.last_iterate, autocast=autocast)
+                   last_iterate=cfg.last_iterate, autocast=autocast, on_step=on_step)
     if cfg.name is AttackName.IFGSM:
         return pgd(model, x, y, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, random_init=False,
-                   last_iterate=cfg.last_iterate, autocast=autocast)
+                   last_iterate=cfg.last_iterate, autocast=autocast, on_step=on_step)
     out = pgd(model, x, y, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, random_init=True,
-              last_iterate=cfg.last_iterate, generator=generator, autocast=autocast)
+              last_iterate=cfg.last_iterate, generator=generator, autocast=autocast, on_step=on_step)
     for _ in range(cfg.restarts - 1):
         alive = (~out.fooled).nonzero().squeeze(1)
         if alive.numel() == 0:
             break
         again = pgd(model, x[alive], y[alive], eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, random_init=True,
-                    last_iterate=cfg.last_iterate, generator=generator, autocast=autocast)
+                    last_iterate=cfg.last_iterate, generator=generator, autocast=autocast,
+                    on_step=None if on_step is None else _reindexed(on_step, alive))
         out.fooled[alive] = again.fooled
         out.x_adv[alive] = again.x_adv
     return out
+
+
+def _reindexed(on_step: StepHook, rows: torch.Tensor) -> StepHook:
+    """`on_step` for an attack on x[rows]: its indices mapped back to rows of x."""
+    def hook(step: int, loss: torch.Tensor, idx: torch.Tensor) -> None:
+        on_step(step, loss, rows[idx])
+    return hook

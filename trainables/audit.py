@@ -30,20 +30,22 @@ import dataclasses
 import enum
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from scipy.stats import binomtest
 from torch import nn
 from tqdm import tqdm
 
-from trainables.attacks import Autocast, eval_mode, project, random_start, run_attack
+from trainables.attacks import Autocast, eval_mode, random_start, run_attack
 from trainables.augment import make_generator
-from trainables.config import PAPER_ALPHA, PAPER_STEPS, AttackCfg, AttackName, ConfigError
+from trainables.config import AttackCfg, AttackName, ConfigError
 from trainables.data import Split, iterate_batches
 from trainables.strong_attacks import COMPONENTS, AutoAttackCfg, auto_attack
+from trainables.vocab import PAPER_ALPHA, PAPER_STEPS
 
 
 class Status(str, enum.Enum):
@@ -171,15 +173,12 @@ class AuditReport:
         }
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval for a binomial proportion k/n (sensible at 0 % and 100 %)."""
+def wilson(k: int, n: int, confidence_level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion k/n (sensible at 0 % and 100 %); (0, 1) when n == 0."""
     if n == 0:
         return (0.0, 1.0)
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    ci = binomtest(k, n).proportion_ci(confidence_level=confidence_level, method="wilson")
+    return (max(0.0, float(ci.low)), min(1.0, float(ci.high)))
 
 
 def tolerance(p: float, n: int) -> float:
@@ -242,23 +241,6 @@ def _noise_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ok: torch.
                 b = alive[sl]
                 robust[b] &= model(random_start(x[b], eps, generator)).argmax(1) == y[b]
     return robust
-
-
-def _loss_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AttackCfg,
-                generator: torch.Generator) -> list[float]:
-    """Mean cross-entropy at the random start and after each PGD step (every sample attacked to the end)."""
-    trace: list[float] = []
-    with eval_mode(model), torch.enable_grad():
-        xa = random_start(x, cfg.eps, generator)
-        for step in range(cfg.steps + 1):
-            xa = xa.detach().requires_grad_(True)
-            loss = F.cross_entropy(model(xa).float(), y, reduction="none")
-            trace.append(float(loss.detach().mean()))
-            if step == cfg.steps:
-                break
-            (grad,) = torch.autograd.grad(loss.sum(), xa)
-            xa = project(x, xa.detach() + cfg.alpha * grad.sign(), cfg.eps)
-    return trace
 
 
 def _gradient_health(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
@@ -381,170 +363,285 @@ def run_audit(
     for mask in robust.values():
         worst &= mask
 
-    checks = _checks(model, x, y, ok, robust, rows, strong_name, cfg, base=base, aa_stats=aa_stats,
-                     broken_by=broken_by, n_classes=n_classes, gen=gen, autocast=autocast)
+    checks = _checks(_CheckInputs(model, cfg, x, y, ok, robust, rows, strong_name, base, aa_stats, broken_by,
+                                  n_classes, gen, autocast))
     config = {**dataclasses.asdict(cfg), "grid": list(cfg.grid()), "autoattack_cfg": cfg.autoattack_cfg().describe()}
     return AuditReport(cfg.eps, n, int(ok.sum()), rows, checks, int(worst.sum()), config,
                        time.perf_counter() - t_start, broken_by)
 
 
-def _checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ok: torch.Tensor, robust: dict[str, torch.Tensor],
-            rows: Sequence[Row], strong_name: str, cfg: AuditCfg, *, base: nn.Module | None,
-            aa_stats: dict[str, dict[str, float]], broken_by: dict[str, int], n_classes: int,
-            gen: torch.Generator, autocast: Autocast) -> list[Check]:
-    n = x.shape[0]
-    checks: list[Check] = []
-    eps = cfg.eps
 
-    # budget -----------------------------------------------------------------------------------------
-    over = {r.name: r.max_linf for r in rows if not (r.max_linf <= eps + 1e-6)}
-    aa_over = {c: s["raw_max_linf"] for c, s in aa_stats.items() if s["raw_max_linf"] > eps + 1e-6 or s["nonfinite"]}
-    measured = {r.name: r.max_linf for r in rows if r.name != "clean"}
-    short = {r.name: r.survivor_max_linf for r in rows
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _CheckInputs:
+    """What the checks share: the audited model and images, and the per-sample results of the attack rows."""
+
+    model: nn.Module
+    cfg: AuditCfg
+    x: torch.Tensor
+    y: torch.Tensor
+    ok: torch.Tensor  # bool [N]: correct on the clean image
+    robust: Mapping[str, torch.Tensor]  # row name -> bool [N]: correct and not broken by that row's attack
+    rows: Sequence[Row]
+    strong_name: str
+    base: nn.Module | None
+    aa_stats: Mapping[str, Mapping[str, float]]
+    broken_by: Mapping[str, int]
+    n_classes: int
+    gen: torch.Generator
+    autocast: Autocast
+
+    @property
+    def n(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def m(self) -> int:
+        """Size of the check subset (the first `check_limit` images), where the costlier checks run."""
+        return min(self.n, self.cfg.check_limit)
+
+    @property
+    def xs(self) -> torch.Tensor:
+        return self.x[: self.m]
+
+    @property
+    def ys(self) -> torch.Tensor:
+        return self.y[: self.m]
+
+    @property
+    def oks(self) -> torch.Tensor:
+        return self.ok[: self.m]
+
+    def subset_robust(self, name: str, attack: AttackCfg, crafter: nn.Module | None = None) -> torch.Tensor:
+        """Per-sample robust mask [m] of `attack` on the check subset (crafted on `crafter`, if given)."""
+        _, robust = _attack_row(name, self.model, self.xs, self.ys, self.oks, attack, batch_size=self.cfg.batch_size,
+                                generator=self.gen, autocast=self.autocast, crafter=crafter)
+        return robust
+
+
+def _acc(robust: torch.Tensor) -> float:
+    return float(robust.float().mean())
+
+
+def _checks(inp: _CheckInputs) -> list[Check]:
+    """Every check, in report order. The attacks behind them draw their random starts from one generator, so
+    they run in a fixed order (steps, eps sweep, noise, transfer, loss trace) and the report is reproducible."""
+    r_t1 = inp.subset_robust("t1", inp.cfg.strong_pgd(restarts=1))
+    steps = _check_steps(inp, r_t1)
+    curve = _eps_curve(inp)
+    whitebox = inp.robust[inp.strong_name].clone()
+    for k in ("paper_fgsm", "paper_ifgsm10", "paper_pgd10"):
+        whitebox &= inp.robust[k]
+    noise = _noise_robust(inp.model, inp.xs, inp.ys, inp.oks, inp.cfg.eps, inp.cfg.noise_draws, inp.gen,
+                          inp.cfg.batch_size)
+    transfer = _check_transfer(inp, whitebox[: inp.m], noise)
+    return [
+        _check_budget(inp),
+        _check_iterative_vs_single(inp),
+        steps,
+        _check_restarts(inp, r_t1),
+        _check_eps_monotone(curve, inp.m),
+        _check_chance_at_large_eps(curve, inp.m, inp.n_classes),
+        _check_blackbox(inp),
+        transfer,
+        _check_noise(noise, whitebox[: inp.m], inp.m, inp.cfg.noise_draws),
+        _check_loss_rises(inp),
+        _check_gradients(inp),
+        _check_loss_diversity(inp.broken_by, inp.n),
+    ]
+
+
+def _check_budget(inp: _CheckInputs) -> Check:
+    """Every returned example lies in the threat set; strong attacks' survivors were pushed to its edge."""
+    eps = inp.cfg.eps
+    over = {r.name: r.max_linf for r in inp.rows if not (r.max_linf <= eps + 1e-6)}
+    aa_over = {c: s["raw_max_linf"] for c, s in inp.aa_stats.items()
+               if s["raw_max_linf"] > eps + 1e-6 or s["nonfinite"]}
+    measured = {r.name: r.max_linf for r in inp.rows if r.name != "clean"}
+    short = {r.name: r.survivor_max_linf for r in inp.rows
              if r.survivor_max_linf is not None and r.survivor_max_linf < 0.9 * eps and r.name.startswith("strong")}
     if over:
-        checks.append(Check("budget", Status.FAIL, f"examples outside the eps={eps:g} ball: {over}", {"max_linf": measured}))
-    elif aa_over:
-        checks.append(Check("budget", Status.WARN, f"AutoAttack components returned out-of-budget or non-finite "
-                            f"examples (projected before scoring): {aa_over}", {"max_linf": measured, "raw": aa_over}))
-    elif short:
-        checks.append(Check("budget", Status.WARN, f"strong attacks left survivors well inside the ball: {short}",
-                            {"max_linf": measured}))
-    else:
-        checks.append(Check("budget", Status.PASS, f"every example within eps={eps:g} and [0, 1]; measured max |delta| "
-                            + ", ".join(f"{k} {v:.3g}" for k, v in measured.items()), {"max_linf": measured}))
+        return Check("budget", Status.FAIL, f"examples outside the eps={eps:g} ball: {over}", {"max_linf": measured})
+    if aa_over:
+        return Check("budget", Status.WARN, f"AutoAttack components returned out-of-budget or non-finite "
+                     f"examples (projected before scoring): {aa_over}", {"max_linf": measured, "raw": aa_over})
+    if short:
+        return Check("budget", Status.WARN, f"strong attacks left survivors well inside the ball: {short}",
+                     {"max_linf": measured})
+    return Check("budget", Status.PASS, f"every example within eps={eps:g} and [0, 1]; measured max |delta| "
+                 + ", ".join(f"{k} {v:.3g}" for k, v in measured.items()), {"max_linf": measured})
 
-    # iterative >= single-step ------------------------------------------------------------------------
-    chk = _cmp_check("iterative_vs_single", robust["paper_fgsm"], robust[strong_name], "fgsm", "strong_pgd", n)
+
+def _check_iterative_vs_single(inp: _CheckInputs) -> Check:
+    """Strong PGD breaks, per sample, everything FGSM breaks."""
+    robust, n = inp.robust, inp.n
+    chk = _cmp_check("iterative_vs_single", robust["paper_fgsm"], robust[inp.strong_name], "fgsm", "strong_pgd", n)
     weak_paper = [k for k in ("paper_ifgsm10", "paper_pgd10")
-                  if float(robust[k].float().mean()) > float(robust["paper_fgsm"].float().mean())
-                  + tolerance(float(robust[k].float().mean()), n)]
+                  if _acc(robust[k]) > _acc(robust["paper_fgsm"]) + tolerance(_acc(robust[k]), n)]
     if weak_paper:
         # A property of the paper's attack settings, not of the model: noted, and the rows carry the reason.
         chk.detail += (f" (note: the paper's {', '.join(w.removeprefix('paper_') for w in weak_paper)} is weaker than "
                        "FGSM here: alpha*steps cannot reach eps, so it is no robust-accuracy number)")
         chk.values["paper_iterative_weaker_than_fgsm"] = weak_paper
-    checks.append(chk)
+    return chk
 
-    # convergence in steps and restarts, on the check subset --------------------------------------------
-    m = min(n, cfg.check_limit)
-    xs, ys, oks = x[:m], y[:m], ok[:m]
-    kw: dict[str, Any] = {"batch_size": cfg.batch_size, "generator": gen, "autocast": autocast}
-    one = cfg.strong_pgd(restarts=1)
-    _, r_t1 = _attack_row("t1", model, xs, ys, oks, one, **kw)
-    _, r_2t1 = _attack_row("2t1", model, xs, ys, oks, cfg.strong_pgd(steps=2 * cfg.strong_steps, restarts=1), **kw)
-    acc_t1, acc_2t1 = float(r_t1.float().mean()), float(r_2t1.float().mean())
+
+def _check_steps(inp: _CheckInputs, r_t1: torch.Tensor) -> Check:
+    """Doubling the steps of one-restart strong PGD (robust mask `r_t1` on the check subset) changes nothing."""
+    cfg, m = inp.cfg, inp.m
+    steps = cfg.strong_pgd(restarts=1).steps
+    r_2t1 = inp.subset_robust("2t1", cfg.strong_pgd(steps=2 * cfg.strong_steps, restarts=1))
+    acc_t1, acc_2t1 = _acc(r_t1), _acc(r_2t1)
     tol = tolerance(acc_t1, m)
-    values: dict[str, Any] = {f"pgd{one.steps}_acc": acc_t1, f"pgd{2 * one.steps}_acc": acc_2t1, "n": m, "tolerance": tol}
+    values: dict[str, Any] = {f"pgd{steps}_acc": acc_t1, f"pgd{2 * steps}_acc": acc_2t1, "n": m, "tolerance": tol}
     if acc_2t1 > acc_t1 + tol:
-        checks.append(Check("steps", Status.FAIL, f"doubling PGD steps raised accuracy {100 * acc_t1:.2f} -> "
-                            f"{100 * acc_2t1:.2f} %: the attack is unreliable on this model", values))
-    elif acc_2t1 < acc_t1 - tol:
-        checks.append(Check("steps", Status.WARN, f"doubling PGD steps lowered accuracy {100 * acc_t1:.2f} -> "
-                            f"{100 * acc_2t1:.2f} %: not converged; raise strong_steps", values))
-    else:
-        checks.append(Check("steps", Status.PASS, f"PGD-{one.steps} {100 * acc_t1:.2f} % vs PGD-{2 * one.steps} "
-                            f"{100 * acc_2t1:.2f} % (converged)", values))
-    acc_r = float(robust[strong_name][:m].float().mean())
+        return Check("steps", Status.FAIL, f"doubling PGD steps raised accuracy {100 * acc_t1:.2f} -> "
+                     f"{100 * acc_2t1:.2f} %: the attack is unreliable on this model", values)
+    if acc_2t1 < acc_t1 - tol:
+        return Check("steps", Status.WARN, f"doubling PGD steps lowered accuracy {100 * acc_t1:.2f} -> "
+                     f"{100 * acc_2t1:.2f} %: not converged; raise strong_steps", values)
+    return Check("steps", Status.PASS, f"PGD-{steps} {100 * acc_t1:.2f} % vs PGD-{2 * steps} "
+                 f"{100 * acc_2t1:.2f} % (converged)", values)
+
+
+def _check_restarts(inp: _CheckInputs, r_t1: torch.Tensor) -> Check:
+    """The strong row's restarts lower accuracy at most by noise against one restart (`r_t1`)."""
+    cfg, m = inp.cfg, inp.m
+    acc_t1, acc_r = _acc(r_t1), _acc(inp.robust[inp.strong_name][:m])
+    tol = tolerance(acc_t1, m)
     values = {"restarts_1_acc": acc_t1, f"restarts_{cfg.strong_restarts}_acc": acc_r, "n": m, "tolerance": tol}
     if acc_r < acc_t1 - tol:
-        checks.append(Check("restarts", Status.WARN, f"{cfg.strong_restarts} restarts lowered accuracy "
-                            f"{100 * acc_t1:.2f} -> {100 * acc_r:.2f} %: raise strong_restarts", values))
-    else:
-        checks.append(Check("restarts", Status.PASS, f"1 restart {100 * acc_t1:.2f} % vs {cfg.strong_restarts} "
-                            f"{100 * acc_r:.2f} %", values))
+        return Check("restarts", Status.WARN, f"{cfg.strong_restarts} restarts lowered accuracy "
+                     f"{100 * acc_t1:.2f} -> {100 * acc_r:.2f} %: raise strong_restarts", values)
+    return Check("restarts", Status.PASS, f"1 restart {100 * acc_t1:.2f} % vs {cfg.strong_restarts} "
+                 f"{100 * acc_r:.2f} %", values)
 
-    # eps sweep --------------------------------------------------------------------------------------------
-    curve: dict[float, float] = {}
-    for e in cfg.grid():
-        _, r = _attack_row(f"eps{e:g}", model, xs, ys, oks, cfg.strong_pgd(steps=cfg.sweep_steps, restarts=1, eps=e), **kw)
-        curve[e] = float(r.float().mean())
-    pts = sorted(curve.items())
-    rises = [(a, b) for (a, pa), (b, pb) in zip(pts, pts[1:], strict=False) if pb > pa + tolerance(pa, m)]
-    values = {"curve": {f"{e:g}": a for e, a in pts}, "n": m}
-    checks.append(Check("eps_monotone", Status.FAIL if rises else Status.PASS,
-                        f"accuracy rises from eps {rises[0][0]:g} to {rises[0][1]:g}" if rises else
-                        "accuracy non-increasing in eps: " + ", ".join(f"{e:g}: {100 * a:.1f} %" for e, a in pts), values))
-    big_eps, big_acc = pts[-1]
+
+def _eps_curve(inp: _CheckInputs) -> list[tuple[float, float]]:
+    """(eps, accuracy) on the check subset under one-restart PGD of `sweep_steps`, by increasing eps."""
+    cfg = inp.cfg
+    curve = {e: _acc(inp.subset_robust(f"eps{e:g}", cfg.strong_pgd(steps=cfg.sweep_steps, restarts=1, eps=e)))
+             for e in cfg.grid()}
+    return sorted(curve.items())
+
+
+def _curve_values(curve: Sequence[tuple[float, float]], m: int) -> dict[str, Any]:
+    return {"curve": {f"{e:g}": a for e, a in curve}, "n": m}
+
+
+def _check_eps_monotone(curve: Sequence[tuple[float, float]], m: int) -> Check:
+    """Accuracy does not rise (beyond noise) as eps grows."""
+    rises = [(a, b) for (a, pa), (b, pb) in zip(curve, curve[1:], strict=False) if pb > pa + tolerance(pa, m)]
+    return Check("eps_monotone", Status.FAIL if rises else Status.PASS,
+                 f"accuracy rises from eps {rises[0][0]:g} to {rises[0][1]:g}" if rises else
+                 "accuracy non-increasing in eps: " + ", ".join(f"{e:g}: {100 * a:.1f} %" for e, a in curve),
+                 _curve_values(curve, m))
+
+
+def _check_chance_at_large_eps(curve: Sequence[tuple[float, float]], m: int, n_classes: int) -> Check:
+    """At eps 0.5 any image can become grey, so an attack that works leaves at most chance accuracy."""
+    big_eps, big_acc = curve[-1]
     chance = 1.0 / n_classes
     if big_eps < 0.5:
-        checks.append(Check("chance_at_large_eps", Status.SKIP, f"largest eps in the grid is {big_eps:g} < 0.5", values))
-    else:
-        ok_chance = big_acc <= chance + tolerance(chance, m)
-        checks.append(Check("chance_at_large_eps", Status.PASS if ok_chance else Status.FAIL,
-                            f"accuracy at eps {big_eps:g} is {100 * big_acc:.2f} % (chance {100 * chance:.0f} %)"
-                            + ("" if ok_chance else ": an unbounded attack must win; gradients are masked"),
-                            {"eps": big_eps, "acc": big_acc, "chance": chance}))
+        return Check("chance_at_large_eps", Status.SKIP, f"largest eps in the grid is {big_eps:g} < 0.5",
+                     _curve_values(curve, m))
+    ok_chance = big_acc <= chance + tolerance(chance, m)
+    return Check("chance_at_large_eps", Status.PASS if ok_chance else Status.FAIL,
+                 f"accuracy at eps {big_eps:g} is {100 * big_acc:.2f} % (chance {100 * chance:.0f} %)"
+                 + ("" if ok_chance else ": an unbounded attack must win; gradients are masked"),
+                 {"eps": big_eps, "acc": big_acc, "chance": chance})
 
-    whitebox = robust[strong_name].clone()
-    for k in ("paper_fgsm", "paper_ifgsm10", "paper_pgd10"):
-        whitebox &= robust[k]
-    # black-box (Square) ---------------------------------------------------------------------------------------
-    if "square" in broken_by:
-        sq = broken_by["square"]
-        attacked = int(aa_stats.get("square", {}).get("attacked", 0))
-        values = {"square_breaks_whitebox_survivors": sq, "square_attacked": attacked, "n": n}
-        tol = tolerance(sq / max(n, 1), n)
-        status = Status.FAIL if sq / max(n, 1) > tol else (Status.WARN if sq else Status.PASS)
-        checks.append(Check("blackbox", status, f"Square broke {sq} of {attacked} samples the gradient attacks left"
-                            + (": black-box beats white-box, suspect gradient masking" if sq else ""), values))
-    else:
-        checks.append(Check("blackbox", Status.SKIP, "Square not run (autoattack off or square not in components)", {}))
 
-    # transfer from the base model ---------------------------------------------------------------------------
-    noise = _noise_robust(model, xs, ys, oks, eps, cfg.noise_draws, gen, cfg.batch_size)
-    if base is not None:
-        _, tr = _attack_row("transfer", model, xs, ys, oks, cfg.strong_pgd(restarts=1), crafter=base, **kw)
-        chk = _cmp_check("transfer", tr, whitebox[:m], "transfer", "whitebox", m)
-        acc_tr, acc_noise = float(tr.float().mean()), float(noise.float().mean())
-        chk.values["noise_acc"] = acc_noise
-        if chk.status is Status.PASS and acc_tr > acc_noise + tolerance(acc_noise, m):
-            chk = Check("transfer", Status.WARN, chk.detail + f"; but transfer ({100 * acc_tr:.2f} %) is weaker than "
-                        f"noise ({100 * acc_noise:.2f} %)", chk.values)
-        checks.append(chk)
-    else:
-        checks.append(Check("transfer", Status.SKIP, "no base model given (--base)", {}))
+def _check_blackbox(inp: _CheckInputs) -> Check:
+    """Square (gradient-free, run after the gradient components) breaks nothing the white-box attacks left."""
+    if "square" not in inp.broken_by:
+        return Check("blackbox", Status.SKIP, "Square not run (autoattack off or square not in components)", {})
+    n, sq = inp.n, inp.broken_by["square"]
+    attacked = int(inp.aa_stats.get("square", {}).get("attacked", 0))
+    values = {"square_breaks_whitebox_survivors": sq, "square_attacked": attacked, "n": n}
+    tol = tolerance(sq / max(n, 1), n)
+    status = Status.FAIL if sq / max(n, 1) > tol else (Status.WARN if sq else Status.PASS)
+    return Check("blackbox", status, f"Square broke {sq} of {attacked} samples the gradient attacks left"
+                 + (": black-box beats white-box, suspect gradient masking" if sq else ""), values)
 
-    # random noise ---------------------------------------------------------------------------------------------
-    chk = _cmp_check("noise", noise, whitebox[:m], "noise", "whitebox", m)
-    chk.values["draws"] = cfg.noise_draws
-    checks.append(chk)
 
-    # loss rises across iterations ---------------------------------------------------------------------------
-    live = oks.nonzero().squeeze(1)
-    if live.numel():
-        trace = _loss_trace(model, xs[live], ys[live], cfg.strong_pgd(steps=min(cfg.strong_steps, 20), restarts=1), gen)
-        finite = all(math.isfinite(v) for v in trace)
-        up = finite and trace[-1] > trace[0] + 1e-6
-        checks.append(Check("loss_rises", Status.PASS if up else (Status.FAIL if not finite else Status.WARN),
-                            f"mean CE {trace[0]:.4g} at the start -> {trace[-1]:.4g} after {len(trace) - 1} steps"
-                            + ("" if up else ": the attack does not climb the loss"), {"trace": trace}))
-        health = _gradient_health(model, xs[live], ys[live])
-        problems = []
-        if health["zero_grad_fraction"] > 0:
-            problems.append(f"{100 * health['zero_grad_fraction']:.1f} % of samples have an all-zero input gradient")
-        if health["outputs_look_like_probabilities"]:
-            problems.append("the model outputs probabilities, not logits")
-        if not health["deterministic"]:
-            problems.append("two forward passes differ (randomised model: use EOT)")
-        status = Status.PASS if not problems else (
-            Status.FAIL if health["zero_grad_fraction"] > tolerance(0.0, live.numel()) else Status.WARN)
-        checks.append(Check("gradients", status, "; ".join(problems) or "non-zero input gradients, logits, deterministic",
-                            health))
-    else:
-        checks.append(Check("loss_rises", Status.SKIP, "no correctly classified sample in the check subset", {}))
-        checks.append(Check("gradients", Status.SKIP, "no correctly classified sample in the check subset", {}))
+def _check_transfer(inp: _CheckInputs, whitebox: torch.Tensor, noise: torch.Tensor) -> Check:
+    """Examples crafted on the undefended base break nothing white-box could not, and beat uniform noise.
 
-    # loss diversity: APGD-T (DLR) after APGD-CE ------------------------------------------------------------------
-    if "apgd-t" in broken_by and "apgd-ce" in broken_by:
-        extra = broken_by["apgd-t"]
-        tol = tolerance(extra / max(n, 1), n)
-        values = {"apgd_t_after_apgd_ce": extra, "n": n, "tolerance": tol}
-        status = Status.WARN if extra / max(n, 1) > tol else Status.PASS
-        checks.append(Check("loss_diversity", status,
-                            f"APGD-T (DLR loss) broke {extra} samples APGD-CE left"
-                            + (": cross-entropy attacks are blunted (logit scale?); trust the DLR number" if status is Status.WARN else ""),
-                            values))
-    else:
-        checks.append(Check("loss_diversity", Status.SKIP, "needs AutoAttack with apgd-ce and apgd-t", {}))
-    return checks
+    `whitebox` and `noise` are robust masks on the check subset.
+    """
+    if inp.base is None:
+        return Check("transfer", Status.SKIP, "no undefended base model given to transfer from", {})
+    m = inp.m
+    tr = inp.subset_robust("transfer", inp.cfg.strong_pgd(restarts=1), crafter=inp.base)
+    chk = _cmp_check("transfer", tr, whitebox, "transfer", "whitebox", m)
+    acc_tr, acc_noise = _acc(tr), _acc(noise)
+    chk.values["noise_acc"] = acc_noise
+    if chk.status is Status.PASS and acc_tr > acc_noise + tolerance(acc_noise, m):
+        return Check("transfer", Status.WARN, chk.detail + f"; but transfer ({100 * acc_tr:.2f} %) is weaker than "
+                     f"noise ({100 * acc_noise:.2f} %)", chk.values)
+    return chk
+
+
+def _check_noise(noise: torch.Tensor, whitebox: torch.Tensor, m: int, draws: int) -> Check:
+    """Uniform noise in the ball (robust mask `noise`) breaks nothing white-box could not (`whitebox`)."""
+    chk = _cmp_check("noise", noise, whitebox, "noise", "whitebox", m)
+    chk.values["draws"] = draws
+    return chk
+
+
+def _live(inp: _CheckInputs) -> torch.Tensor:
+    """Indices of the check subset's clean-correct samples."""
+    return inp.oks.nonzero().squeeze(1)
+
+
+_NO_LIVE = "no correctly classified sample in the check subset"
+
+
+def _check_loss_rises(inp: _CheckInputs) -> Check:
+    """Mean cross-entropy of one-restart PGD (at most 20 steps, every sample attacked to the last step) rises
+    from the random start to the final iterate."""
+    live = _live(inp)
+    if not live.numel():
+        return Check("loss_rises", Status.SKIP, _NO_LIVE, {})
+    attack = inp.cfg.strong_pgd(steps=min(inp.cfg.strong_steps, 20), restarts=1)
+    means: list[torch.Tensor] = []
+    run_attack(inp.model, inp.xs[live], inp.ys[live], dataclasses.replace(attack, last_iterate=True),
+               generator=inp.gen, on_step=lambda _step, loss, _idx: means.append(loss.mean()))
+    trace = [float(v) for v in torch.stack(means).tolist()]  # the start, then after each step
+    finite = all(math.isfinite(v) for v in trace)
+    up = finite and trace[-1] > trace[0] + 1e-6
+    return Check("loss_rises", Status.PASS if up else (Status.FAIL if not finite else Status.WARN),
+                 f"mean CE {trace[0]:.4g} at the start -> {trace[-1]:.4g} after {len(trace) - 1} steps"
+                 + ("" if up else ": the attack does not climb the loss"), {"trace": trace})
+
+
+def _check_gradients(inp: _CheckInputs) -> Check:
+    """Input gradients are non-zero, the outputs are logits and the model is deterministic."""
+    live = _live(inp)
+    if not live.numel():
+        return Check("gradients", Status.SKIP, _NO_LIVE, {})
+    health = _gradient_health(inp.model, inp.xs[live], inp.ys[live])
+    problems = []
+    if health["zero_grad_fraction"] > 0:
+        problems.append(f"{100 * health['zero_grad_fraction']:.1f} % of samples have an all-zero input gradient")
+    if health["outputs_look_like_probabilities"]:
+        problems.append("the model outputs probabilities, not logits")
+    if not health["deterministic"]:
+        problems.append("two forward passes differ (randomised model: use EOT)")
+    status = Status.PASS if not problems else (
+        Status.FAIL if health["zero_grad_fraction"] > tolerance(0.0, live.numel()) else Status.WARN)
+    return Check("gradients", status, "; ".join(problems) or "non-zero input gradients, logits, deterministic", health)
+
+
+def _check_loss_diversity(broken_by: Mapping[str, int], n: int) -> Check:
+    """APGD-T (DLR loss, scale-invariant) adds few breaks after APGD-CE; many means the CE loss is blunted."""
+    if "apgd-t" not in broken_by or "apgd-ce" not in broken_by:
+        return Check("loss_diversity", Status.SKIP, "needs AutoAttack with apgd-ce and apgd-t", {})
+    extra = broken_by["apgd-t"]
+    tol = tolerance(extra / max(n, 1), n)
+    values = {"apgd_t_after_apgd_ce": extra, "n": n, "tolerance": tol}
+    status = Status.WARN if extra / max(n, 1) > tol else Status.PASS
+    return Check("loss_diversity", status, f"APGD-T (DLR loss) broke {extra} samples APGD-CE left"
+                 + (": cross-entropy attacks are blunted (logit scale?); trust the DLR number"
+                    if status is Status.WARN else ""), values)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import pickle
 import platform
 import zipfile
 from pathlib import Path
@@ -18,10 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainables.atomic import atomic_torch_save
+from trainables.atomic import atomic_open
 from trainables.config import Dataset, as_jsonable
-from trainables.data import dataset_info
 from trainables.models import InputSpec, build_model
+from trainables.vocab import dataset_info
 
 FORMAT = "patchtune-ckpt/1"
 
@@ -76,7 +75,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
         **as_jsonable(meta),
     }
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_torch_save({"format": FORMAT, "meta": record, "state_dict": state}, path)
+    with atomic_open(path, "wb") as f:
+        torch.save({"format": FORMAT, "meta": record, "state_dict": state}, f)
 
 
 def load_checkpoint(path: str | Path, *, arch: str | None = None, dataset: Dataset | str | None = None) -> Checkpoint:
@@ -84,9 +84,17 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, dataset: Datas
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
+    # torch.save writes a zip archive; anything else (a text file, random bytes) would reach torch's legacy
+    # unpickler, whose weights-only mode fails with whatever error the bytes happen to trigger (KeyError, ...).
+    try:
+        is_zip = zipfile.is_zipfile(p)
+    except OSError as exc:
+        raise CheckpointError(f"{p} is not a readable patchtune checkpoint ({exc.strerror or exc})") from None
+    if not is_zip:
+        raise CheckpointError(f"{p} is not a readable patchtune checkpoint (not a PyTorch zip archive)")
     try:
         blob = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # a damaged archive can fail in any way: every failure means "not a checkpoint"
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{p} is not a readable patchtune checkpoint ({reason[:200]})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or "meta" not in blob or "state_dict" not in blob:

@@ -12,53 +12,27 @@ import dataclasses
 import enum
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
+from trainables.vocab import (
+    DEFAULT_EPS_GRID,
+    PAPER_ALPHA,
+    PAPER_STEPS,
+    AttackName,
+    ConfigError,
+    Dataset,
+    Objective,
+    Optimizer,
+    PatchOp,
+    dataset_info,
+    parse_enum,
+    patches_need_jitter,
+)
 
-class ConfigError(ValueError):
-    """A user-supplied setting is invalid; the message names the setting and the bad value."""
-
-
-class Dataset(str, enum.Enum):
-    FMNIST = "fmnist"
-    CIFAR10 = "cifar10"
-    IMAGENETTE = "imagenette"
-
-
-class Optimizer(str, enum.Enum):
-    ADAM = "adam"
-    RMSPROP = "rmsprop"
-    SGD = "sgd"
-    ADAMW = "adamw"
-
-
-class PatchOp(str, enum.Enum):
-    ROTATE = "rotate"
-    TRANSLATE = "translate"
-    FLIP = "flip"
-    NOISE = "noise"
-    OCCLUDE = "occlude"
-
-
-class AttackName(str, enum.Enum):
-    CLEAN = "clean"
-    FGSM = "fgsm"
-    IFGSM = "ifgsm"
-    PGD = "pgd"
-
-
-E = TypeVar("E", bound=enum.Enum)
-
-
-def parse_enum(enum_type: type[E], value: object, field: str) -> E:
-    """`value` as a member of `enum_type`, or a ConfigError listing the valid choices."""
-    if isinstance(value, enum_type):
-        return value
-    try:
-        return enum_type(str(value).strip().lower())
-    except ValueError:
-        choices = ", ".join(str(m.value) for m in enum_type)
-        raise ConfigError(f"{field} must be one of {choices}; got {value!r}") from None
+__all__ = [
+    "AttackCfg", "AttackName", "AugCfg", "ConfigError", "DataCfg", "Dataset", "ObjectiveCfg", "Optimizer", "PatchOp",
+    "TrainCfg", "as_jsonable", "paper_attacks", "parse_enum", "trial_cfgs",
+]
 
 
 def _check(cond: bool, message: str) -> None:
@@ -111,7 +85,8 @@ class AugCfg:
     """The paper's patch augmentation: one op per image drawn uniformly from `pool`, applied to centre patches."""
 
     pool: tuple[PatchOp, ...] = tuple(PatchOp)
-    patch_size: int = 8  # w, pixels (w x w patches)
+    # w, pixels (w x w patches); no default here: callers pass their data set's (`DatasetInfo.default_patch_size`)
+    patch_size: int = dataclasses.field(kw_only=True)
     num_patches: int = 1
     jitter: int = 0  # max offset in pixels of each patch from the exact centre (0 = the central patch)
     prob: float = 1.0  # chance that an image is modified at all (1.0 = the paper)
@@ -132,7 +107,7 @@ class AugCfg:
         _positive_int(self.num_patches, "num_patches")
         _check(isinstance(self.jitter, int) and self.jitter >= 0, f"jitter must be an integer >= 0, got {self.jitter!r}")
         _check(
-            self.num_patches == 1 or self.jitter > 0,
+            not patches_need_jitter(self.num_patches, self.jitter),
             f"num_patches {self.num_patches} needs jitter > 0 (without it every patch sits on the centre), got jitter 0",
         )
         _check(0.0 <= self.prob <= 1.0, f"prob must be in [0, 1], got {self.prob!r}")
@@ -193,16 +168,10 @@ class AttackCfg:
         return out
 
 
-# The paper's white-box budgets (Table 1): eps per data set, alpha 0.01, 10 iterations.
-PAPER_EPS: Mapping[Dataset, float] = {Dataset.FMNIST: 0.3, Dataset.CIFAR10: 0.03, Dataset.IMAGENETTE: 0.03}
-PAPER_ALPHA = 0.01
-PAPER_STEPS = 10
-
-
 def paper_attacks(dataset: Dataset, names: Iterable[AttackName | str] | None = None) -> list[AttackCfg]:
     """Attack configs at the paper's parameters for `dataset` (clean, FGSM, IFGSM, PGD-10 by default)."""
     wanted = list(names) if names is not None else list(AttackName)
-    eps = PAPER_EPS[dataset]
+    eps = dataset_info(dataset).paper_eps
     return [AttackCfg(name=parse_enum(AttackName, n, "attack"), eps=eps, alpha=PAPER_ALPHA, steps=PAPER_STEPS) for n in wanted]
 
 
@@ -261,14 +230,14 @@ class ObjectiveCfg:
     al.'s scaling, so every budget is reachable), which keeps a signal where a single eps is flat.
     """
 
-    metric: str = "pgd_acc"
+    metric: Objective = Objective.PGD_ACC
     eps: float = 0.3
     alpha: float = PAPER_ALPHA
     steps: int = PAPER_STEPS
-    eps_grid: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
+    eps_grid: tuple[float, ...] = DEFAULT_EPS_GRID
 
     def __post_init__(self) -> None:
-        _check(self.metric in ("pgd_acc", "robust_auc"), f"objective metric must be pgd_acc or robust_auc, got {self.metric!r}")
+        object.__setattr__(self, "metric", parse_enum(Objective, self.metric, "objective metric"))
         object.__setattr__(self, "eps_grid", tuple(float(e) for e in self.eps_grid))
         AttackCfg(eps=self.eps, alpha=self.alpha, steps=self.steps)  # validates the budget
         _check(len(self.eps_grid) > 0, "eps_grid must not be empty")

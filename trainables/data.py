@@ -25,12 +25,13 @@ import numpy as np
 import torch
 
 from trainables import perf
-from trainables.atomic import atomic_torch_save
+from trainables.atomic import atomic_open
 from trainables.config import DataCfg, Dataset
+from trainables.vocab import DatasetInfo, SplitName, dataset_info
+
+__all__ = ["DataBundle", "DataError", "DatasetInfo", "Split", "dataset_info", "iterate_batches", "load_data", "place"]
 
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
-IMAGENETTE_DEFAULT_SIZE = 160  # pixels: shorter side resized to this, then a centre crop to a square
-
 # Imagenette's ten WordNet ids in their canonical (sorted) order = class indices 0..9.
 IMAGENETTE_WNIDS = (
     "n01440764", "n02102040", "n02979186", "n03000684", "n03028079",
@@ -40,37 +41,6 @@ IMAGENETTE_WNIDS = (
 
 class DataError(RuntimeError):
     """A data set could not be found or read; the message says where we looked and how to get it."""
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-    name: Dataset
-    channels: int
-    height: int
-    width: int
-    num_classes: int
-    mean: tuple[float, ...]  # per-channel, applied by the model's first layer
-    std: tuple[float, ...]
-    classes: tuple[str, ...]
-
-
-FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-IMAGENETTE_CLASSES = (
-    "tench", "English springer", "cassette player", "chain saw", "church",
-    "French horn", "garbage truck", "gas pump", "golf ball", "parachute",
-)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def dataset_info(name: Dataset, image_size: int | None = None) -> DatasetInfo:
-    if name is Dataset.FMNIST:
-        return DatasetInfo(name, 1, 28, 28, 10, (0.2860,), (0.3530,), FMNIST_CLASSES)
-    if name is Dataset.CIFAR10:
-        return DatasetInfo(name, 3, 32, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), CIFAR10_CLASSES)
-    side = image_size or IMAGENETTE_DEFAULT_SIZE
-    return DatasetInfo(name, 3, side, side, 10, IMAGENET_MEAN, IMAGENET_STD, IMAGENETTE_CLASSES)
 
 
 @dataclasses.dataclass
@@ -102,10 +72,9 @@ class DataBundle:
     test: Split  # for final reports only
     source: str  # where the files came from
 
-    def split(self, name: str) -> Split:
-        if name not in ("train", "val", "test"):
-            raise ValueError(f"split must be train, val or test, got {name!r}")
-        return getattr(self, name)  # type: ignore[no-any-return]
+    def split(self, name: SplitName | str) -> Split:
+        split: Split = getattr(self, SplitName(name).value)
+        return split
 
 
 def cache_dir() -> Path:
@@ -263,7 +232,7 @@ def _load_fmnist(cfg: DataCfg) -> tuple[Split, Split, str]:
     raise DataError(
         f"Fashion-MNIST not found: looked for train-images-idx3-ubyte[.gz] in {', '.join(looked)}"
         f"{'; download failed: ' + error if error else ''}. "
-        "Install it with `apt-get install dataset-fashion-mnist`, or pass --data-root DIR holding the IDX files."
+        "Install it with `apt-get install dataset-fashion-mnist`, or set the data root to a directory holding the IDX files."
     )
 
 
@@ -359,7 +328,7 @@ def _load_cifar10(cfg: DataCfg) -> tuple[Split, Split, str]:
     raise DataError(
         f"CIFAR-10 not found: looked for data_batch_1..5 and test_batch in {', '.join(map(str, places))}"
         f"{'; download failed: ' + error if error else ''}. "
-        "Download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, unpack it and pass --data-root DIR."
+        "Download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, unpack it and set the data root to that directory."
     )
 
 
@@ -423,7 +392,8 @@ def _load_imagenette_dir(directory: Path, side: int) -> tuple[Split, Split] | No
             out.append(Split(blob["x"], blob["y"]))
             continue
         decoded = _decode_images(files, side, f"imagenette {split}")
-        atomic_torch_save({"x": decoded.x, "y": decoded.y}, cached)
+        with atomic_open(cached, "wb") as f:
+            torch.save({"x": decoded.x, "y": decoded.y}, f)
         out.append(decoded)
     return out[0], out[1]
 
@@ -444,5 +414,5 @@ def _load_imagenette(cfg: DataCfg, side: int) -> tuple[Split, Split, str]:
     raise DataError(
         f"Imagenette not found: looked for train/ and val/ class folders in {', '.join(map(str, places))}"
         f"{'; download failed: ' + error if error else ''}. "
-        "Download imagenette2-160.tgz from https://github.com/fastai/imagenette, unpack it and pass --data-root DIR."
+        "Download imagenette2-160.tgz from https://github.com/fastai/imagenette, unpack it and set the data root to that directory."
     )

@@ -9,12 +9,14 @@ sample counts as robust only if it is correct on the clean image and on every at
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,6 +27,7 @@ from trainables.attacks import Autocast, eval_mode, run_attack
 from trainables.augment import clean_plus_modified, make_generator
 from trainables.config import AttackCfg, AttackName, AugCfg, ObjectiveCfg, Optimizer, TrainCfg
 from trainables.data import Split, iterate_batches, place
+from trainables.vocab import Objective
 
 
 class DivergedError(RuntimeError):
@@ -52,11 +55,27 @@ def configure_backends(device: torch.device) -> Autocast:
     return perf.configure(device)
 
 
+class Stream(enum.IntEnum):
+    """Independent random streams of one training epoch."""
+
+    BATCH_ORDER = 0  # the shuffle, drawn on the CPU so a seed gives the same order on every device
+    AUGMENT = 1  # patch draws and adversarial-training random starts, on the training device
+
+
+def epoch_generator(seed: int, epoch: int, stream: Stream, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of `stream` in `epoch` (0-based) of a run seeded `seed`.
+
+    Derived from (seed, epoch, stream) alone, through numpy's SeedSequence (well-mixed, so nearby seeds and
+    epochs give unrelated streams): an epoch replays exactly whether the run started at epoch 0 or resumed
+    there, and `patchtune finetune` and a study trial with the same hyperparameters train the same weights.
+    """
+    state = np.random.SeedSequence([seed % 2**32, epoch, int(stream)]).generate_state(2, dtype=np.uint32)
+    return make_generator(int(state[0]) << 32 | int(state[1]), device)
+
+
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     import random
-
-    import numpy as np
 
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -176,10 +195,13 @@ def fit(
     optimizer: torch.optim.Optimizer | None = None,
     adversarial: AttackCfg | None = None,
 ) -> list[EpochStats]:
-    """Train `model` for `cfg.epochs` epochs; `schedule` turns on ReduceLROnPlateau on validation loss.
+    """Train `model` for epochs `start_epoch` .. `cfg.epochs - 1`; `schedule` turns on ReduceLROnPlateau on
+    validation loss. The one training loop: pretraining, the CLI's fine-tuning, study trials and the
+    reproduction all come through here.
 
-    Seeds: batch order from `cfg.seed`, augmentation draws from `cfg.seed + 1` (on the device).
-    `on_epoch` sees each epoch's stats (the Ray trainable reports and checkpoints there).
+    Randomness per epoch comes from `epoch_generator(cfg.seed, epoch, stream)`. `on_epoch` sees each epoch's
+    stats after the epoch (a study trial scores, reports and checkpoints there); `optimizer` passes one whose
+    state was restored from a checkpoint.
     """
     optimizer = optimizer or make_optimizer(model.parameters(), cfg, device)
     train, val = place(train, device), place(val, device)
@@ -189,17 +211,16 @@ def fit(
         if schedule and cfg.plateau_patience > 0
         else None
     )
-    batch_gen = torch.Generator().manual_seed(cfg.seed * 1000 + start_epoch)
-    aug_gen = make_generator(cfg.seed * 1000 + start_epoch + 1, device)
     history: list[EpochStats] = []
     epochs = range(start_epoch, cfg.epochs)
     bar = tqdm(epochs, desc="epochs", unit="ep", disable=not progress)
     for epoch in bar:
         t0 = time.perf_counter()
         train_loss, train_acc = train_one_epoch(
-            model, train, optimizer, step_model=step_model, batch_size=cfg.batch_size, device=device, generator=batch_gen,
-            augment=augment, aug_generator=aug_gen, autocast=autocast, progress=progress, desc=f"epoch {epoch + 1}",
-            adversarial=adversarial,
+            model, train, optimizer, step_model=step_model, batch_size=cfg.batch_size, device=device,
+            generator=epoch_generator(cfg.seed, epoch, Stream.BATCH_ORDER),
+            augment=augment, aug_generator=epoch_generator(cfg.seed, epoch, Stream.AUGMENT, device),
+            autocast=autocast, progress=progress, desc=f"epoch {epoch + 1}", adversarial=adversarial,
         )
         val_loss, val_acc = evaluate_clean(model, val, batch_size=max(cfg.batch_size, 256), device=device, autocast=autocast)
         if scheduler is not None:
@@ -294,5 +315,5 @@ def score_objective(
     for a in grid:
         scores[f"val_pgd_acc_eps{a.eps:g}"] = acc[f"eps{a.eps:g}"]
     scores["val_robust_auc"] = sum(acc[f"eps{a.eps:g}"] for a in grid) / len(grid)
-    scores["objective"] = scores["val_robust_auc"] if objective.metric == "robust_auc" else scores["val_pgd_acc"]
+    scores["objective"] = scores["val_robust_auc"] if objective.metric is Objective.ROBUST_AUC else scores["val_pgd_acc"]
     return scores

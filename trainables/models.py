@@ -1,7 +1,8 @@
 """Models by name. Normalisation is each model's first layer, so inputs and attack budgets stay in [0, 1] pixels.
 
-Factories are device-agnostic (no `.cuda()`); callers move the model. Register new architectures with
-`@register_model("name")`.
+Factories are device-agnostic (no `.cuda()`); callers move the model. A new architecture is a member of
+`trainables.vocab.Arch` (with its paper defaults in `vocab.ARCHS`) plus a factory registered here with
+`@register_model(Arch.NAME)`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from trainables.config import ConfigError
+from trainables.vocab import Arch, ConfigError, parse_enum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,28 +29,29 @@ class InputSpec:
 
 
 ModelFactory = Callable[[InputSpec], nn.Module]
-_REGISTRY: dict[str, ModelFactory] = {}
+_REGISTRY: dict[Arch, ModelFactory] = {}
 
 
-def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
+def register_model(arch: Arch) -> Callable[[ModelFactory], ModelFactory]:
     def wrap(factory: ModelFactory) -> ModelFactory:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = factory
+        if arch in _REGISTRY:
+            raise ValueError(f"model {arch.value!r} registered twice")
+        _REGISTRY[arch] = factory
         return factory
 
     return wrap
 
 
 def model_names() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(a.value for a in _REGISTRY)
 
 
-def build_model(name: str, spec: InputSpec) -> nn.Module:
+def build_model(name: Arch | str, spec: InputSpec) -> nn.Module:
     """Build `name` for inputs described by `spec`; a ConfigError names an unknown architecture."""
-    if name not in _REGISTRY:
-        raise ConfigError(f"arch must be one of {', '.join(model_names())}; got {name!r}")
-    return nn.Sequential(Normalize(spec.mean, spec.std), _REGISTRY[name](spec))
+    arch = parse_enum(Arch, name, "arch")
+    if arch not in _REGISTRY:
+        raise ConfigError(f"arch {arch.value!r} has no registered factory (registered: {', '.join(model_names())})")
+    return nn.Sequential(Normalize(spec.mean, spec.std), _REGISTRY[arch](spec))
 
 
 class Normalize(nn.Module):
@@ -67,7 +69,7 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-@register_model("cnn3")
+@register_model(Arch.CNN3)
 def cnn3(spec: InputSpec) -> nn.Module:
     """The paper's custom F-MNIST CNN: three 3x3 conv layers, each followed by ReLU (and 2x2 max-pooling),
     then a two-layer classifier. 28x28 -> 14 -> 7 -> 3, so 128 * 3 * 3 = 1152 features."""
@@ -89,7 +91,7 @@ def cnn3(spec: InputSpec) -> nn.Module:
 _VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
 
-@register_model("vgg16")
+@register_model(Arch.VGG16)
 def vgg16(spec: InputSpec) -> nn.Module:
     """VGG-16 (configuration D, 13 conv + 3 FC) with batch norm, sized for the input.
 

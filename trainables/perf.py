@@ -7,8 +7,9 @@
     cudnn.benchmark   shapes are fixed within a run (batch size, image size), so the autotuner's one-off cost
                       buys the fastest conv algorithm for every later step.
     channels_last     NHWC is the tensor-core-native conv layout: VGG-16's convs skip two transposes per layer.
-    fused optimizers  Adam/AdamW/SGD/RMSprop step as one kernel over all parameters instead of one per tensor
-                      (foreach on CPU, where no fused kernel exists for all of them).
+    fused optimizers  Adam/AdamW/SGD step as one kernel over all parameters instead of one per tensor; RMSprop
+                      has no fused kernel in torch and uses foreach (one kernel per op over all tensors), as
+                      does everything on CPU.
     resident data     the whole uint8 data set lives on the trial's GPU (F-MNIST 47 MB, CIFAR-10 150 MB,
                       Imagenette-160 ~730 MB): a batch is one gather, with no loader workers and no host copy;
                       when it does not fit in `resident_fraction` of free memory, pinned host memory instead,

@@ -7,26 +7,43 @@ here parses arguments or knows about Ray.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from trainables.audit import AuditCfg, run_audit
-from trainables.config import AttackCfg, AugCfg, DataCfg, Dataset, Optimizer, TrainCfg, as_jsonable
-from trainables.data import DataBundle, dataset_info
-from trainables.engine import configure_backends, evaluate, evaluate_clean, fit, seed_everything
+from trainables.config import (
+    AttackCfg,
+    AugCfg,
+    DataCfg,
+    Dataset,
+    ObjectiveCfg,
+    Optimizer,
+    TrainCfg,
+    as_jsonable,
+    trial_cfgs,
+)
+from trainables.data import DataBundle, DatasetInfo, Split, place
+from trainables.engine import (
+    DivergedError,
+    EpochStats,
+    configure_backends,
+    evaluate,
+    evaluate_clean,
+    fit,
+    make_optimizer,
+    pick_device,
+    score_objective,
+    seed_everything,
+)
 from trainables.models import InputSpec, build_model
 from trainables.perf import prepare_model
+from trainables.vocab import ARCHS, Arch, parse_enum
 
-# The paper's learning rates (Sec. "Experimental Setup"): 1e-3 for the custom CNN, 1e-4 for VGG,
-# both for pretraining (with an adaptive schedule) and for fine-tuning (fixed).
-PAPER_LR = {"cnn3": 1e-3, "vgg16": 1e-4}
-DEFAULT_ARCH = {Dataset.FMNIST: "cnn3", Dataset.CIFAR10: "vgg16", Dataset.IMAGENETTE: "vgg16"}
-# Pretraining epochs by arch: cnn3 reaches ~91% F-MNIST test accuracy in 10 (about 10 min on 2 CPU cores);
-# the paper trained VGG-16 for 200 epochs, which we keep for the GPU presets.
-DEFAULT_PRETRAIN_EPOCHS = {"cnn3": 10, "vgg16": 200}
+FINETUNE_EPOCHS = 2  # the paper fine-tunes for "a few epochs"
 
 
 def input_spec(data: DataBundle) -> InputSpec:
@@ -102,6 +119,66 @@ def finetune(
     return model, meta
 
 
+@dataclasses.dataclass
+class TrialSetup:
+    """Everything a study trial needs besides its config; shared read-only through Ray's object store."""
+
+    arch: str
+    info: DatasetInfo
+    train: Split
+    val: Split  # the validation subset the objective is scored on
+    base_state: dict[str, torch.Tensor]
+    objective: ObjectiveCfg
+    jitter: int = 0
+
+
+TrialState = dict[str, Any]  # {"model": state_dict, "optimizer": state_dict, "epoch": epochs done}
+Report = Callable[[dict[str, Any], TrialState | None], None]
+
+
+def run_trial(config: Mapping[str, Any], setup: TrialSetup, *, report: Report, resume: TrialState | None = None,
+              device: torch.device | None = None, where: Mapping[str, str] | None = None) -> None:
+    """One study trial: fine-tune the base with the trial's hyperparameters through `fit`, scoring the
+    objective on the validation subset after every epoch and passing (metrics, state to checkpoint) to
+    `report`. `resume` continues from a checkpointed state. A diverged run reports its reason under `error`
+    (with finite values everywhere, which the searcher needs) and stops.
+    """
+    train_cfg, aug = trial_cfgs(config, jitter=setup.jitter)
+    device = device or pick_device()
+    autocast = configure_backends(device)
+    i = setup.info
+    model = build_model(setup.arch, InputSpec(i.channels, i.height, i.width, i.num_classes, i.mean, i.std))
+    model.load_state_dict(setup.base_state)
+    prepare_model(model, device)
+    optimizer = make_optimizer(model.parameters(), train_cfg, device)
+    start = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        start = int(resume["epoch"])
+    val = place(setup.val, device)
+    extra = dict(where or {})
+
+    def on_epoch(stats: EpochStats) -> None:
+        t0 = time.perf_counter()
+        scores = score_objective(model, val, setup.objective, device=device, seed=train_cfg.seed, autocast=autocast)
+        metrics = {**scores, "train_loss": stats.train_loss, "epoch": stats.epoch,
+                   "epoch_time_s": stats.seconds + time.perf_counter() - t0, **extra, "error": ""}
+        report(metrics, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": stats.epoch})
+
+    try:
+        fit(model, setup.train, val, train_cfg, device=device, augment=aug, autocast=autocast, progress=False,
+            on_epoch=on_epoch, start_epoch=start, optimizer=optimizer)
+    except DivergedError as exc:
+        report(failure_metrics(str(exc), start, extra), None)
+
+
+def failure_metrics(reason: str, epoch: int, extra: Mapping[str, str]) -> dict[str, Any]:
+    """Every key the searcher and scheduler read, with finite values: NaN would leave Optuna trials RUNNING."""
+    return {"objective": 0.0, "val_clean_acc": 0.0, "val_pgd_acc": 0.0, "val_robust_auc": 0.0,
+            "train_loss": float("inf"), "epoch": epoch + 1, "epoch_time_s": 0.0, **extra, "error": reason}
+
+
 def evaluate_model(
     model: nn.Module,
     data: DataBundle,
@@ -139,17 +216,13 @@ def audit_model(
 
 def default_train_cfg(arch: str, *, finetune: bool, **overrides: Any) -> TrainCfg:
     """The paper's settings for `arch`, with explicit user choices (non-None overrides) on top."""
+    paper = ARCHS[parse_enum(Arch, arch, "arch")]
     base: dict[str, Any] = {
         "optimizer": Optimizer.ADAM,
-        "lr": PAPER_LR.get(arch, 1e-3),
-        "epochs": 2 if finetune else DEFAULT_PRETRAIN_EPOCHS.get(arch, 10),
+        "lr": paper.paper_lr,
+        "epochs": FINETUNE_EPOCHS if finetune else paper.pretrain_epochs,
         "batch_size": 128,
     }
     base.update({k: v for k, v in overrides.items() if v is not None})
     return TrainCfg(**base)
 
-
-def default_patch_size(dataset: Dataset, image_size: int | None = None) -> int:
-    """A patch covering ~1/10 of the image area (paper: 'patch(es) of size w x w around the center')."""
-    side = dataset_info(dataset, image_size).height
-    return max(2, round(side * 0.3))

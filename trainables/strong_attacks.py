@@ -31,9 +31,9 @@ import torch
 from torch import nn
 
 from trainables.attacks import eval_mode, project
-from trainables.config import ConfigError
+from trainables.vocab import Component, ConfigError, values
 
-COMPONENTS = ("apgd-ce", "apgd-t", "fab-t", "square")
+COMPONENTS = values(Component)
 
 
 @dataclasses.dataclass(frozen=True)

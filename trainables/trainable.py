@@ -1,9 +1,10 @@
 """The Ray Tune edge of the pure layer: one function trainable that fine-tunes a base model for one trial.
 
-config (from Optuna) -> TrainCfg/AugCfg -> engine -> `tune.report(metrics, checkpoint=...)` each epoch.
-Data and base weights arrive once per worker through `tune.with_parameters` (the object store), not
-re-read per trial. A restarted trial resumes from `tune.get_checkpoint()`. A diverged trial reports its
-reason under `error` (the searcher marks it FAIL in Optuna) and stops, instead of leaving NaN behind.
+The trial itself is `trainables.pipeline.run_trial` (Ray-free, through the one training loop `engine.fit`);
+this module only connects it to Tune: `tune.report(metrics, checkpoint=...)` each epoch, resuming from
+`tune.get_checkpoint()`. Data and base weights arrive once per worker through `tune.with_parameters` (the
+object store), not re-read per trial. A diverged trial reports its reason under `error` (the searcher marks
+it FAIL in Optuna) and stops, instead of leaving NaN behind.
 """
 
 from __future__ import annotations
@@ -20,73 +21,33 @@ from typing import Any
 import torch
 from ray import tune
 
-from trainables.augment import make_generator
-from trainables.config import AttackCfg, AugCfg, ObjectiveCfg, Optimizer, TrainCfg, trial_cfgs
+from trainables.config import AttackCfg, AugCfg, TrainCfg
 from trainables.data import DatasetInfo, Split, place
-from trainables.engine import (
-    DivergedError,
-    configure_backends,
-    fit,
-    make_optimizer,
-    pick_device,
-    robust_accuracy,
-    score_objective,
-    train_one_epoch,
-)
+from trainables.engine import configure_backends, fit, pick_device, robust_accuracy
 from trainables.models import InputSpec, build_model
 from trainables.perf import prepare_model
+from trainables.pipeline import TrialSetup, TrialState, run_trial
 from trainables.variants import evaluate_variants
 
 
-@dataclasses.dataclass
-class TrialSetup:
-    """Everything a trial needs besides its config; shared read-only through the object store."""
-
-    arch: str
-    info: DatasetInfo
-    train: Split
-    val: Split  # the validation subset the objective is scored on
-    base_state: dict[str, torch.Tensor]
-    objective: ObjectiveCfg
-    jitter: int = 0
-
-
 def finetune_trial(config: dict[str, Any], setup: TrialSetup) -> None:
-    train_cfg, aug = trial_cfgs(config, jitter=setup.jitter)
-    device = pick_device()
-    autocast = configure_backends(device)
-    i = setup.info
-    model = build_model(setup.arch, InputSpec(i.channels, i.height, i.width, i.num_classes, i.mean, i.std))
-    model.load_state_dict(setup.base_state)
-    prepare_model(model, device)
-    optimizer = make_optimizer(model.parameters(), train_cfg, device)
-    start = 0
+    """A study trial: `pipeline.run_trial`, reporting to Tune and resuming from Tune's last checkpoint."""
+    resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / "state.pt", map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = int(state["epoch"])
-    train, val = place(setup.train, device), place(setup.val, device)  # device-resident when it fits
-    for epoch in range(start, train_cfg.epochs):
-        t0 = time.perf_counter()
-        # Seeds per (trial seed, epoch): a resumed epoch replays the same batches and patches.
-        seed = train_cfg.seed * 1000 + epoch
-        try:
-            loss, _ = train_one_epoch(model, train, optimizer, batch_size=train_cfg.batch_size, device=device,
-                                      generator=torch.Generator().manual_seed(seed), augment=aug,
-                                      aug_generator=make_generator(seed + 1, device), autocast=autocast)
-        except DivergedError as exc:
-            tune.report(_failure_metrics(str(exc), epoch, device))
+            resume = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+    device = pick_device()
+
+    def report(metrics: dict[str, Any], state: TrialState | None) -> None:
+        if state is None:
+            tune.report(metrics)
             return
-        scores = score_objective(model, val, setup.objective, device=device, seed=train_cfg.seed, autocast=autocast)
-        metrics = {**scores, "train_loss": loss, "epoch": epoch + 1, "epoch_time_s": time.perf_counter() - t0,
-                   **_where(device), "error": ""}
         with tempfile.TemporaryDirectory() as d:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1},
-                       Path(d) / "state.pt")
+            torch.save(state, Path(d) / "state.pt")
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    run_trial(config, setup, report=report, resume=resume, device=device, where=_where(device))
 
 
 def _where(device: torch.device) -> dict[str, str]:
@@ -97,17 +58,7 @@ def _where(device: torch.device) -> dict[str, str]:
             "device": f"{device} ({name})", "pid": str(os.getpid())}
 
 
-def _failure_metrics(reason: str, epoch: int, device: torch.device) -> dict[str, Any]:
-    """Every key the searcher and scheduler read, with finite values: NaN would leave Optuna trials RUNNING."""
-    return {"objective": 0.0, "val_clean_acc": 0.0, "val_pgd_acc": 0.0, "val_robust_auc": 0.0,
-            "train_loss": float("inf"), "epoch": epoch + 1, "epoch_time_s": 0.0, **_where(device), "error": reason}
-
-
 # ------------------------------------------------------------------------------------------- reproduction
-
-REPRO_METHODS = ("undefended", "patch_adam", "patch_rmsprop", "patch_adam_long", "patch_rmsprop_long",
-                 "fgsm_at", "ifgsm_at", "pgd_at")
-
 
 @dataclasses.dataclass
 class ReproSetup:
@@ -131,8 +82,9 @@ class ReproSetup:
 
 
 def reproduce_trial(config: dict[str, Any], setup: ReproSetup) -> None:
-    """One (seed, method) cell of the paper's tables: fine-tune the seed's base, score every setting on test."""
-    seed, method = int(config["seed"]), str(config["method"])
+    """One (seed, cell) of the paper's tables: make the cell's model from the seed's base (`config["cell"]`, a
+    `study.grid.Cell.recipe()`), score every evaluation setting on the test split."""
+    seed, cell = int(config["seed"]), config["cell"]
     device = pick_device()
     autocast = configure_backends(device)
     i = setup.info
@@ -142,17 +94,17 @@ def reproduce_trial(config: dict[str, Any], setup: ReproSetup) -> None:
     model = prepare_model(copy.deepcopy(base), device)
     prepare_model(base, device)
     t0 = time.perf_counter()
-    if method != "undefended":
-        optimizer = Optimizer.RMSPROP if method.startswith("patch_rmsprop") else Optimizer.ADAM
-        epochs = setup.long_epochs if method.endswith("_long") else setup.epochs
-        if method.endswith("_at") and setup.at_from_scratch_epochs:
-            torch.manual_seed(seed)
-            model, epochs = prepare_model(build_model(setup.arch, spec), device), setup.at_from_scratch_epochs
-        cfg = TrainCfg(optimizer=optimizer, lr=setup.lr, batch_size=setup.batch_size, epochs=epochs, seed=seed)
-        adversarial = {a.name.value: a for a in setup.attacks}.get(method.removesuffix("_at")) if method.endswith("_at") else None
-        fit(model, setup.train, setup.val, cfg, device=device,
-            augment=setup.aug if method.startswith("patch") else None, adversarial=adversarial, autocast=autocast,
-            progress=False)
+    if cell["optimizer"] is not None:
+        epochs = setup.long_epochs if cell["long"] else setup.epochs
+        adversarial = None
+        if cell["adversarial"] is not None:
+            adversarial = next(a for a in setup.attacks if a.name.value == cell["adversarial"])
+            if setup.at_from_scratch_epochs:
+                torch.manual_seed(seed)
+                model, epochs = prepare_model(build_model(setup.arch, spec), device), setup.at_from_scratch_epochs
+        cfg = TrainCfg(optimizer=cell["optimizer"], lr=setup.lr, batch_size=setup.batch_size, epochs=epochs, seed=seed)
+        fit(model, setup.train, setup.val, cfg, device=device, augment=setup.aug if cell["augment"] else None,
+            adversarial=adversarial, autocast=autocast, progress=False)
     train_s = time.perf_counter() - t0
     test = place(setup.test, device)
     scores = evaluate_variants(model, base, test, setup.attacks, aug=setup.aug,

@@ -28,8 +28,9 @@ from trainables.attacks import eval_mode, run_attack
 from trainables.augment import make_generator, patch_augment
 from trainables.config import AttackCfg, AugCfg
 from trainables.data import Split, iterate_batches
+from trainables.vocab import Setting, values
 
-VARIANTS = ("whitebox", "transfer", "softmax", "trainmode", "normeps", "ttt", "ttt_eot")
+VARIANTS = values(Setting)
 
 
 class SoftmaxOutput(nn.Module):

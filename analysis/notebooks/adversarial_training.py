@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -30,9 +32,8 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import Markdown, display
 
-from analysis import plots
-from analysis.paper import TABLE1
-from analysis.reproduction import SETTING_LABELS, SETTINGS, findings, markdown_table, settings_table, table2
+from analysis import plots, tables
+from analysis.reproduction import SETTING_LABELS, SETTINGS, findings, paper_by_method, settings_table, table2
 
 results = pd.read_parquet(Path(REPRO_DIR, "results.parquet"))
 meta = json.loads(Path(REPRO_DIR, "reproduction.json").read_text())
@@ -43,21 +44,17 @@ print(f"{dataset}: {results['seed'].nunique()} seeds x {results['method'].nuniqu
 # ## Table 2
 
 # %%
-display(Markdown(markdown_table(table2(results, dataset))))
+display(Markdown(tables.markdown(table2(results, dataset))))
 
 # %%
-paper = TABLE1.get(dataset, {})
-by_method = {m: {a: v[c] for a, v in paper.items() if c in v}
-             for m, c in (("undefended", "undefended"), ("patch_adam", "adam"), ("patch_rmsprop", "rmsprop"))}
-plots.method_bars(results, paper=by_method)
+plots.method_bars(results, paper=paper_by_method(results, dataset))
 
 # %% [markdown]
 # ## PGD-10 under each evaluation setting
 
 # %%
-display(Markdown(markdown_table(settings_table(results, dataset))))
-plots.settings_bars(results, SETTINGS, SETTING_LABELS,
-                    paper={m: v["pgd"] for m, v in by_method.items() if "pgd" in v and m != "undefended"})
+display(Markdown(tables.markdown(settings_table(results, dataset))))
+plots.settings_bars(results, SETTINGS, SETTING_LABELS, paper=paper_by_method(results, dataset, defended_only=True))
 
 # %%
 display(Markdown("\n".join(f"- {s}" for s in findings(results, dataset))))

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -31,10 +33,10 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import Markdown, display
 
-from analysis import plots
+from analysis import plots, tables
 from analysis.load import epochs_long, load_study
 from analysis.report import optimizer_finding, optuna_importances
-from analysis.reproduction import findings, markdown_table, table1
+from analysis.reproduction import findings, table1
 
 study = load_study(STUDY_DIR)
 print(f"study {study.name}: {len(study.results)} trials, objective {study.objective}")
@@ -46,12 +48,12 @@ print(f"study {study.name}: {len(study.results)} trials, objective {study.object
 if REPRO_DIR and Path(REPRO_DIR, "results.parquet").is_file():
     repro = pd.read_parquet(Path(REPRO_DIR, "results.parquet"))
     dataset = study.spec.get("dataset", "fmnist")
-    display(Markdown("### Table 1 (reproduction, mean ± 95 % CI over seeds)\n\n" + markdown_table(table1(repro, dataset))))
+    display(Markdown("### Table 1 (reproduction, mean ± 95 % CI over seeds)\n\n" + tables.markdown(table1(repro, dataset))))
     display(Markdown("\n".join(f"- {s}" for s in findings(repro, dataset))))
 if study.best:
     rows = [{"trial": e["trial_id"], "optimizer": e["config"]["optimizer"], **{k: round(100 * v, 2) for k, v in e["test"]["accuracy"].items()}}
             for e in study.best["trials"]]
-    display(Markdown("### Best study trial(s) on the test split\n\n" + markdown_table(pd.DataFrame(rows))))
+    display(Markdown("### Best study trial(s) on the test split\n\n" + tables.markdown(pd.DataFrame(rows))))
 
 # %% [markdown]
 # ## Optimizer sensitivity

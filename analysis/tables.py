@@ -1,0 +1,105 @@
+"""DataFrame -> Markdown or fixed-width text, and the `patchtune eval` table. No torch, no Ray.
+
+Every table a report, notebook or CLI command prints goes through `markdown` or `text`, so cells are
+formatted one way everywhere: NaN is "-", floats follow `floats`, anything else is `str(value)`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from analysis.paper import paper_value
+
+# A float format spec for every float cell (".4g") or per column ({"accuracy_pct": ".2f"}); floats in other
+# columns print as str(value).
+FloatFormat = str | Mapping[str, str] | None
+
+# Display names where an optimizer's plain name is not already one (tables, findings).
+OPTIMIZER_LABELS = {"adam": "Adam", "rmsprop": "RMSProp"}
+
+
+def optimizer_label(optimizer: str) -> str:
+    return OPTIMIZER_LABELS.get(optimizer, optimizer)
+
+
+def cell(value: object, column: str, floats: FloatFormat = None) -> str:
+    """One value as table text."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        spec = floats if isinstance(floats, str) else (floats or {}).get(column)
+        if spec is not None:
+            return format(value, spec)
+    return str(value)
+
+
+def _rows(frame: pd.DataFrame, floats: FloatFormat) -> list[list[str]]:
+    # Positional, not by column name: the eval table may repeat a column name (two Adam checkpoints).
+    columns = [str(c) for c in frame.columns]
+    return [[cell(v, c, floats) for c, v in zip(columns, row, strict=True)]
+            for row in frame.itertuples(index=False, name=None)]
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|")  # a bare pipe would end the Markdown cell
+
+
+def markdown(frame: pd.DataFrame, floats: FloatFormat = None) -> str:
+    """A Markdown (GitHub) table: header, separator, one line per row; `|` in any cell is escaped."""
+    header = [_escape(str(c)) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_escape(c) for c in row) + " |" for row in _rows(frame, floats)]
+    return "\n".join(lines)
+
+
+def text(frame: pd.DataFrame, floats: FloatFormat = None) -> str:
+    """A fixed-width text table: columns left-aligned, two spaces apart, a dashed rule under the header,
+    no trailing blanks."""
+    header = [str(c) for c in frame.columns]
+    rows = _rows(frame, floats)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+# ------------------------------------------------------------------------------------------ patchtune eval
+
+def eval_label(result: Mapping[str, Any]) -> str:
+    """Column name of one evaluated checkpoint: its AT defense, "Undefended" or its fine-tuning optimizer."""
+    if result.get("defense") not in (None, "patch"):
+        return str(result["defense"]).removesuffix("_at").upper() + "-AT"
+    return "Undefended" if result["kind"] == "pretrain" else optimizer_label(str(result["optimizer"]))
+
+
+def _paper_column(result: Mapping[str, Any]) -> str:
+    """The paper's Table 1 column of a checkpoint; Table 1 has no AT column, so an AT model's shows "-"."""
+    if result.get("defense") not in (None, "patch"):
+        return str(result["defense"])
+    return "undefended" if result["kind"] == "pretrain" else str(result["optimizer"])
+
+
+def eval_table(results: Sequence[Mapping[str, Any]], info: Mapping[str, Any]) -> str:
+    """`patchtune eval`'s report: per attack, each checkpoint's accuracy (%) beside the paper's Table 1 value.
+
+    results: one dict per checkpoint with `kind` ("pretrain" | "finetune"), `optimizer`, `defense` and
+    `accuracy` (attack -> [0, 1]); info: `dataset`, `split`, `n` and `attacks` (attack -> its parameters).
+    """
+    names = [eval_label(r) for r in results]
+    header = ["Attack", "Parameters"] + [f"{n} (ours)" for n in names] + [f"{n} (paper)" for n in names]
+    rows = []
+    for attack, params in info["attacks"].items():
+        desc = ", ".join(f"{k}={v}" for k, v in params.items() if k in ("eps", "alpha", "steps"))
+        ours = [f"{100 * r['accuracy'][attack]:.2f}" for r in results]
+        paper = [paper_value(info["dataset"], attack, _paper_column(r)) for r in results]
+        rows.append([attack.upper() if attack != "clean" else "Clean", desc or "-", *ours,
+                     *("-" if v is None else f"{v:.2f}" for v in paper)])
+    title = (f"{info['dataset']} {info['split']} split, n={info['n']}, accuracy (%); "
+             "paper = Agarwal et al. 2021, Table 1")
+    return title + "\n" + text(pd.DataFrame(rows, columns=header))

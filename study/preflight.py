@@ -1,0 +1,122 @@
+"""Everything a user can get wrong about a study, checked before Ray starts and before anything is written.
+
+`preflight(spec)` validates data, base checkpoint, study directory and Optuna storage for a new study;
+`load_study_spec(dir)` reads an existing study's spec back. Problems become one-line `StudyError`s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import optuna
+import yaml
+
+from analysis.load import open_optuna_storage
+from study.spec import StudySpec, parse_spec
+from trainables.checkpoint import CheckpointError, load_checkpoint
+from trainables.config import ConfigError, DataCfg, ObjectiveCfg
+from trainables.data import DataBundle, load_data
+from trainables.vocab import Objective
+
+
+class StudyError(RuntimeError):
+    """A study cannot start or resume (a user-facing, one-line problem)."""
+
+
+@dataclasses.dataclass
+class Prepared:
+    spec: StudySpec
+    data: DataBundle
+    base_path: Path | None  # None: the base is pretrained first (cached at `base_cache`)
+    base_cache: Path
+
+
+def data_cfg(spec: StudySpec) -> DataCfg:
+    return DataCfg(dataset=spec.dataset_enum, root=spec.data.root, val_fraction=spec.data.val_fraction,
+                   split_seed=spec.data.split_seed, limit_train=spec.data.limit_train,
+                   limit_val=spec.objective.val_limit, limit_test=spec.data.limit_test, image_size=spec.data.image_size)
+
+
+def objective_cfg(spec: StudySpec) -> ObjectiveCfg:
+    o = spec.objective
+    return ObjectiveCfg(metric=Objective(o.metric), eps=spec.objective_eps, alpha=o.alpha, steps=o.steps, eps_grid=o.eps_grid)
+
+
+def base_cache_path(spec: StudySpec) -> Path:
+    """Pretrained bases are cached by everything that determines them, so studies share them."""
+    assert spec.base.pretrain is not None
+    key = {"arch": spec.resolved_arch, "dataset": spec.dataset, "pretrain": dataclasses.asdict(spec.base.pretrain),
+           "val_fraction": spec.data.val_fraction, "split_seed": spec.data.split_seed, "image_size": spec.data.image_size}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(spec.storage).expanduser().resolve() / "_bases" / f"{spec.dataset}-{spec.resolved_arch}-{digest}.pt"
+
+
+def _check_writable(path: Path, what: str) -> None:
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise StudyError(f"{what} {path} cannot be created: {ancestor} is not a writable directory")
+
+
+def check_optuna_storage(spec: StudySpec, *, fresh: bool) -> None:
+    """The storage opens, and (for a new study) holds no study of this name; never a silent reuse."""
+    url = spec.optuna_url()
+    if url.startswith("sqlite:///") and spec.optuna_storage is None:
+        return  # the default lives inside the new study directory, which is checked to be absent
+    try:
+        storage = open_optuna_storage(url)
+        summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    except Exception as exc:
+        raise StudyError(f"optuna_storage {url!r} cannot be opened: {str(exc).splitlines()[0][:200]}") from None
+    wanted = 2 if spec.objective.multi_objective else 1
+    for summary in summaries:
+        if summary.study_name != spec.name:
+            continue
+        if len(summary.directions) != wanted:
+            raise StudyError(f"Optuna study {spec.name!r} in {url} has {len(summary.directions)} objective(s), "
+                             f"this spec has {wanted}; choose another name")
+        if fresh:
+            raise StudyError(f"Optuna study {spec.name!r} already exists in {url}; choose another --name "
+                             "(or `patchtune resume` its study directory)")
+
+
+def preflight(spec: StudySpec) -> Prepared:
+    """Validate data, base checkpoint and storage for a new study, writing nothing."""
+    study_dir = spec.study_dir()
+    if study_dir.exists() and any(study_dir.iterdir()):
+        raise StudyError(f"study directory {study_dir} already exists; `patchtune resume {study_dir}` continues it, "
+                         "or choose another --name / --storage")
+    _check_writable(study_dir, "study directory")
+    if spec.optuna_storage and spec.optuna_storage.startswith("journal:"):
+        _check_writable(Path(spec.optuna_storage.removeprefix("journal:")).expanduser(), "journal file")
+    if spec.data.root is not None and not Path(spec.data.root).is_dir():
+        raise StudyError(f"data.root {spec.data.root!r} is not a directory")
+    check_optuna_storage(spec, fresh=True)
+    base_path = None
+    if spec.base.checkpoint is not None:
+        base_path = Path(spec.base.checkpoint).expanduser().resolve()
+        try:
+            load_checkpoint(base_path, arch=spec.resolved_arch, dataset=spec.dataset)
+        except CheckpointError as exc:
+            raise StudyError(f"base.checkpoint: {exc}") from None
+    data = load_data(data_cfg(spec))
+    lo = spec.search.patch_size[1]
+    if lo > min(data.info.height, data.info.width):
+        raise StudyError(f"search.patch_size {lo} is larger than the {data.info.height}x{data.info.width} images")
+    return Prepared(spec, data, base_path, base_cache_path(spec) if base_path is None else base_path)
+
+
+def load_study_spec(study_dir: Path) -> StudySpec:
+    path = study_dir / "spec.yaml"
+    if not path.is_file():
+        raise StudyError(f"{study_dir} is not a patchtune study directory (no spec.yaml)")
+    try:
+        return parse_spec(yaml.safe_load(path.read_text()))
+    except (yaml.YAMLError, ConfigError) as exc:
+        raise StudyError(f"{path} is unreadable: {exc}") from None
+

@@ -1,0 +1,96 @@
+"""analysis.stats (intervals, comparisons, verdicts) and analysis.tables (Markdown, text, the eval table)."""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from analysis import stats, tables
+
+
+def test_t_interval_is_the_t_interval() -> None:
+    iv = stats.t_interval(pd.Series([10.0, 20.0, 30.0, math.nan]))
+    assert iv.n == 3 and iv.mean == pytest.approx(20.0)
+    assert iv.half == pytest.approx(4.303 * 10 / math.sqrt(3), rel=1e-3) and iv.lo == pytest.approx(20 - iv.half)
+    one = stats.t_interval([50.0])
+    assert one.mean == 50.0 and one.n == 1 and all(math.isnan(x) for x in (one.lo, one.hi, one.half))
+    assert math.isnan(stats.t_interval([]).mean)
+    assert stats.t_interval([1.0, 2.0, 4.0], confidence=0.99).half > stats.t_interval([1.0, 2.0, 4.0]).half
+
+
+def test_paired_comparison() -> None:
+    a, b = [0.50, 0.61, 0.55, math.nan], [0.40, 0.50, 0.47, 0.3]
+    c = stats.paired(a, b, scale=100)
+    assert c.n == 3 and c.diff == pytest.approx(29 / 3) and c.lo < c.diff < c.hi
+    assert c.p == pytest.approx(sps.ttest_rel(a[:3], b[:3]).pvalue)
+    constant = stats.paired([0.5, 0.75], [0.25, 0.5], scale=100)  # exact in binary
+    assert constant.p == 0.0 and constant.half == 0.0
+    assert stats.paired([0.5, 0.75], [0.5, 0.75]).p == 1.0
+    single = stats.paired([0.3], [0.2], scale=100)
+    assert single.n == 1 and single.diff == pytest.approx(10.0) and math.isnan(single.p)
+
+
+def test_welch_comparison() -> None:
+    a, b = [1.0, 2.0, 3.0, 4.0], [0.0, 1.0, 1.5]
+    c = stats.welch(a, b)
+    se = math.sqrt(pd.Series(a).var() / 4 + pd.Series(b).var() / 3)
+    assert c.diff == pytest.approx(2.5 - 2.5 / 3) and c.half == pytest.approx(1.96 * se) and c.n == 7
+    assert c.p == pytest.approx(sps.ttest_ind(a, b, equal_var=False).pvalue)
+    few = stats.welch([1.0], [0.0, 2.0])
+    assert few.diff == 0.0 and math.isnan(few.half) and math.isnan(few.p)
+
+
+def test_verdict_sentences() -> None:
+    assert [stats.verdict(d, p) for d, p in ((1, 0.01), (-1, 0.01), (1, 0.2), (-1, 0.5))] == [
+        "yes", "no", "not significantly", "not significantly"]
+    c = stats.Comparison(diff=4.94, lo=4.2, hi=5.6, half=0.7, p=0.0012, n=3)
+    assert stats.verdict_sentence("A beats B", c, detail="paired t-test, n=3 seeds") == (
+        "A beats B: yes, +4.9 pt [+4.2, +5.6], p=0.0012 (paired t-test, n=3 seeds).")
+    assert stats.verdict_sentence("A beats B", c, detail="n=4 vs 3", p_label="Welch p").endswith(
+        ", Welch p=0.0012 (n=4 vs 3).")
+    one = stats.Comparison(diff=2.0, lo=math.nan, hi=math.nan, half=math.nan, p=math.nan, n=1)
+    assert stats.verdict_sentence("A beats B", one, detail="-") == (
+        "A beats B: undecided (n=1 seed; difference +2.0 pt, no test possible).")
+
+
+def test_markdown_escapes_pipes_and_prints_nan_as_a_dash() -> None:
+    frame = pd.DataFrame({"pool": ["flip|noise", "rotate"], "acc": [0.123456, math.nan], "n": [3, 4]})
+    assert tables.markdown(frame, floats=".4g").splitlines() == [
+        "| pool | acc | n |", "|---|---|---|", "| flip\\|noise | 0.1235 | 3 |", "| rotate | - | 4 |"]
+    assert "| 0.123456 |" in tables.markdown(frame)  # unformatted floats print as str()
+    assert "| 0.12 |" in tables.markdown(frame, floats={"acc": ".2f"})
+
+
+def test_text_table_is_fixed_width() -> None:
+    frame = pd.DataFrame({"attack": ["Clean", "PGD-10"], "accuracy_pct": [91.234, math.nan], "note": ["", "x"]})
+    assert tables.text(frame, floats={"accuracy_pct": ".2f"}).splitlines() == [
+        "attack  accuracy_pct  note", "------  ------------  ----", "Clean   91.23", "PGD-10  -             x"]
+
+
+def test_eval_table() -> None:
+    results = [{"kind": "pretrain", "optimizer": "adam", "defense": None, "accuracy": {"clean": 0.9, "pgd": 0.05}},
+               {"kind": "finetune", "optimizer": "rmsprop", "defense": "patch", "accuracy": {"clean": 0.88, "pgd": 0.45}},
+               {"kind": "finetune", "optimizer": "adam", "defense": "pgd_at", "accuracy": {"clean": 0.8, "pgd": 0.55}},
+               {"kind": "finetune", "optimizer": "rmsprop", "defense": "patch", "accuracy": {"clean": 0.7, "pgd": 0.5}}]
+    info = {"dataset": "fmnist", "split": "test", "n": 500,
+            "attacks": {"clean": {}, "pgd": {"eps": 0.3, "alpha": 0.01, "steps": 10, "restarts": 1}}}
+    lines = tables.eval_table(results, info).splitlines()
+    assert lines[0] == "fmnist test split, n=500, accuracy (%); paper = Agarwal et al. 2021, Table 1"
+    assert re.split(r" {2,}", lines[1]) == [
+        "Attack", "Parameters", "Undefended (ours)", "RMSProp (ours)", "PGD-AT (ours)", "RMSProp (ours)",
+        "Undefended (paper)", "RMSProp (paper)", "PGD-AT (paper)", "RMSProp (paper)"]
+    assert set(lines[2]) == {"-", " "}
+    assert re.split(r" {2,}", lines[4]) == ["PGD", "eps=0.3, alpha=0.01, steps=10", "5.00", "45.00",
+                                                      "55.00", "50.00", "3.06", "50.08", "-", "50.08"]
+
+
+def test_audit_and_report_do_not_import_each_other() -> None:
+    code = "import sys, analysis.audit\nsys.exit(1 if 'analysis.report' in sys.modules else 0)\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

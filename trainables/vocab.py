@@ -1,0 +1,198 @@
+"""Every name a user can type or a table can show, declared once. No torch, no Ray.
+
+The CLI's `choices=`, the study spec's validation, the Ray trainables and `analysis/` all derive from the
+Enums and tables here, so a new data set, architecture, op, attack, objective, AutoAttack component or
+evaluation setting is added in one place. This module is cheap to import (argparse builds its `--help` from it).
+Units: pixel budgets are in [0, 1] image units, sizes in pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from typing import TypeVar
+
+
+class ConfigError(ValueError):
+    """A user-supplied setting is invalid; the message names the setting and the bad value."""
+
+
+class Dataset(str, enum.Enum):
+    FMNIST = "fmnist"
+    CIFAR10 = "cifar10"
+    IMAGENETTE = "imagenette"
+
+
+class Arch(str, enum.Enum):
+    """Model architectures; `trainables.models` registers one factory per member."""
+
+    CNN3 = "cnn3"
+    VGG16 = "vgg16"
+
+
+class Optimizer(str, enum.Enum):
+    ADAM = "adam"
+    RMSPROP = "rmsprop"
+    SGD = "sgd"
+    ADAMW = "adamw"
+
+
+class PatchOp(str, enum.Enum):
+    ROTATE = "rotate"
+    TRANSLATE = "translate"
+    FLIP = "flip"
+    NOISE = "noise"
+    OCCLUDE = "occlude"
+
+
+class AttackName(str, enum.Enum):
+    CLEAN = "clean"
+    FGSM = "fgsm"
+    IFGSM = "ifgsm"
+    PGD = "pgd"
+
+
+class Objective(str, enum.Enum):
+    """What a study's trials maximise on the validation split (see `ObjectiveCfg`)."""
+
+    PGD_ACC = "pgd_acc"
+    ROBUST_AUC = "robust_auc"
+
+
+class Component(str, enum.Enum):
+    """AutoAttack's components, in the order the standard version runs them."""
+
+    APGD_CE = "apgd-ce"
+    APGD_T = "apgd-t"
+    FAB_T = "fab-t"
+    SQUARE = "square"
+
+
+class Setting(str, enum.Enum):
+    """Evaluation settings of the reproduction (trainables/variants.py): the usual ways an evaluation goes soft."""
+
+    WHITEBOX = "whitebox"
+    TRANSFER = "transfer"
+    SOFTMAX = "softmax"
+    TRAINMODE = "trainmode"
+    NORMEPS = "normeps"
+    TTT = "ttt"
+    TTT_EOT = "ttt_eot"
+
+
+SETTING_LABELS: Mapping[Setting, str] = {
+    Setting.WHITEBOX: "white-box", Setting.TRANSFER: "transfer from base", Setting.SOFTMAX: "softmax-output loss",
+    Setting.TRAINMODE: "train-mode attack", Setting.NORMEPS: "eps in normalised units",
+    Setting.TTT: "test-time transform", Setting.TTT_EOT: "test-time transform + EOT",
+}
+
+
+class SchedulerType(str, enum.Enum):
+    ASHA = "asha"
+    FIFO = "fifo"
+
+
+class SamplerType(str, enum.Enum):
+    TPE = "tpe"
+    RANDOM = "random"
+    NSGA2 = "nsga2"
+
+
+class SplitName(str, enum.Enum):
+    TRAIN = "train"
+    VAL = "val"  # held out from the training split: hyperparameters are chosen here
+    TEST = "test"  # final reports only
+
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def parse_enum(enum_type: type[E], value: object, field: str) -> E:
+    """`value` as a member of `enum_type`, or a ConfigError listing the valid choices."""
+    if isinstance(value, enum_type):
+        return value
+    try:
+        return enum_type(str(value).strip().lower())
+    except ValueError:
+        raise ConfigError(f"{field} must be one of {', '.join(values(enum_type))}; got {value!r}") from None
+
+
+def values(enum_type: type[enum.Enum]) -> tuple[str, ...]:
+    """The members' string values, in declaration order (for CLI choices and messages)."""
+    return tuple(str(m.value) for m in enum_type)
+
+
+# ------------------------------------------------------------------------------------- the paper's settings
+
+# White-box budgets of the paper's Table 1: eps per data set, alpha 0.01, 10 iterations.
+PAPER_ALPHA = 0.01
+PAPER_STEPS = 10
+# The eps grid of `robust_auc`: from small budgets (where models differ) up to the paper's F-MNIST eps.
+DEFAULT_EPS_GRID = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
+PATCH_AREA_SIDE_FRACTION = 0.3  # default patch side: ~0.3 x the image side (~1/10 of the area), "around the center"
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchInfo:
+    paper_lr: float  # the paper's lr for pretraining (with its adaptive schedule) and fine-tuning (fixed)
+    pretrain_epochs: int  # cnn3 reaches ~91 % F-MNIST test accuracy in 10; the paper trained VGG-16 for 200
+
+
+ARCHS: Mapping[Arch, ArchInfo] = {
+    Arch.CNN3: ArchInfo(paper_lr=1e-3, pretrain_epochs=10),
+    Arch.VGG16: ArchInfo(paper_lr=1e-4, pretrain_epochs=200),
+}
+
+FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+IMAGENETTE_CLASSES = ("tench", "English springer", "cassette player", "chain saw", "church",
+                      "French horn", "garbage truck", "gas pump", "golf ball", "parachute")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENETTE_DEFAULT_SIZE = 160  # pixels: shorter side resized to this, then a centre crop to a square
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """Shape, classes and normalisation of a data set, plus the paper's defaults for it."""
+
+    name: Dataset
+    channels: int
+    height: int
+    width: int
+    num_classes: int
+    mean: tuple[float, ...]  # per-channel, applied by the model's first layer
+    std: tuple[float, ...]
+    classes: tuple[str, ...]
+    default_arch: Arch
+    paper_eps: float  # the paper's L-inf budget for this data set
+
+    @property
+    def side(self) -> int:
+        return min(self.height, self.width)
+
+    @property
+    def default_patch_size(self) -> int:
+        return max(2, round(self.side * PATCH_AREA_SIDE_FRACTION))
+
+
+def dataset_info(name: Dataset | str, image_size: int | None = None) -> DatasetInfo:
+    """The data set's description; `image_size` is the side Imagenette is resized to (default 160)."""
+    name = parse_enum(Dataset, name, "dataset")
+    if name is Dataset.FMNIST:
+        return DatasetInfo(name, 1, 28, 28, 10, (0.2860,), (0.3530,), FMNIST_CLASSES, Arch.CNN3, 0.3)
+    if name is Dataset.CIFAR10:
+        return DatasetInfo(name, 3, 32, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), CIFAR10_CLASSES,
+                           Arch.VGG16, 0.03)
+    side = image_size or IMAGENETTE_DEFAULT_SIZE
+    return DatasetInfo(name, 3, side, side, 10, IMAGENET_MEAN, IMAGENET_STD, IMAGENETTE_CLASSES, Arch.VGG16, 0.03)
+
+
+def paper_eps(dataset: Dataset | str) -> float:
+    return dataset_info(dataset).paper_eps
+
+
+def patches_need_jitter(num_patches: int, jitter: int) -> bool:
+    """Several patches without jitter would all sit on the centre, one over the other."""
+    return num_patches > 1 and jitter <= 0
