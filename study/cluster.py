@@ -18,6 +18,7 @@ T = TypeVar("T")
 
 
 def ray_init(address: str | None, dashboard: bool, dashboard_host: str = "127.0.0.1") -> None:
+    """Connect to the cluster at `address` (probed first), or start a fresh local Ray instance."""
     import ray
 
     kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": True, "logging_level": logging.WARNING}
@@ -54,7 +55,6 @@ def gpus_for_task() -> float:
 
     gpus = float(ray.cluster_resources().get("GPU", 0))  # type: ignore[no-untyped-call]
     return 1.0 if gpus >= 1 else 0.0
-
 
 
 def run_where_gpu(fn: Callable[..., T], *args: Any, cpus: float = 1.0, driver_without_gpu: bool = True) -> T:
