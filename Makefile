@@ -25,7 +25,7 @@ data:
 	  echo "apt-get could not install dataset-fashion-mnist; patchtune will try torchvision's download"; \
 	fi
 
-# Main job: the `quick` study on real Fashion-MNIST (8 trials, ~3-5 min on 2 CPU cores): a base cnn3 pretrained
+# Main job: the `quick` study on real Fashion-MNIST (8 trials, ~10 min on 2 CPU cores, ~7 once the base is cached): a base cnn3 pretrained
 # once (cached), then Optuna + Ray Tune search optimizer, lr, batch size, patch size/count and transform pool,
 # maximising robust accuracy on the validation split; the best trial is evaluated on the test split.
 STUDY_NAME ?= quick-$(shell date +%Y%m%d-%H%M%S)
