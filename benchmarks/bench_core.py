@@ -80,8 +80,7 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str,
 
 
 def get_models(data: DataBundle, device: torch.device, base: str | None) -> dict[str, torch.nn.Module]:
-    i = data.info
-    spec = InputSpec(i.channels, i.height, i.width, i.num_classes, i.mean, i.std)
+    spec = InputSpec.of(data.info)
     if base:
         undefended = prepare_model(load_checkpoint(base, dataset="fmnist").build(), device)
     else:

@@ -38,8 +38,7 @@ def fmnist_small() -> DataBundle:
 
 
 def spec_of(data: DataBundle) -> InputSpec:
-    i = data.info
-    return InputSpec(i.channels, i.height, i.width, i.num_classes, i.mean, i.std)
+    return InputSpec.of(data.info)
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,7 @@ from trainables.vocab import Arch, ConfigError, Dataset, dataset_info, values
 
 
 def _input(dataset: Dataset, side: int | None = None) -> InputSpec:
-    i = dataset_info(dataset, side)
-    return InputSpec(i.channels, i.height, i.width, i.num_classes, i.mean, i.std)
+    return InputSpec.of(dataset_info(dataset, side))
 
 
 def _fits(arch: str, spec: InputSpec) -> bool:

@@ -45,7 +45,7 @@ class Checkpoint:
     def input_spec(self) -> InputSpec:
         image_size = self.meta.get("image_size")
         info = dataset_info(self.dataset, image_size if self.dataset is Dataset.IMAGENETTE else None)
-        return InputSpec(info.channels, info.height, info.width, info.num_classes, info.mean, info.std)
+        return InputSpec.of(info)
 
     def build(self) -> nn.Module:
         """The model with these weights (on CPU; the caller moves it)."""

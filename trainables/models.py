@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from trainables.vocab import Arch, ConfigError, parse_enum
+from trainables.vocab import Arch, ConfigError, DatasetInfo, parse_enum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +26,11 @@ class InputSpec:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+
+    @classmethod
+    def of(cls, info: DatasetInfo) -> InputSpec:
+        """What a model needs from a data set's description."""
+        return cls(info.channels, info.height, info.width, info.num_classes, info.mean, info.std)
 
 
 ModelFactory = Callable[[InputSpec], nn.Module]

@@ -47,8 +47,7 @@ FINETUNE_EPOCHS = 2  # the paper fine-tunes for "a few epochs"
 
 
 def input_spec(data: DataBundle) -> InputSpec:
-    i = data.info
-    return InputSpec(i.channels, i.height, i.width, i.num_classes, i.mean, i.std)
+    return InputSpec.of(data.info)
 
 
 def data_meta(cfg: DataCfg) -> dict[str, Any]:
@@ -146,8 +145,7 @@ def run_trial(config: Mapping[str, Any], setup: TrialSetup, *, report: Report, r
     train_cfg, aug = trial_cfgs(config, jitter=setup.jitter)
     device = device or pick_device()
     autocast = configure_backends(device)
-    i = setup.info
-    model = build_model(setup.arch, InputSpec(i.channels, i.height, i.width, i.num_classes, i.mean, i.std))
+    model = build_model(setup.arch, InputSpec.of(setup.info))
     model.load_state_dict(setup.base_state)
     prepare_model(model, device)
     optimizer = make_optimizer(model.parameters(), train_cfg, device)

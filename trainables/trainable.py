@@ -88,7 +88,7 @@ def reproduce_trial(config: dict[str, Any], setup: ReproSetup) -> None:
     device = pick_device()
     autocast = configure_backends(device)
     i = setup.info
-    spec = InputSpec(i.channels, i.height, i.width, i.num_classes, i.mean, i.std)
+    spec = InputSpec.of(i)
     base = build_model(setup.arch, spec)
     base.load_state_dict(setup.bases[seed])
     model = prepare_model(copy.deepcopy(base), device)
