@@ -32,8 +32,10 @@ STUDY_NAME ?= quick-$(shell date +%Y%m%d-%H%M%S)
 run: setup
 	$(BIN)/patchtune run quick --name $(STUDY_NAME)
 
+# Two pytest workers, a test file at a time (tests/conftest.py: the longest files first).
+PYTEST_WORKERS ?= 2
 test: lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 bench: setup
 	$(BIN)/python benchmarks/bench_core.py

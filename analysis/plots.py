@@ -32,7 +32,8 @@ OBJECTIVE_LABELS = {
     "objective": "objective (%)",
     "pgd_acc": "PGD robust accuracy (%)",
     "robust_auc": "robust AUC (%)\n(mean PGD accuracy over the eps grid)",
-    "val_pgd_acc": "val PGD-10 accuracy (%)",
+    "val_pgd_acc": "val PGD accuracy, the objective's attack (%)",
+    "val_paper_pgd_acc": "val paper PGD-10 (alpha 0.01 x 10 steps = 0.1) (%)",
     "val_robust_auc": "val robust AUC (%)",
     "val_clean_acc": "val clean accuracy (%)",
 }

@@ -23,7 +23,8 @@ from trainables.vocab import AttackName, Setting, values
 ATTACKS = tuple(a.value for a in AttackName if a is not AttackName.CLEAN)  # the paper's attacks
 ATTACK_LABELS = {"clean": "Clean", "fgsm": "FGSM", "ifgsm": "IFGSM", "pgd": "PGD-10"}
 STRONG_KEY = "strong/pgd"  # PGD with alpha * steps >= 2 eps and restarts (study/reproduce.py): not the paper's
-STRONG_LABEL = "strong PGD-100 x5 (ours only)"
+# Results written before the strong attack's parameters were recorded per row used these.
+LEGACY_STRONG = {"strong_steps": 100, "strong_restarts": 5}
 SETTINGS = values(Setting)
 SETTING_LABELS = {s.value: label for s, label in vocab.SETTING_LABELS.items()}
 DATASET_NAMES = {"fmnist": "F-MNIST", "cifar10": "CIFAR-10", "imagenette": "Imagenette"}
@@ -75,8 +76,20 @@ def table1(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _strong_params(results: pd.DataFrame) -> tuple[int, int]:
+    """(steps, restarts) of the strong attack, as the results record them."""
+    steps, restarts = (int(results[k].iloc[0]) if k in results else v for k, v in LEGACY_STRONG.items())
+    return steps, restarts
+
+
+def strong_name(results: pd.DataFrame) -> str:
+    """The strong attack's name in tables and findings: "PGD-100 x5"."""
+    steps, restarts = _strong_params(results)
+    return f"PGD-{steps}" + (f" x{restarts}" if restarts > 1 else "")
+
+
 def _strong_row(results: pd.DataFrame, columns: list[tuple[str, str]]) -> dict[str, str]:
-    row = {"Attack": STRONG_LABEL}
+    row = {"Attack": f"strong {strong_name(results)} (ours only)"}
     for method, column in columns:
         row[f"{column} (ours)"] = fmt(interval(results, method, STRONG_KEY))
         row[f"{column} (paper)"] = "-"
@@ -208,7 +221,7 @@ def _strong_findings(results: pd.DataFrame, proposed: Cell | None, name: str) ->
     pgd_at = grid.at_defense(AttackName.PGD)
     checked += [(c, _at_label(c)) for c in grid.cells(results) if c.defense == pgd_at]
     return [_sentence(f"The paper's PGD-10 overstates the robustness of {label} on {name} "
-                      "(PGD-10 minus strong PGD-100 x5)",
+                      f"(PGD-10 minus strong {strong_name(results)})",
                       paired_keys(results, cell.method, "whitebox/pgd", STRONG_KEY))
             for cell, label in checked]
 
@@ -243,10 +256,14 @@ def matching_setting(results: pd.DataFrame, dataset: str) -> str:
 def render(results: pd.DataFrame, dataset: str, header: str = "") -> str:
     seeds = sorted(results["seed"].unique())
     parts = [header] if header else []
+    strong = ""
+    if STRONG_KEY in results:
+        steps, restarts = _strong_params(results)
+        strong = (f"The strong-PGD row is ours only: alpha = 2.5 eps / {steps} steps, {restarts} random "
+                  f"start{'s' if restarts > 1 else ''}; ")
     parts += [f"Seeds: {', '.join(map(str, seeds))}. Ours: mean ± 95 % CI half-width over seeds (t distribution), "
               "accuracy (%) on the test split at the paper's attack parameters; white-box, worst case over iterates. "
-              "The strong-PGD row (where present) is ours only: alpha = 2.5 eps / 100 steps, 5 restarts; "
-              "`patchtune audit` adds AutoAttack and the masking checks.", "",
+              f"{strong}`patchtune audit` adds AutoAttack and the masking checks.", "",
               f"## Table 1 ({dataset})", "", tables.markdown(table1(results, dataset)), "",
               "## Table 2: adversarial training vs the proposed fine-tuning", "", tables.markdown(table2(results, dataset)), "",
               "## PGD-10 under each evaluation setting", "", tables.markdown(settings_table(results, dataset)), "",

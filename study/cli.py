@@ -21,6 +21,7 @@ from study.cli_args import (
     DATASETS,
     DEFENSES,
     EXIT_USAGE,
+    METHODS,
     OPS,
     OPTIMIZERS,
     SPLITS,
@@ -81,15 +82,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="checkpoint path (default runs/pretrain-DATASET-ARCH-sSEED.pt)")
     p.set_defaults(run=cmd_pretrain)
 
-    p = sub.add_parser("finetune", help="the paper's defense: fine-tune on clean + patch-modified images")
+    p = sub.add_parser("finetune", help="fine-tune a base model: the paper's patch defense or adversarial fine-tuning")
     p.add_argument("--base", required=True, help="base checkpoint from `patchtune pretrain`")
     _add_data_args(p, dataset=False)
     _add_train_args(p)
     _add_aug_args(p)
+    p.add_argument("--method", type=str.lower, choices=METHODS, default="patch",
+                   help="patch (the paper's defense, default), fgsm_rs (FGSM with random start, alpha 1.25 eps), "
+                        "pgd_at (PGD-k, alpha 2.5 eps / k) or trades (CE + beta KL)")
+    p.add_argument("--patch", action=argparse.BooleanOptionalAction, default=None,
+                   help="with an adversarial --method: attack clean + patch-modified images (default: clean only)")
+    p.add_argument("--train-eps", type=unit_float,
+                   help="adversarial fine-tuning budget (default: the paper's eps for the data set)")
+    p.add_argument("--beta", type=positive_float, help="trades: weight of the KL term (default 6)")
     p.add_argument("--defense", choices=DEFENSES, default="patch",
-                   help="patch (the paper's defense, default) or one of its adversarial-training baselines")
-    p.add_argument("--at-alpha", type=unit_float, default=0.01, help="AT attack step size (default 0.01, the paper's)")
-    p.add_argument("--at-steps", type=positive_int, default=10, help="AT attack iterations for ifgsm/pgd (default 10)")
+                   help="one of the paper's adversarial-training baselines (at --at-alpha, default 0.01) instead")
+    p.add_argument("--at-alpha", type=unit_float, help="--defense: attack step size (default 0.01, the paper's)")
+    p.add_argument("--at-steps", type=positive_int,
+                   help="attack iterations: --defense ifgsm-at/pgd-at (default 10), --method pgd_at/trades (default 5)")
     p.add_argument("--out", help="checkpoint path (default runs/finetune-OPTIMIZER-sSEED.pt)")
     p.set_defaults(run=cmd_finetune)
 
@@ -172,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-train", type=positive_int, help="fine-tuning images (default: 10000 fmnist, all otherwise)")
     p.add_argument("--limit-test", type=positive_int, help="test images scored (default: 500 fmnist, all otherwise)")
     p.add_argument("--pretrain-epochs", type=positive_int, help="base model epochs (default: 10 cnn3, 200/100 vgg16)")
+    p.add_argument("--pretrain-limit-train", type=positive_int,
+                   help="pretrain the base models on the first N training images only (default: all)")
     p.add_argument("--epochs", type=positive_int, help="fine-tuning and adversarial-training epochs (default 2 / 10)")
     p.add_argument("--eot-draws", type=positive_int, default=4, help="transform draws per EOT step (default 4)")
     p.add_argument("--long-epochs", type=positive_int, help="epochs of the long fine-tune cells (default 10 / 50)")
@@ -257,9 +269,28 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune_method(args: argparse.Namespace, aug: Any, eps: float) -> tuple[Any, Any, str]:
+    """(patch augmentation or None, adversary or None, the method's name) of `patchtune finetune`'s flags."""
+    from trainables.config import AttackCfg, MethodCfg
+    from trainables.methods import Adversary, adversary_of
+
+    if args.defense != "patch":
+        if args.method != "patch" or args.train_eps is not None or args.beta is not None or args.patch is not None:
+            raise UsageError(f"--defense {args.defense} is the paper's baseline at its own parameters; it takes no "
+                             "--method, --train-eps, --beta or --patch")
+        steps = args.at_steps if args.at_steps is not None else 10
+        attack = AttackCfg(name=args.defense.removesuffix("-at"), eps=eps,
+                           alpha=args.at_alpha if args.at_alpha is not None else 0.01, steps=steps)
+        return None, Adversary(attack), args.defense.replace("-", "_")
+    if args.at_alpha is not None:
+        raise UsageError("--at-alpha belongs to --defense; an adversarial --method sets alpha from eps and steps")
+    method = MethodCfg(args.method, augment=args.patch, eps=args.train_eps, steps=args.at_steps, beta=args.beta)
+    return (aug if method.augment else None), adversary_of(method, eps), method.method.value
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     from trainables.checkpoint import load_checkpoint, save_checkpoint
-    from trainables.config import AttackCfg, DataCfg
+    from trainables.config import DataCfg
     from trainables.data import load_data
     from trainables.pipeline import default_train_cfg, finetune
 
@@ -274,21 +305,24 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                        val_fraction=split_meta.get("val_fraction", 0.1), split_seed=split_meta.get("split_seed", 0),
                        image_size=image_size, limit_train=args.limit_train, limit_val=args.limit_val,
                        limit_test=args.limit_test)
-    adversarial = None
-    if args.defense != "patch":
-        adversarial = AttackCfg(name=args.defense.removesuffix("-at"), eps=paper_eps(dataset), alpha=args.at_alpha,
-                                steps=args.at_steps)
-    stem = "" if adversarial is None else f"{args.defense}-"
+    aug_or_none, adversary, defense = _finetune_method(args, aug, paper_eps(dataset))
+    stem = "" if defense == "patch" else f"{defense.replace('_', '-')}-"
     out = writable_target(args.out or f"runs/finetune-{stem}{cfg.optimizer.value}-s{args.seed}.pt", "--out")
     device = _device(args.device)
     base = ckpt.build()
     data = load_data(data_cfg)
-    what = (f"clean + patch-modified ({','.join(o.value for o in aug.pool)}, w={aug.patch_size})" if adversarial is None
-            else f"{args.defense} examples (eps {adversarial.eps:g}, alpha {adversarial.alpha:g}, {adversarial.steps} steps)")
+    patch = f"clean + patch-modified ({','.join(o.value for o in aug.pool)}, w={aug.patch_size})"
+    if adversary is None:
+        what = patch
+    else:
+        a = adversary.attack
+        what = (f"{defense.replace('_', '-')} examples (eps {a.eps:g}, alpha {a.alpha:g}, {a.steps} steps"
+                + (f", beta {adversary.trades_beta:g}" if adversary.trades_beta is not None else "") + ") of "
+                + (patch if aug_or_none is not None else "clean") + " images")
     _say(f"fine-tuning {arch} ({args.base}) on {dataset.value} {what} with {cfg.optimizer.value} lr {cfg.lr:g} for "
          f"{cfg.epochs} epochs on {device}")
-    model, meta = finetune(base, ckpt.meta, data, cfg, aug, device=device, progress=not args.quiet,
-                           adversarial=adversarial)
+    model, meta = finetune(base, ckpt.meta, data, cfg, aug_or_none, device=device, progress=not args.quiet,
+                           adversary=adversary, defense=defense)
     meta["seed"] = cfg.seed
     meta["base_path"] = str(args.base)
     save_checkpoint(out, model, meta)
@@ -465,7 +499,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from study.reproduce import make_spec, reproduce
 
     spec = make_spec(args.dataset, seeds=args.seeds, limit_train=args.limit_train, limit_test=args.limit_test,
-                     pretrain_epochs=args.pretrain_epochs, epochs=args.epochs, eot_draws=args.eot_draws,
+                     pretrain_epochs=args.pretrain_epochs, pretrain_limit_train=args.pretrain_limit_train,
+                     epochs=args.epochs, eot_draws=args.eot_draws,
                      long_epochs=args.long_epochs, at_from_scratch=args.at_from_scratch or None,
                      cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial)
     storage = Path(args.storage)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from trainables.vocab import Arch, AttackName, Dataset, Optimizer, PatchOp, SplitName, values
+from trainables.vocab import Arch, AttackName, Dataset, Method, Optimizer, PatchOp, SplitName, values
 
 EXIT_USAGE = 2
 
@@ -71,7 +71,8 @@ OPS = values(PatchOp)
 ATTACKS = values(AttackName)
 ARCHS = values(Arch)
 SPLITS = (SplitName.TEST.value, SplitName.VAL.value)  # what `eval` and `audit` may score (never train)
-# The paper's defense, or one of its adversarial-training baselines (one per attack, e.g. pgd-at).
+METHODS = values(Method)
+# The paper's adversarial-training baselines at its attack parameters (one per attack, e.g. pgd-at).
 DEFENSES = ("patch", *(f"{a.value}-at" for a in AttackName if a is not AttackName.CLEAN))
 
 

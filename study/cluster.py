@@ -1,20 +1,39 @@
 """Connecting to Ray, and running one-off work where the GPU is.
 
-Studies and reproductions connect through `ray_init` (a fresh local instance with the dashboard bound to
-127.0.0.1, or a cluster address probed first so a wrong one fails in seconds). One-off jobs (pretraining a
-base, scoring the best trials on the test split, the audit) go through `run_where_gpu`.
+Studies and reproductions connect through `ray_session` (the connection this process already has, a fresh
+local instance with the dashboard bound to 127.0.0.1, or a cluster address probed first so a wrong one fails
+in seconds). One-off jobs (pretraining a base, scoring the best trials on the test split, the audit) go
+through `run_where_gpu`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from study.preflight import StudyError
 
 T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, dashboard: bool, dashboard_host: str = "127.0.0.1") -> Iterator[None]:
+    """Ray for the length of a `with` block. A process already connected (a notebook or script that called
+    `ray.init` itself, or a test session) keeps its connection, which is left open afterwards; otherwise
+    `ray_init` connects and the block shuts Ray down on the way out, error or not."""
+    import ray
+
+    if address is None and ray.is_initialized():
+        yield
+        return
+    ray_init(address, dashboard, dashboard_host)
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 def ray_init(address: str | None, dashboard: bool, dashboard_host: str = "127.0.0.1") -> None:

@@ -43,7 +43,8 @@ def data_cfg(spec: StudySpec) -> DataCfg:
 
 def objective_cfg(spec: StudySpec) -> ObjectiveCfg:
     o = spec.objective
-    return ObjectiveCfg(metric=Objective(o.metric), eps=spec.objective_eps, alpha=o.alpha, steps=o.steps, eps_grid=o.eps_grid)
+    return ObjectiveCfg(metric=Objective(o.metric), eps=spec.objective_eps, alpha=spec.objective_alpha, steps=o.steps,
+                        eps_grid=o.eps_grid)
 
 
 def base_cache_path(spec: StudySpec) -> Path:

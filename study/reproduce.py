@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.reproduction import render
-from study.cluster import gpus_for_task, ray_init
+from study.cluster import gpus_for_task, ray_session
 from study.grid import REPRODUCTION_GRID
 from study.preflight import StudyError
 from study.runner import pretrain_base
@@ -47,8 +47,9 @@ class ReproSpec:
     pretrain_epochs: int
     epochs: int  # fine-tuning / adversarial-training epochs
     patch_size: int
-    limit_train: int | None  # fine-tuning images (pretraining always uses the whole training split)
+    limit_train: int | None  # fine-tuning images
     limit_test: int | None
+    pretrain_limit_train: int | None = None  # pretraining images (None: the whole training split)
     seeds: int = 3
     eot_draws: int = 4
     long_epochs: int = 10  # fine-tuning epochs of the `patch_*_long` cells
@@ -59,6 +60,9 @@ class ReproSpec:
     gpus_per_trial: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.pretrain_limit_train is not None and (not isinstance(self.pretrain_limit_train, int)
+                                                      or self.pretrain_limit_train < 1):
+            raise ConfigError(f"pretrain_limit_train must be an integer >= 1, got {self.pretrain_limit_train!r}")
         for name in ("pretrain_epochs", "epochs", "patch_size", "seeds", "eot_draws", "long_epochs", "strong_steps",
                      "strong_restarts"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
@@ -87,7 +91,10 @@ def make_spec(dataset: str, **overrides: Any) -> ReproSpec:
 
 
 def _base_path(storage: Path, spec: ReproSpec, seed: int) -> Path:
-    key = json.dumps({"arch": spec.arch, "dataset": spec.dataset, "epochs": spec.pretrain_epochs, "seed": seed})
+    fields = {"arch": spec.arch, "dataset": spec.dataset, "epochs": spec.pretrain_epochs, "seed": seed}
+    if spec.pretrain_limit_train is not None:  # absent when None, so bases cached before the option keep their key
+        fields["limit_train"] = spec.pretrain_limit_train
+    key = json.dumps(fields)
     return storage / "_bases" / f"repro-{spec.dataset}-{spec.arch}-s{seed}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.pt"
 
 
@@ -108,8 +115,7 @@ def reproduce(spec: ReproSpec, storage: Path, *, name: str | None = None, addres
                        limit_val=1000)
     data = load_data(data_cfg)
     started = time.perf_counter()
-    ray_init(address, dashboard=False)
-    try:
+    with ray_session(address, dashboard=False):
         seeds = list(range(spec.seeds))
         missing = [s for s in seeds if not _base_path(storage, spec, s).is_file()]
         if missing:
@@ -118,7 +124,8 @@ def reproduce(spec: ReproSpec, storage: Path, *, name: str | None = None, addres
             # Seeds pretrain in parallel, each a task (on a GPU worker when the cluster has GPUs).
             task = ray.remote(num_cpus=spec.cpus_per_trial, num_gpus=gpus_for_task())(pretrain_base)
             full = dataclasses.replace(data_cfg, limit_train=None, limit_val=None, limit_test=None)
-            refs = {s: task.remote(spec.arch, full, {"epochs": spec.pretrain_epochs, "seed": s}) for s in missing}
+            refs = {s: task.remote(spec.arch, full, {"epochs": spec.pretrain_epochs, "seed": s,
+                                                     "limit_train": spec.pretrain_limit_train}) for s in missing}
             for s, ref in refs.items():
                 state, meta = ray.get(ref)
                 model = _build(spec.arch, data)
@@ -144,8 +151,6 @@ def reproduce(spec: ReproSpec, storage: Path, *, name: str | None = None, addres
                                       failure_config=tune.FailureConfig(max_failures=1)),
         )
         grid = tuner.fit()
-    finally:
-        ray.shutdown()
     cells = {cell.method: cell for cell in REPRODUCTION_GRID}
     rows = []
     for index in range(len(grid)):
@@ -155,7 +160,8 @@ def reproduce(spec: ReproSpec, storage: Path, *, name: str | None = None, addres
             first = str(result.error).splitlines()[0] if result.error else "no result"
             raise StudyError(f"reproduction cell {config} failed ({first}); trial logs in {out}")
         cell = cells[config["cell"]["method"]]
-        rows.append({"seed": config["seed"], **cell.columns(),
+        rows.append({"seed": config["seed"], **cell.columns(), "strong_steps": spec.strong_steps,
+                     "strong_restarts": spec.strong_restarts,
                      **{k: v for k, v in result.metrics.items() if "/" in k or k in ("clean", "train_s", "eval_s")}})
     results = pd.DataFrame(rows).sort_values(["method", "seed"]).reset_index(drop=True)
     with atomic_open(out / "results.parquet", "wb") as f:

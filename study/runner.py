@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from study.cluster import ray_init, run_where_gpu
+from study.cluster import ray_session, run_where_gpu
 from study.preflight import (
     Prepared,
     StudyError,
@@ -86,11 +86,8 @@ def score_base(spec: StudySpec, data: DataBundle, base_path: Path) -> dict[str, 
 def run_study(spec: StudySpec, *, address: str | None = None, dashboard: bool = False,
               dashboard_host: str = "127.0.0.1") -> Path:
     prep = preflight(spec)
-    import ray
-
     # Connect before writing anything: a wrong --address must not leave a half-made study directory behind.
-    ray_init(address, dashboard, dashboard_host)
-    try:
+    with ray_session(address, dashboard, dashboard_host):
         study_dir = spec.study_dir()
         study_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(study_dir / "spec.yaml", spec.to_yaml())
@@ -101,8 +98,6 @@ def run_study(spec: StudySpec, *, address: str | None = None, dashboard: bool = 
         _print_watch_hints(spec)
         grid = tuner.fit()
         return finalize(spec, grid, base_path)
-    finally:
-        ray.shutdown()
 
 
 def resume_study(study_dir: Path, *, address: str | None = None, dashboard: bool = False) -> Path:
@@ -118,16 +113,11 @@ def resume_study(study_dir: Path, *, address: str | None = None, dashboard: bool
         raise StudyError(f"the base checkpoint of {study_dir} is missing ({base_path}); the study cannot resume")
     check_optuna_storage(spec, fresh=False)
     data = load_data(data_cfg(spec))
-    import ray
-
-    ray_init(address, dashboard)
-    try:
+    with ray_session(address, dashboard):
         tuner = tune.Tuner.restore(str(study_dir), trainable=build_trainable(spec, data, base_path),
                                    resume_unfinished=True, resume_errored=True)
         _print_watch_hints(spec)
         return finalize(spec, tuner.fit(), base_path)
-    finally:
-        ray.shutdown()
 
 
 def _print_watch_hints(spec: StudySpec) -> None:
@@ -226,6 +216,16 @@ def _evaluate_remote(arch: str, cfg: DataCfg, state: dict[str, Any], attacks: li
             "attacks": {a.name.value: a.describe() for a in attacks}}
 
 
+METHOD_KEYS = ("method", "augment", "train_eps", "steps", "beta")
+
+
+def _plain(value: Any) -> Any:
+    """A results cell as JSON: missing (NaN / None) as None, numpy scalars as Python numbers."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
 def evaluate_trial_on_test(spec: StudySpec, row: dict[str, Any], base_path: Path, rank: int) -> dict[str, Any]:
     """The trial's last checkpoint on the test split at the paper's attack parameters (as a Ray task)."""
     import torch
@@ -246,7 +246,10 @@ def evaluate_trial_on_test(spec: StudySpec, row: dict[str, Any], base_path: Path
         **{k: base.meta.get(k) for k in ("arch", "dataset", "image_size", "data")},
         "kind": "finetune", "train": {"optimizer": row["optimizer"], "lr": row["lr"], "batch_size": row["batch_size"],
                                       "epochs": row["epochs"], "seed": row["seed"]},
-        "augment": {"pool": row["pool"], "patch_size": row["patch_size"], "num_patches": row["num_patches"]},
+        "defense": _plain(row.get("method")) or "patch",
+        "method": {k: _plain(row.get(k)) for k in METHOD_KEYS},
+        "augment": ({"pool": row["pool"], "patch_size": row["patch_size"], "num_patches": row["num_patches"]}
+                    if isinstance(row.get("pool"), str) else None),
         "study": spec.name, "trial_id": row["trial_id"], "test_acc": test["accuracy"]["clean"],
     })
     print(f"best trial {row['trial_id']} ({row['optimizer']}, lr {row['lr']:.2e}): test " +
@@ -254,8 +257,9 @@ def evaluate_trial_on_test(spec: StudySpec, row: dict[str, Any], base_path: Path
     return {
         "trial_id": row["trial_id"],
         "optuna_number": row.get("optuna_number"),
-        "config": {k: row.get(k) for k in ("optimizer", "lr", "batch_size", "patch_size", "num_patches", "pool", "epochs", "seed")},
-        "val": {k: row.get(k) for k in ("objective", "val_clean_acc", "val_pgd_acc", "val_robust_auc")},
+        "config": {k: _plain(row.get(k)) for k in (*METHOD_KEYS, "optimizer", "lr", "batch_size", "patch_size", "num_patches",
+                                                   "pool", "epochs", "seed")},
+        "val": {k: row.get(k) for k in ("objective", "val_clean_acc", "val_pgd_acc", "val_paper_pgd_acc", "val_robust_auc")},
         "test": test,
         "checkpoint": str(path),
     }

@@ -12,21 +12,47 @@ from typing import Any
 import optuna
 
 from study.spec import SearchSpec
+from trainables.vocab import Method
 
 
 def define_space(trial: optuna.Trial, search: SearchSpec, constants: Mapping[str, Any]) -> dict[str, Any]:
-    """Suggest optimizer, its lr (log scale, per-optimizer range), batch size, patch size/count and pool.
+    """Suggest the fine-tuning method and its own parameters, the optimizer and its lr (log scale, per-optimizer
+    range), the batch size, and, when the patch augmentation is on, patch size/count and pool.
 
-    Returns the constants plus derived keys (`lr`, `pool`) that the trainable reads; Optuna keeps the
-    suggested parameters themselves (`lr_adam`, `op_rotate`, ...), conditional where they should be.
+    Returns the constants plus the keys the trainable reads (`method`, `augment`, `steps`, `beta`, `lr`,
+    `pool`, ...); Optuna keeps the suggested parameters themselves (`pgd_at_steps`, `lr_adam`, `op_rotate`,
+    ...), each sampled only where it means something: a method's parameters when that method is drawn,
+    patch parameters when the augmentation is on.
     """
+    names = sorted(search.methods)
+    method = Method(trial.suggest_categorical("method", names) if len(names) > 1 else names[0])
+    ranges = search.methods[method.value]
+    out: dict[str, Any] = {"method": method.value}
+    if ranges.steps is not None:
+        out["steps"] = _int(trial, f"{method.value}_steps", ranges.steps)
+    if ranges.beta is not None:
+        out["beta"] = _float(trial, f"{method.value}_beta", ranges.beta)
+    choices = ranges.augment_choices(method)
+    augment = bool(trial.suggest_categorical(f"{method.value}_augment", list(choices)) if len(choices) > 1 else choices[0])
+    out["augment"] = augment
+    if search.train_eps is not None and method is not Method.PATCH:
+        out["train_eps"] = search.train_eps
+
     optimizer = trial.suggest_categorical("optimizer", sorted(search.lr))
-    low, high = search.lr[optimizer]
-    lr = trial.suggest_float(f"lr_{optimizer}", low, high, log=True) if low < high else low
+    out["lr"] = _float(trial, f"lr_{optimizer}", search.lr[optimizer])
     trial.suggest_categorical("batch_size", list(search.batch_size))
+    if augment:
+        out.update(_patch_space(trial, search))
+    return {**out, **constants}
+
+
+def _patch_space(trial: optuna.Trial, search: SearchSpec) -> dict[str, Any]:
     trial.suggest_int("patch_size", *search.patch_size)
+    out: dict[str, Any] = {}
     if search.num_patches[0] < search.num_patches[1]:
         trial.suggest_int("num_patches", *search.num_patches)
+    else:
+        out["num_patches"] = search.num_patches[0]
     ops = list(search.ops)
     if search.search_pool and len(ops) > 1:
         pool = [op for op in ops if trial.suggest_categorical(f"op_{op}", [True, False])]
@@ -34,7 +60,13 @@ def define_space(trial: optuna.Trial, search: SearchSpec, constants: Mapping[str
             pool = [trial.suggest_categorical("op_fallback", ops)]
     else:
         pool = ops
-    derived = {"lr": lr, "pool": ",".join(pool)}
-    if search.num_patches[0] == search.num_patches[1]:
-        derived["num_patches"] = search.num_patches[0]
-    return {**derived, **constants}
+    out["pool"] = ",".join(pool)
+    return out
+
+
+def _int(trial: optuna.Trial, name: str, bounds: tuple[int, int]) -> int:
+    return trial.suggest_int(name, *bounds) if bounds[0] < bounds[1] else bounds[0]
+
+
+def _float(trial: optuna.Trial, name: str, bounds: tuple[float, float]) -> float:
+    return trial.suggest_float(name, *bounds, log=True) if bounds[0] < bounds[1] else bounds[0]

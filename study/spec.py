@@ -7,9 +7,11 @@ can stop with exit status 2 before Ray starts. Presets live in `study/presets/*.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import math
 import re
+import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,12 +22,13 @@ import yaml
 from analysis.load import optuna_url
 from trainables.vocab import (
     DEFAULT_EPS_GRID,
-    PAPER_ALPHA,
+    METHOD_PARAMS,
     PAPER_STEPS,
     Arch,
     Component,
     ConfigError,
     Dataset,
+    Method,
     Objective,
     Optimizer,
     PatchOp,
@@ -127,6 +130,38 @@ class DataSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class MethodSearch:
+    """One fine-tuning method in the search and the ranges of its own parameters (None: the method's default).
+
+    `augment` lists the choices for combining an adversarial method with the patch augmentation: [false],
+    [true], or [false, true] to let Optuna decide. Patch parameters are only sampled when it is on.
+    """
+
+    steps: tuple[int, int] | None = None  # pgd_at, trades: attack steps, inclusive range
+    beta: tuple[float, float] | None = None  # trades: KL weight, log-scale range
+    augment: tuple[bool, ...] | None = None  # None: [true] for patch, [false] for the adversarial methods
+
+    def validate(self, path: str, method: Method) -> None:
+        for name in ("steps", "beta"):
+            if getattr(self, name) is not None and name not in METHOD_PARAMS[method]:
+                _fail(f"{path}.{name}", f"is not a parameter of {method.value} "
+                                        f"(it takes {', '.join(METHOD_PARAMS[method]) or 'none'})")
+        if self.steps is not None:
+            _range(self.steps, f"{path}.steps", integer=True, low=1)
+        if self.beta is not None:
+            _range(self.beta, f"{path}.beta", integer=False, low=0)
+        if self.augment is not None:
+            if (not isinstance(self.augment, tuple) or not self.augment or len(set(self.augment)) != len(self.augment)
+                    or not all(isinstance(a, bool) for a in self.augment)):
+                _fail(f"{path}.augment", f"must be [false], [true] or [false, true], got {self.augment!r}")
+            if method is Method.PATCH and self.augment != (True,):
+                _fail(f"{path}.augment", "patch is the patch augmentation itself: it can only be [true]")
+
+    def augment_choices(self, method: Method) -> tuple[bool, ...]:
+        return self.augment if self.augment is not None else (method is Method.PATCH,)
+
+
+@dataclasses.dataclass(frozen=True)
 class SearchSpec:
     """What Optuna searches. Learning-rate ranges are per optimizer and searched on a log scale."""
 
@@ -138,6 +173,9 @@ class SearchSpec:
     jitter: int = 0  # pixels; fixed, not searched
     pool: Mapping[str, bool] = dataclasses.field(default_factory=lambda: {op.value: True for op in PatchOp})
     search_pool: bool = True  # True: Optuna switches each enabled op on/off (at least one stays on)
+    # Fine-tuning methods searched, each with its own parameter ranges; the paper's space is patch alone.
+    methods: Mapping[str, MethodSearch] = dataclasses.field(default_factory=lambda: {Method.PATCH.value: MethodSearch()})
+    train_eps: float | None = None  # the adversarial methods' training budget; None = the objective's eps
 
     def validate(self, path: str) -> None:
         if not isinstance(self.lr, Mapping) or not self.lr:
@@ -166,6 +204,13 @@ class SearchSpec:
             _fail(f"{path}.pool", "at least one op must be on")
         if not isinstance(self.search_pool, bool):
             _fail(f"{path}.search_pool", f"must be true or false, got {self.search_pool!r}")
+        if not isinstance(self.methods, Mapping) or not self.methods:
+            _fail(f"{path}.methods", f"must map method names to their parameter ranges, got {self.methods!r}")
+        for name, method_search in self.methods.items():
+            _member(name, Method, f"{path}.methods")
+            method_search.validate(f"{path}.methods.{name}", Method(name))
+        if self.train_eps is not None:
+            _num(self.train_eps, f"{path}.train_eps", low=0, low_open=True, high=1)
 
     @property
     def ops(self) -> tuple[str, ...]:
@@ -176,14 +221,16 @@ class SearchSpec:
 class ObjectiveSpec:
     """What the trials report each epoch on the validation subset, and which number Optuna/ASHA maximise.
 
-    pgd_acc: worst-case PGD accuracy at (eps, alpha, steps); the paper's parameters by default.
+    pgd_acc: worst-case PGD accuracy at (eps, alpha, steps): by default the paper's eps and 10 steps with alpha =
+    2.5 eps / steps, so the attack can reach its budget (the paper's alpha 0.01 x 10 = 0.1 cannot reach 0.3; its
+    PGD-10 is reported beside it every epoch as val_paper_pgd_acc).
     robust_auc: mean worst-case PGD accuracy over `eps_grid` (alpha = 2.5 eps / steps), which keeps a
     signal where one eps is flat (e.g. 0 % for every model at F-MNIST's eps 0.3).
     """
 
     metric: str = Objective.PGD_ACC.value
     eps: float | None = None  # None = the paper's eps for the data set
-    alpha: float = PAPER_ALPHA
+    alpha: float | None = None  # None = 2.5 eps / steps
     steps: int = PAPER_STEPS
     eps_grid: tuple[float, ...] = DEFAULT_EPS_GRID
     val_limit: int | None = 1000  # validation images scored per epoch (None = the whole split)
@@ -193,7 +240,8 @@ class ObjectiveSpec:
         _member(self.metric, Objective, f"{path}.metric")
         if self.eps is not None:
             _num(self.eps, f"{path}.eps", low=0, low_open=True, high=1)
-        _num(self.alpha, f"{path}.alpha", low=0, low_open=True, high=1)
+        if self.alpha is not None:
+            _num(self.alpha, f"{path}.alpha", low=0, low_open=True, high=1)
         _num(self.steps, f"{path}.steps", integer=True, low=1)
         if not isinstance(self.eps_grid, (list, tuple)) or not self.eps_grid:
             _fail(f"{path}.eps_grid", f"must be a non-empty list of budgets, got {self.eps_grid!r}")
@@ -344,6 +392,11 @@ class StudySpec:
         return self.objective.eps if self.objective.eps is not None else dataset_info(self.dataset).paper_eps
 
     @property
+    def objective_alpha(self) -> float:
+        o = self.objective
+        return o.alpha if o.alpha is not None else min(1.0, 2.5 * self.objective_eps / o.steps)
+
+    @property
     def sampler_seed(self) -> int:
         return self.sampler.seed if self.sampler.seed is not None else self.seed
 
@@ -360,7 +413,8 @@ class StudySpec:
     def resolved(self) -> StudySpec:
         """The same spec with defaults that depend on the data set filled in (arch, objective eps, audit eps)."""
         return dataclasses.replace(self, arch=self.resolved_arch,
-                                   objective=dataclasses.replace(self.objective, eps=self.objective_eps),
+                                   objective=dataclasses.replace(self.objective, eps=self.objective_eps,
+                                                                 alpha=self.objective_alpha),
                                    audit=dataclasses.replace(self.audit, eps=self.audit_eps))
 
     def to_dict(self) -> dict[str, Any]:
@@ -397,6 +451,10 @@ def _build(cls: type[Any], raw: Any, path: str) -> Any:
     for key, value in raw.items():
         sub = f"{path}.{key}" if path else key
         nested = _dataclass_in(hints[key])
+        mapped = _mapped_dataclass(hints[key])
+        if mapped is not None and isinstance(value, Mapping):  # {name: settings}, e.g. search.methods
+            kwargs[key] = {k: v if isinstance(v, mapped) else _build(mapped, v, f"{sub}.{k}") for k, v in value.items()}
+            continue
         if nested is not None and value is None and type(None) not in typing.get_args(hints[key]):
             # `sampler: null` (or a bare `sampler:`) is not "the defaults": say so instead of guessing.
             _fail(sub, "must be a mapping of settings, got null (leave the key out for the defaults)")
@@ -416,10 +474,20 @@ def _build(cls: type[Any], raw: Any, path: str) -> Any:
 
 
 def _dataclass_in(hint: Any) -> type[Any] | None:
-    for candidate in (hint, *typing.get_args(hint)):
+    """The dataclass of a field typed `D` or `D | None`."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else ()
+    for candidate in (hint, *args):
         if dataclasses.is_dataclass(candidate) and isinstance(candidate, type):
             return candidate
     return None
+
+
+def _mapped_dataclass(hint: Any) -> type[Any] | None:
+    """The dataclass `D` of a field typed `Mapping[str, D]`."""
+    if typing.get_origin(hint) is not collections.abc.Mapping:
+        return None
+    value = typing.get_args(hint)[-1]
+    return value if dataclasses.is_dataclass(value) and isinstance(value, type) else None
 
 
 def preset_names() -> list[str]:

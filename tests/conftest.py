@@ -15,7 +15,9 @@ from trainables.data import DataBundle, load_data
 from trainables.engine import fit, pick_device
 from trainables.models import InputSpec, build_model
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Each pytest-xdist worker gets its share of the cores: more threads than cores only thrash.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 # The suite gives the same result on every run: property tests draw a fixed sequence of examples (derandomize) and
 # keep no example database between runs. `HYPOTHESIS_PROFILE=explore make test` searches fresh examples instead;
@@ -23,6 +25,17 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
 settings.register_profile("explore", max_examples=500, database=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+# `make test` runs the files on two pytest-xdist workers (`--dist loadfile`): each file runs whole on one
+# worker, a process with its own session fixtures and its own local Ray. The longest files go first.
+_LONGEST_FIRST = ("test_end_to_end.py", "test_study.py", "test_reliability.py", "test_cli.py", "test_methods.py",
+                  "test_audit.py", "test_attacks.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    order = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: order.get(item.path.name, len(order)))  # stable: tests keep their order in a file
 
 
 @pytest.fixture(scope="session")
@@ -63,34 +76,30 @@ def cnn3_in_train_mode(trained_cnn3: torch.nn.Module) -> Iterator[torch.nn.Modul
         trained_cnn3.eval()
 
 
-@pytest.fixture(scope="session")
-def tiny_study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small real study (4 trials, 1 epoch) on real Ray, shared by the notebook and report tests."""
-    from study.runner import run_study
-    from study.spec import parse_spec
+def ensure_local_ray() -> None:
+    """One local Ray instance for the suite's in-process studies: `study.cluster.ray_session` uses a connection
+    the process already has and leaves it open, so each study skips Ray's start-up and shutdown. Tests that need
+    their own instance (a multi-node `Cluster`, the dashboard) shut this one down first; the next user restarts it."""
+    import ray
 
-    storage = tmp_path_factory.mktemp("studies")
-    spec = parse_spec({
-        "name": "nbstudy", "dataset": "fmnist", "storage": str(storage),
-        "base": {"pretrain": {"epochs": 1, "limit_train": 2000}},
-        "data": {"limit_train": 600, "limit_test": 100},
-        "search": {"lr": {"adam": [1e-4, 1e-2], "rmsprop": [1e-4, 1e-2]}, "batch_size": [64], "patch_size": [4, 10]},
-        "epochs": 1, "objective": {"metric": "robust_auc", "eps_grid": [0.02, 0.05], "val_limit": 100},
-        "num_samples": 4, "max_concurrent": 2, "scheduler": {"type": "fifo"}, "sampler": {"type": "random", "seed": 1},
-        "audit": {"enabled": True, "limit": 48, "strong_steps": 10, "strong_restarts": 2, "check_limit": 24,
-                  "components": ["apgd-ce", "square"]},
-    })
-    return run_study(spec)
+    if not ray.is_initialized():
+        from study.cluster import ray_init
+
+        ray_init(None, dashboard=False)
 
 
-@pytest.fixture(scope="session")
-def tiny_repro_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny real `patchtune reproduce fmnist` (2 seeds x 6 methods) on real Ray."""
-    from study.reproduce import make_spec, reproduce
+@pytest.fixture
+def local_ray() -> None:
+    ensure_local_ray()
 
-    spec = make_spec("fmnist", seeds=2, limit_train=300, limit_test=40, pretrain_epochs=1, epochs=1, eot_draws=2,
-                     long_epochs=2, at_from_scratch=True)
-    return reproduce(spec, tmp_path_factory.mktemp("repro"), name="tiny")
+
+@pytest.fixture(scope="session", autouse=True)
+def _shutdown_ray_at_exit() -> Iterator[None]:
+    yield
+    import sys
+
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
 
 
 @pytest.fixture(scope="session")

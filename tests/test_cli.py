@@ -1,14 +1,20 @@
-"""The `patchtune` command end to end, in subprocesses, as a user runs it."""
+"""The `patchtune` command end to end: in subprocesses, as a user runs it, and, for the many refusals, the same
+`main` in this process (a subprocess per case would spend most of its time importing torch)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from study.cli import main
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -16,6 +22,28 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 def patchtune(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "study.cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env={**ENV, "PYTHONPATH": str(Path(__file__).parents[1])})
+
+
+def patchtune_here(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`patchtune ARGS` through the command's own `main`, in this process, in `cwd`."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse's refusals exit
+            code = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def ray_must_not_start(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fails the test if a command gets as far as connecting to Ray."""
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Ray was started before the bad input was refused")
+
+    for module in ("study.runner", "study.reproduce"):
+        monkeypatch.setattr(f"{module}.ray_session", refuse)
+    yield
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +66,14 @@ BAD = [
     (["pretrain", "--out", "/dev/null/y.pt"], "/dev/null is not a directory"),
     (["finetune", "--base", "missing.pt"], "checkpoint not found: missing.pt"),
     (["finetune"], "the following arguments are required: --base"),
+    (["finetune", "--base", "x.pt", "--method", "madry"], "invalid choice: 'madry'"),
+    (["finetune", "--base", "x.pt", "--method", "trades", "--beta", "0"], "--beta: expected a number > 0, got '0'"),
+    (["finetune", "--base", "x.pt", "--method", "pgd_at", "--at-steps", "0"],
+     "--at-steps: expected an integer >= 1, got '0'"),
+    (["finetune", "--base", "x.pt", "--method", "pgd_at", "--train-eps", "1.5"],
+     "--train-eps: expected a number in (0, 1], got '1.5'"),
+    (["finetune", "--base", "x.pt", "--method", "pgd_at", "--train-eps", "0"],
+     "--train-eps: expected a number in (0, 1], got '0'"),
     (["eval", "missing.pt"], "checkpoint not found: missing.pt"),
     (["eval", "x.pt", "--eps", "0"], "--eps: expected a number in (0, 1], got '0'"),
     (["eval", "x.pt", "--eps", "1.5"], "--eps: expected a number in (0, 1], got '1.5'"),
@@ -56,14 +92,29 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("args, message", BAD, ids=[" ".join(a) for a, _ in BAD])
-def test_bad_input_one_line_exit_2_nothing_written(tmp_path: Path, args: list[str], message: str) -> None:
-    proc = patchtune(*args, cwd=tmp_path, timeout=120)
+def _assert_one_line_refusal(proc: subprocess.CompletedProcess[str], message: str) -> None:
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert message in lines[0] and "error" in lines[0]
     assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+@pytest.mark.parametrize("args, message", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path: Path, args: list[str], message: str,
+                                                   ray_must_not_start: None) -> None:
+    _assert_one_line_refusal(patchtune_here(*args, cwd=tmp_path), message)
+    assert list(tmp_path.iterdir()) == []
+
+
+# One refusal of each kind (argparse, a value checked after parsing, a file) as the real command.
+SUBPROCESS_BAD = [case for case in BAD if case[0] in (["pretrain", "--epochs", "0"], ["eval", "missing.pt"],
+                                                     ["show-augment", "--patch-size", "29"])]
+
+
+@pytest.mark.parametrize("args, message", SUBPROCESS_BAD, ids=[" ".join(a) for a, _ in SUBPROCESS_BAD])
+def test_bad_input_in_a_real_process(tmp_path: Path, args: list[str], message: str) -> None:
+    _assert_one_line_refusal(patchtune(*args, cwd=tmp_path, timeout=120), message)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -71,10 +122,10 @@ def test_bad_checkpoints_are_refused(tmp_path: Path, tiny_base: Path) -> None:
     (tmp_path / "corrupt.pt").write_bytes(b"\x00" * 100)
     (tmp_path / "NOTES.txt").write_text("hello")  # once a KeyError traceback from torch's unpickler
     for name in ("corrupt.pt", "NOTES.txt"):
-        proc = patchtune("eval", name, cwd=tmp_path)
+        proc = patchtune_here("eval", name, cwd=tmp_path)
         assert proc.returncode == 2 and "not a readable patchtune checkpoint" in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
-    proc = patchtune("finetune", "--base", str(tiny_base), "--patch-size", "40", "--out", "ft.pt", cwd=tmp_path)
+    proc = patchtune_here("finetune", "--base", str(tiny_base), "--patch-size", "40", "--out", "ft.pt", cwd=tmp_path)
     assert proc.returncode == 2 and "--patch-size 40 is larger than the 28x28" in proc.stderr
     assert not (tmp_path / "ft.pt").exists()
 
@@ -95,7 +146,7 @@ def test_pretrain_finetune_eval_json(tmp_path: Path, tiny_base: Path) -> None:
                                         "restarts": 1, "counted": "any_iterate"}
     assert result["n"] == 100 and result["split"] == "test" and result["optimizer"] == "rmsprop"
     # table output with the paper's numbers beside ours, for several checkpoints at once
-    proc = patchtune("eval", str(tiny_base), str(ft), "--limit", "50", "--attacks", "clean,pgd", "--quiet", cwd=tmp_path)
+    proc = patchtune_here("eval", str(tiny_base), str(ft), "--limit", "50", "--attacks", "clean,pgd", "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "Undefended (paper)" in proc.stdout and "RMSProp (paper)" in proc.stdout and "50.08" in proc.stdout
 
@@ -103,42 +154,74 @@ def test_pretrain_finetune_eval_json(tmp_path: Path, tiny_base: Path) -> None:
 def test_finetune_adversarial_training_baseline(tmp_path: Path, tiny_base: Path) -> None:
     """`--defense fgsm-at`: the paper's baseline as a checkpoint, evaluated and labelled as such."""
     at = tmp_path / "at.pt"
-    proc = patchtune("finetune", "--base", str(tiny_base), "--defense", "fgsm-at", "--epochs", "1", "--limit-train", "600",
-                     "--limit-val", "100", "--limit-test", "100", "--out", str(at), "--quiet", cwd=tmp_path)
+    proc = patchtune_here("finetune", "--base", str(tiny_base), "--defense", "fgsm-at", "--epochs", "1", "--limit-train", "600",
+                          "--limit-val", "100", "--limit-test", "100", "--out", str(at), "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "fgsm-at examples (eps 0.3" in proc.stderr
     import torch
 
     meta = torch.load(at, weights_only=True)["meta"]
     assert meta["defense"] == "fgsm_at" and meta["augment"] is None and meta["adversarial"]["eps"] == 0.3
-    proc = patchtune("eval", str(tiny_base), str(at), "--limit", "50", "--attacks", "clean,fgsm", "--quiet", cwd=tmp_path)
+    proc = patchtune_here("eval", str(tiny_base), str(at), "--limit", "50", "--attacks", "clean,fgsm", "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "FGSM-AT (ours)" in proc.stdout and "Undefended (ours)" in proc.stdout
-    proc = patchtune("finetune", "--base", str(tiny_base), "--defense", "cw-at", cwd=tmp_path)
+    proc = patchtune_here("finetune", "--base", str(tiny_base), "--defense", "cw-at", cwd=tmp_path)
     assert proc.returncode == 2 and "invalid choice: 'cw-at'" in proc.stderr
+
+
+def test_finetune_adversarial_methods(tmp_path: Path, tiny_base: Path) -> None:
+    """`--method trades --patch`: TRADES on clean + patch-modified images, its parameters in the checkpoint."""
+    out = tmp_path / "trades.pt"
+    proc = patchtune_here("finetune", "--base", str(tiny_base), "--method", "trades", "--patch", "--train-eps", "0.1",
+                          "--at-steps", "2", "--beta", "3", "--patch-size", "6", "--epochs", "1", "--limit-train", "300",
+                          "--limit-val", "50", "--limit-test", "50", "--out", str(out), "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "trades examples (eps 0.1, alpha 0.125, 2 steps, beta 3) of clean + patch-modified" in proc.stderr
+    import torch
+
+    meta = torch.load(out, weights_only=True)["meta"]
+    assert meta["defense"] == "trades" and meta["augment"]["patch_size"] == 6
+    assert meta["adversarial"]["trades_beta"] == 3 and meta["adversarial"]["eps"] == 0.1
+    refusals = [
+        (["--method", "fgsm_rs", "--at-steps", "3"], "steps is not a parameter of method fgsm_rs (it takes eps)"),
+        (["--method", "pgd_at", "--beta", "2"], "beta is not a parameter of method pgd_at (it takes eps, steps)"),
+        (["--method", "patch", "--train-eps", "0.1"], "eps is not a parameter of method patch"),
+        (["--method", "patch", "--no-patch"], "method patch is the patch augmentation itself"),
+        (["--defense", "pgd-at", "--method", "trades"], "--defense pgd-at is the paper's baseline at its own parameters"),
+        (["--method", "pgd_at", "--at-alpha", "0.1"], "--at-alpha belongs to --defense"),
+    ]
+    for args, message in refusals:
+        proc = patchtune_here("finetune", "--base", str(tiny_base), *args, "--out", "x.pt", cwd=tmp_path)
+        assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "x.pt").exists()
 
 
 def test_audit_table_json_and_out_file(tmp_path: Path, tiny_base: Path) -> None:
     """`patchtune audit` on a real undefended checkpoint: strong attacks break it, every check passes."""
     small = ["--limit", "48", "--check-limit", "32", "--steps", "20", "--restarts", "2", "--components", "apgd-ce,square"]
-    proc = patchtune("audit", str(tiny_base), *small, "--base", str(tiny_base), "--eps", "0.1", "0.3",
-                     "--out", "sub/audit.json", "--json", cwd=tmp_path)
+    proc = patchtune("audit", str(tiny_base), *small, "--base", str(tiny_base), "--out", "sub/audit.json", "--quiet",
+                     cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    payload = json.loads(proc.stdout)
-    assert payload == json.loads((tmp_path / "sub" / "audit.json").read_text())
-    assert [a["eps"] for a in payload["audits"]] == [0.1, 0.3]
-    at3 = payload["audits"][1]
+    payload = json.loads((tmp_path / "sub" / "audit.json").read_text())
+    assert [a["eps"] for a in payload["audits"]] == [0.3]  # the paper's eps for the checkpoint's data set
+    at3 = payload["audits"][0]
     assert at3["format"] == "patchtune-audit/1" and at3["n"] == 48
     assert at3["verdict"] == "PASS", [c for c in at3["checks"] if c["status"] != "PASS"]
     rows = {r["name"]: r for r in at3["rows"]}
     assert rows["strong_pgd20x2"]["acc"] <= 0.03 and at3["worst_case_acc"] <= rows["paper_pgd10"]["acc"]
     assert rows["autoattack"]["params"]["apgd_steps"] == 100  # the reference, even in a short run
     # table output: the headline, the rows and every check by name
-    proc = patchtune("audit", str(tiny_base), *small, "--quiet", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    for needle in ("masking checks PASS", "PGD-10, alpha 0.01 (paper)", "cannot reach eps", "AutoAttack (standard)",
-                   "Worst case", "iterative_vs_single", "blackbox", "transfer", "SKIP"):
+    for needle in ("masking checks PASS", "PGD-10, alpha 0.01 (paper)", "cannot reach eps", "AutoAttack (standard)", "Worst case",
+                   "iterative_vs_single", "blackbox", "transfer"):
         assert needle in proc.stdout, needle
+    # --json prints what --out writes, one audit per eps; without --base the transfer check is skipped, and says so
+    proc = patchtune_here("audit", str(tiny_base), "--limit", "16", "--check-limit", "16", "--steps", "5",
+                          "--no-autoattack", "--eps", "0.1", "0.3", "--out", "quick.json", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    quick = json.loads(proc.stdout)
+    assert quick == json.loads((tmp_path / "quick.json").read_text()) and quick["base"] is None
+    assert [a["eps"] for a in quick["audits"]] == [0.1, 0.3]
+    assert {c["name"]: c["status"] for c in quick["audits"][0]["checks"]}["transfer"] == "SKIP"
     # a base model for another data set is refused before any attack runs
     other = tmp_path / "other.pt"
     import torch
@@ -146,12 +229,12 @@ def test_audit_table_json_and_out_file(tmp_path: Path, tiny_base: Path) -> None:
     ck = torch.load(tiny_base, weights_only=True)
     ck["meta"]["dataset"] = "cifar10"
     torch.save(ck, other)
-    proc = patchtune("audit", str(tiny_base), "--base", str(other), cwd=tmp_path)
+    proc = patchtune_here("audit", str(tiny_base), "--base", str(other), cwd=tmp_path)
     assert proc.returncode == 2 and "--base" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_show_augment_writes_a_png(tmp_path: Path) -> None:
-    proc = patchtune("show-augment", "--n", "4", "--out", "sub/grid.png", cwd=tmp_path)
+    proc = patchtune_here("show-augment", "--n", "4", "--out", "sub/grid.png", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "sub" / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -179,7 +262,8 @@ def _assert_refused(proc: subprocess.CompletedProcess[str], message: str) -> Non
     assert "Traceback" not in proc.stderr
 
 
-def test_run_refuses_bad_input_before_ray_starts(tmp_path: Path, tiny_base: Path) -> None:
+def test_run_refuses_bad_input_before_ray_starts(tmp_path: Path, ray_must_not_start: None) -> None:
+    from study.spec import read_spec_dict
     from trainables.checkpoint import save_checkpoint
     from trainables.models import InputSpec, build_model
 
@@ -192,8 +276,6 @@ def test_run_refuses_bad_input_before_ray_starts(tmp_path: Path, tiny_base: Path
         (["run", "quick", "--storage", str(tmp_path / "st"), "--optuna-storage", "notadb://x"], "cannot be opened"),
         (["resume", str(tmp_path / "nowhere")], "does not exist"),
         (["status", str(tmp_path)], "is not a patchtune study directory"),
-        # nothing listens there: refused in seconds, not after Ray's minutes of retries
-        (["run", "quick", "--storage", str(tmp_path / "st"), "--address", "127.0.0.1:9"], "nothing answers at 127.0.0.1:9"),
     ]
     (tmp_path / "broken.yaml").write_text("name: x\nsearch: [unclosed\n")
     cases.append((["run", str(tmp_path / "broken.yaml")], "is not valid YAML"))
@@ -214,6 +296,11 @@ def test_run_refuses_bad_input_before_ray_starts(tmp_path: Path, tiny_base: Path
     (corrupt / "garbage.pt").write_bytes(b"\x00garbage" * 50)
     cases.append((["run", str(_spec_file(corrupt, base={"checkpoint": str(corrupt / "garbage.pt")}))],
                   "is not a readable patchtune checkpoint"))
+    methods = tmp_path / "methods"
+    methods.mkdir()
+    cases.append((["run", str(_spec_file(methods, search={**read_spec_dict("quick")["search"],
+                                                            "methods": {"trades": {"beta": [0.0, 6.0]}}}))],
+                  "search.methods.trades.beta: must be > 0, got 0.0"))
     noroot = tmp_path / "noroot"
     noroot.mkdir()
     cases.append((["run", str(_spec_file(noroot, data={"root": str(noroot / "absent")}))], "is not a directory"))
@@ -224,15 +311,24 @@ def test_run_refuses_bad_input_before_ray_starts(tmp_path: Path, tiny_base: Path
 
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     for args, message in cases:
-        _assert_refused(patchtune(*args, cwd=tmp_path, timeout=120), message)
+        _assert_refused(patchtune_here(*args, cwd=tmp_path), message)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, "nothing written"
 
 
-def test_run_dry_run_prints_resolved_spec_and_creates_nothing(tmp_path: Path, tiny_base: Path) -> None:
+def test_run_refuses_a_dead_cluster_address_in_seconds(tmp_path: Path) -> None:
+    # nothing listens there: refused in seconds, not after Ray's minutes of retries; nothing written
+    proc = patchtune("run", "quick", "--storage", str(tmp_path / "st"), "--address", "127.0.0.1:9", cwd=tmp_path,
+                     timeout=120)
+    _assert_refused(proc, "nothing answers at 127.0.0.1:9")
+    assert not (tmp_path / "st").exists()
+
+
+def test_run_dry_run_prints_resolved_spec_and_creates_nothing(tmp_path: Path, tiny_base: Path,
+                                                              ray_must_not_start: None) -> None:
     import yaml
 
     spec = _spec_file(tmp_path, base={"checkpoint": str(tiny_base)})
-    proc = patchtune("run", str(spec), "--dry-run", "--num-samples", "3", "--name", "dry", cwd=tmp_path)
+    proc = patchtune_here("run", str(spec), "--dry-run", "--num-samples", "3", "--name", "dry", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     resolved = yaml.safe_load(proc.stdout)
     assert resolved["name"] == "dry" and resolved["num_samples"] == 3
@@ -241,15 +337,15 @@ def test_run_dry_run_prints_resolved_spec_and_creates_nothing(tmp_path: Path, ti
     assert not (tmp_path / "studies").exists()
 
 
-def test_run_refuses_to_reuse_a_study_name_with_other_objectives(tmp_path: Path) -> None:
+def test_run_refuses_to_reuse_a_study_name_with_other_objectives(tmp_path: Path, ray_must_not_start: None) -> None:
     import optuna
 
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     optuna.create_study(study_name="quick", storage=url, directions=["maximize", "maximize"])
-    proc = patchtune("run", "quick", "--storage", str(tmp_path / "st"), "--optuna-storage", url, cwd=tmp_path)
+    proc = patchtune_here("run", "quick", "--storage", str(tmp_path / "st"), "--optuna-storage", url, cwd=tmp_path)
     _assert_refused(proc, "has 2 objective(s), this spec has 1")
     optuna.create_study(study_name="other", storage=url, direction="maximize")
-    proc = patchtune("run", "quick", "--name", "other", "--storage", str(tmp_path / "st"), "--optuna-storage", url,
-                     cwd=tmp_path)
+    proc = patchtune_here("run", "quick", "--name", "other", "--storage", str(tmp_path / "st"), "--optuna-storage",
+                          url, cwd=tmp_path)
     _assert_refused(proc, "Optuna study 'other' already exists")
     assert not (tmp_path / "st").exists()

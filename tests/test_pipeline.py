@@ -6,11 +6,13 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pytest
 import torch
 
-from trainables.config import AugCfg, ObjectiveCfg
+from trainables.config import AugCfg, MethodCfg, ObjectiveCfg
 from trainables.data import DataBundle
 from trainables.engine import Stream, epoch_generator
+from trainables.methods import adversary_of
 from trainables.pipeline import TrialSetup, TrialState, default_train_cfg, finetune, run_trial
 
 CONFIG = {"optimizer": "rmsprop", "lr": 1e-3, "batch_size": 64, "epochs": 2, "seed": 3, "pool": "rotate,noise,occlude",
@@ -21,27 +23,46 @@ def _small(data: DataBundle) -> DataBundle:
     return DataBundle(data.info, data.train.take(slice(0, 640)), data.val.take(slice(0, 40)), data.test, data.source)
 
 
-def _trial(setup: TrialSetup, resume: TrialState | None = None) -> list[tuple[dict[str, Any], TrialState | None]]:
+# The paper's patch fine-tuning, and TRADES on clean (+) patch-modified images (an adversarial method).
+METHODS = {"patch": {}, "trades+patch": {"method": "trades", "augment": True, "train_eps": 0.1, "steps": 2, "beta": 3.0}}
+
+
+def _trial(setup: TrialSetup, config: dict[str, Any],
+           resume: TrialState | None = None) -> list[tuple[dict[str, Any], TrialState | None]]:
     reports: list[tuple[dict[str, Any], TrialState | None]] = []
-    run_trial(CONFIG, setup, report=lambda m, s: reports.append((m, copy.deepcopy(s))), resume=resume,
+    run_trial(config, setup, report=lambda m, s: reports.append((m, copy.deepcopy(s))), resume=resume,
               device=torch.device("cpu"))
     return reports
 
 
-def test_cli_finetune_and_a_study_trial_train_identical_weights(trained_cnn3: torch.nn.Module,
+@pytest.mark.parametrize("method", list(METHODS))
+def test_cli_finetune_and_a_study_trial_train_identical_weights(method: str, trained_cnn3: torch.nn.Module,
                                                                 fmnist_small: DataBundle) -> None:
+    config = {**CONFIG, **METHODS[method]}
     data = _small(fmnist_small)
     base_state = {k: v.detach().cpu().clone() for k, v in trained_cnn3.state_dict().items()}
     cfg = default_train_cfg("cnn3", finetune=True, optimizer="rmsprop", lr=1e-3, batch_size=64, epochs=2, seed=3)
     aug = AugCfg(pool=("rotate", "noise", "occlude"), patch_size=6)
     base = copy.deepcopy(trained_cnn3).cpu()
+    m = METHODS[method]
+    adversary = None
+    if m:
+        adversary = adversary_of(MethodCfg(m["method"], augment=True, eps=m["train_eps"], steps=m["steps"],
+                                           beta=m["beta"]), 0.3)
     cli_model, _ = finetune(base, {"arch": "cnn3", "dataset": "fmnist", "image_size": None, "data": {}}, data, cfg, aug,
-                            device=torch.device("cpu"), progress=False)
+                            device=torch.device("cpu"), progress=False, adversary=adversary)
 
     setup = TrialSetup(arch="cnn3", info=data.info, train=data.train, val=data.val, base_state=base_state,
                        objective=ObjectiveCfg(metric="robust_auc", eps_grid=(0.05,), steps=2))
-    reports = _trial(setup)
+    reports = _trial(setup, config)
     assert [m["epoch"] for m, _ in reports] == [1, 2] and all(m["error"] == "" for m, _ in reports)
+    # training compute: 640 images and their patch-modified copies per epoch; TRADES: 1 + 2 + 2 forward passes
+    # (clean probabilities, attack steps, clean and adversarial halves) and 2 + 2 backward passes per image
+    fwd, bwd = (1, 1) if method == "patch" else (5, 4)
+    assert [(m["cost_fwd_passes"], m["cost_bwd_passes"]) for m, _ in reports] == [(e * 1280 * fwd, e * 1280 * bwd)
+                                                                                  for e in (1, 2)]
+    assert 0 < reports[0][0]["cost_device_s"] < reports[1][0]["cost_device_s"]
+    assert reports[0][0]["method"] == (config.get("method") or "patch")
     final = reports[-1][1]
     assert final is not None
     for name, weight in cli_model.state_dict().items():
@@ -50,12 +71,14 @@ def test_cli_finetune_and_a_study_trial_train_identical_weights(trained_cnn3: to
     assert moved, "fine-tuning changed the weights"
 
     # A trial resumed after epoch 1 (node loss, driver crash) replays epoch 2 exactly.
-    resumed = _trial(setup, resume=reports[0][1])
+    resumed = _trial(setup, config, resume=reports[0][1])
     assert [m["epoch"] for m, _ in resumed] == [2]
     again = resumed[-1][1]
     assert again is not None
     assert all(torch.equal(v, again["model"][k]) for k, v in final["model"].items())
     assert resumed[-1][0]["objective"] == reports[-1][0]["objective"]
+    assert resumed[-1][0]["cost_fwd_passes"] == reports[-1][0]["cost_fwd_passes"]
+    assert resumed[-1][0]["cost_device_s"] > reports[0][0]["cost_device_s"]  # counted from the checkpoint on
 
 
 def test_epoch_streams_are_independent_and_reproducible() -> None:

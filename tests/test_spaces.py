@@ -52,3 +52,30 @@ def test_bound_space_pickles_with_the_stdlib() -> None:
     restored = pickle.loads(pickle.dumps(space))
     config = restored(optuna.create_study().ask())
     assert config["epochs"] == 2
+
+
+def test_each_method_samples_only_its_own_parameters() -> None:
+    from study.spec import MethodSearch
+
+    search = SearchSpec(lr={"adam": (1e-4, 1e-2)}, patch_size=(3, 9), train_eps=0.2, methods={
+        "patch": MethodSearch(), "fgsm_rs": MethodSearch(), "pgd_at": MethodSearch(steps=(2, 7), augment=(False, True)),
+        "trades": MethodSearch(steps=(3, 3), beta=(1.0, 6.0), augment=(True,))})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(80):
+        trial = study.ask()
+        derived = define_space(trial, search, {"epochs": 1})
+        config = {**trial.params, **derived}
+        study.tell(trial, 0.0)
+        method = config["method"]
+        seen.add((method, config["augment"]))
+        assert ("steps" in config) == (method in ("pgd_at", "trades")) and ("beta" in config) == (method == "trades")
+        assert ("pgd_at_steps" in trial.params) == (method == "pgd_at") and "trades_steps" not in trial.params  # fixed
+        assert ("train_eps" in config) == (method != "patch")
+        # patch parameters exist exactly when the augmentation is on
+        assert ("patch_size" in config) == ("pool" in config) == config["augment"]
+        if method == "pgd_at":
+            assert 2 <= config["steps"] <= 7
+        if method == "trades":
+            assert config["steps"] == 3 and 1.0 <= config["beta"] <= 6.0
+    assert seen == {("patch", True), ("fgsm_rs", False), ("pgd_at", False), ("pgd_at", True), ("trades", True)}

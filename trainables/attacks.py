@@ -37,7 +37,11 @@ from trainables import perf
 from trainables.config import AttackCfg, AttackName
 from trainables.perf import Autocast
 
-__all__ = ["Autocast", "AttackOutput", "StepHook", "eval_mode", "pgd", "project", "random_start", "run_attack"]
+__all__ = ["Autocast", "AttackOutput", "LossFn", "StepHook", "eval_mode", "pgd", "project", "random_start", "run_attack"]
+
+# loss_fn(logits, idx) -> float [B']: the per-sample loss the attack ascends, for the B' samples still attacked
+# (`idx` their rows in the batch); cross-entropy with the labels when None. TRADES ascends a KL divergence.
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 # on_step(step, loss, idx): `loss` float [B'] is the cross-entropy of iterate `step` (0 = the start) for the B'
 # samples still attacked, `idx` int64 [B'] their rows in the attacked batch. Both are detached device tensors:
@@ -88,6 +92,7 @@ def pgd(
     autocast: Autocast = nullcontext,
     compact_every: int | None = None,
     on_step: StepHook | None = None,
+    loss_fn: LossFn | None = None,
 ) -> AttackOutput:
     """L-inf PGD with per-sample early stopping; FGSM and IFGSM are special cases (see `run_attack`).
 
@@ -104,6 +109,7 @@ def pgd(
             `StepHook`); samples leave `idx` once dropped as fooled, and the call for the final iterate is
             skipped if none is left. With last_iterate every sample is there at every step. Costs one extra
             loss on the final forward pass, nothing when None.
+        loss_fn: the loss to ascend instead of cross-entropy (see `LossFn`); `on_step` then sees it too.
     """
     if compact_every is None:
         compact_every = perf.compact_every(x.device)
@@ -122,7 +128,8 @@ def pgd(
             xa = xa.detach().requires_grad_(True)
             with autocast():
                 logits = model(xa)
-            loss = F.cross_entropy(logits.float(), ya, reduction="none")
+            loss = (F.cross_entropy(logits.float(), ya, reduction="none") if loss_fn is None
+                    else loss_fn(logits.float(), idx))
             if on_step is not None:
                 on_step(step, loss.detach(), idx)
             (grad,) = torch.autograd.grad(loss.sum(), xa)  # sum: per-sample grads independent of the batch
@@ -145,7 +152,8 @@ def pgd(
             with autocast():
                 logits = model(xa)
             if on_step is not None:
-                on_step(steps, F.cross_entropy(logits.float(), ya, reduction="none"), idx)
+                on_step(steps, F.cross_entropy(logits.float(), ya, reduction="none") if loss_fn is None
+                        else loss_fn(logits.float(), idx), idx)
             hit = logits.argmax(1) != ya
         already = hit_so_far.view(-1, *([1] * (x.dim() - 1)))
         fooled[idx] = hit_so_far | hit

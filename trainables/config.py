@@ -15,12 +15,16 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from trainables.vocab import (
+    DEFAULT_AT_STEPS,
     DEFAULT_EPS_GRID,
+    DEFAULT_TRADES_BETA,
+    METHOD_PARAMS,
     PAPER_ALPHA,
     PAPER_STEPS,
     AttackName,
     ConfigError,
     Dataset,
+    Method,
     Objective,
     Optimizer,
     PatchOp,
@@ -30,7 +34,8 @@ from trainables.vocab import (
 )
 
 __all__ = [
-    "AttackCfg", "AttackName", "AugCfg", "ConfigError", "DataCfg", "Dataset", "ObjectiveCfg", "Optimizer", "PatchOp",
+    "AttackCfg", "AttackName", "AugCfg", "ConfigError", "DataCfg", "Dataset", "Method", "MethodCfg", "ObjectiveCfg",
+    "Optimizer", "PatchOp",
     "TrainCfg", "as_jsonable", "paper_attacks", "parse_enum", "trial_cfgs",
 ]
 
@@ -176,6 +181,69 @@ def paper_attacks(dataset: Dataset, names: Iterable[AttackName | str] | None = N
 
 
 @dataclasses.dataclass(frozen=True)
+class MethodCfg:
+    """How fine-tuning builds its training batches (trainables/methods.py).
+
+    A parameter the method does not read must stay None (METHOD_PARAMS); None for one it reads means its
+    default: eps = the caller's (the study objective's, or the paper's eps), steps = DEFAULT_AT_STEPS,
+    beta = DEFAULT_TRADES_BETA.
+    """
+
+    method: Method = Method.PATCH
+    # the paper's patch augmentation too (the adversary attacks clean (+) modified images); None: only for patch
+    augment: bool | None = None
+    eps: float | None = None  # training budget, [0, 1] pixel units
+    steps: int | None = None
+    beta: float | None = None
+
+    def __post_init__(self) -> None:
+        method = parse_enum(Method, self.method, "method")
+        object.__setattr__(self, "method", method)
+        if self.augment is None:
+            object.__setattr__(self, "augment", method is Method.PATCH)
+        for name in ("eps", "steps", "beta"):
+            _check(getattr(self, name) is None or name in METHOD_PARAMS[method],
+                   f"{name} is not a parameter of method {method.value} "
+                   f"(it takes {', '.join(METHOD_PARAMS[method]) or 'none'}); got {name} {getattr(self, name)!r}")
+        _check(isinstance(self.augment, bool), f"augment must be true or false, got {self.augment!r}")
+        _check(self.augment or method is not Method.PATCH,
+               "method patch is the patch augmentation itself: augment must be true")
+        if self.eps is not None:
+            _check(isinstance(self.eps, (int, float)) and not isinstance(self.eps, bool) and math.isfinite(self.eps)
+                   and 0.0 < self.eps <= 1.0, f"eps must be in (0, 1], got {self.eps!r}")
+        if self.steps is not None:
+            _positive_int(self.steps, "steps")
+        if self.beta is not None:
+            _finite_positive(self.beta, "beta")
+
+    @property
+    def adversarial(self) -> bool:
+        return self.method is not Method.PATCH
+
+    def resolved(self, default_eps: float) -> MethodCfg:
+        """Every parameter the method reads filled in (eps from `default_eps`)."""
+        params = METHOD_PARAMS[self.method]
+        defaults: dict[str, Any] = {"eps": default_eps, "steps": DEFAULT_AT_STEPS, "beta": DEFAULT_TRADES_BETA}
+        return dataclasses.replace(self, **{k: v for k, v in defaults.items() if k in params and getattr(self, k) is None})
+
+    def attack(self) -> AttackCfg | None:
+        """The attack that crafts the training examples (last iterate, one random start); None for patch."""
+        if not self.adversarial:
+            return None
+        assert self.eps is not None, "resolve the method first"
+        if self.method is Method.FGSM_RS:
+            return AttackCfg(AttackName.PGD, eps=self.eps, alpha=min(1.0, 1.25 * self.eps), steps=1, last_iterate=True)
+        assert self.steps is not None
+        return AttackCfg(AttackName.PGD, eps=self.eps, alpha=min(1.0, 2.5 * self.eps / self.steps), steps=self.steps,
+                         last_iterate=True)
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"method": self.method.value, "augment": self.augment}
+        out.update({k: getattr(self, k) for k in METHOD_PARAMS[self.method]})
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainCfg:
     optimizer: Optimizer = Optimizer.ADAM
     lr: float = 1e-3
@@ -250,13 +318,21 @@ class ObjectiveCfg:
                 for e in self.eps_grid]
 
 
-def trial_cfgs(config: Mapping[str, Any], *, jitter: int = 0) -> tuple[TrainCfg, AugCfg]:
-    """A Tune trial's config dict -> (TrainCfg, AugCfg); errors name the bad key and value."""
+def trial_cfgs(config: Mapping[str, Any], *, jitter: int = 0) -> tuple[TrainCfg, AugCfg | None, MethodCfg]:
+    """A Tune trial's config dict -> (TrainCfg, AugCfg or None, MethodCfg); errors name the bad key and value.
+
+    The patch keys (`patch_size`, `pool`, `num_patches`) are read only when the method uses the augmentation.
+    """
     try:
         train = TrainCfg(optimizer=config["optimizer"], lr=float(config["lr"]), batch_size=int(config["batch_size"]),
                          epochs=int(config["epochs"]), seed=int(config.get("seed", 0)), plateau_patience=0)
-        aug = AugCfg(pool=tuple(parse_enum(PatchOp, op, "pool op") for op in str(config["pool"]).split(",")), patch_size=int(config["patch_size"]),
-                     num_patches=int(config.get("num_patches", 1)), jitter=jitter)
+        method = MethodCfg(config.get("method", Method.PATCH), augment=config.get("augment"),
+                           eps=config.get("train_eps"), steps=config.get("steps"), beta=config.get("beta"))
+        aug = None
+        if method.augment:
+            aug = AugCfg(pool=tuple(parse_enum(PatchOp, op, "pool op") for op in str(config["pool"]).split(",")),
+                         patch_size=int(config["patch_size"]), num_patches=int(config.get("num_patches", 1)),
+                         jitter=jitter)
     except KeyError as exc:
         raise ConfigError(f"trial config lacks {exc.args[0]!r}: {dict(config)!r}") from None
-    return train, aug
+    return train, aug, method

@@ -27,7 +27,8 @@ from trainables.attacks import Autocast, eval_mode, run_attack
 from trainables.augment import clean_plus_modified, make_generator
 from trainables.config import AttackCfg, AttackName, AugCfg, ObjectiveCfg, Optimizer, TrainCfg
 from trainables.data import Split, iterate_batches, place
-from trainables.vocab import Objective
+from trainables.methods import Adversary, batch_loss
+from trainables.vocab import PAPER_ALPHA, PAPER_STEPS, Objective
 
 
 class DivergedError(RuntimeError):
@@ -105,7 +106,8 @@ class EpochStats:
     val_loss: float
     val_acc: float
     lr: float
-    seconds: float
+    seconds: float  # the whole epoch: training and the clean validation pass
+    train_seconds: float  # training alone (ends with a host sync, so device time is counted on GPU too)
 
 
 def train_one_epoch(
@@ -121,16 +123,16 @@ def train_one_epoch(
     autocast: Autocast = nullcontext,
     progress: bool = False,
     desc: str = "train",
-    adversarial: AttackCfg | None = None,
+    adversarial: Adversary | None = None,
     step_model: nn.Module | None = None,
     drop_last: bool = False,
 ) -> tuple[float, float]:
     """One pass over `data`; returns (mean loss, accuracy). Raises DivergedError on a non-finite loss.
 
     `augment`: the paper's defense (clean (+) patch-modified batches). `adversarial`: adversarial training
-    (Goodfellow et al. / Madry et al.): each batch is replaced by its adversarial examples (last iterate),
-    crafted against the current weights in eval mode. `step_model`: what the training step calls (a compiled
-    view of `model` sharing its parameters); the attacks always use `model`.
+    (trainables/methods.py) on the batch, patch-modified copies included when `augment` is set.
+    `step_model`: what the training step calls (a compiled view of `model` sharing its parameters); the
+    attacks always use `model`.
     """
     model.train()
     loss_sum = torch.zeros((), device=device)
@@ -142,12 +144,8 @@ def train_one_epoch(
         if augment is not None:
             assert aug_generator is not None
             x, y = clean_plus_modified(x, y, augment, aug_generator)
-        if adversarial is not None:
-            attack = dataclasses.replace(adversarial, last_iterate=True, restarts=1)
-            x = run_attack(model, x, y, attack, generator=aug_generator, autocast=autocast).x_adv
-        with autocast():
-            logits = (step_model or model)(x)
-        loss = F.cross_entropy(logits.float(), y)
+        loss, logits, y = batch_loss(model, step_model or model, x, y, adversarial, generator=aug_generator,
+                                     autocast=autocast)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
@@ -193,7 +191,7 @@ def fit(
     on_epoch: Callable[[EpochStats], None] | None = None,
     start_epoch: int = 0,
     optimizer: torch.optim.Optimizer | None = None,
-    adversarial: AttackCfg | None = None,
+    adversarial: Adversary | None = None,
 ) -> list[EpochStats]:
     """Train `model` for epochs `start_epoch` .. `cfg.epochs - 1`; `schedule` turns on ReduceLROnPlateau on
     validation loss. The one training loop: pretraining, the CLI's fine-tuning, study trials and the
@@ -222,11 +220,12 @@ def fit(
             augment=augment, aug_generator=epoch_generator(cfg.seed, epoch, Stream.AUGMENT, device),
             autocast=autocast, progress=progress, desc=f"epoch {epoch + 1}", adversarial=adversarial,
         )
+        train_seconds = time.perf_counter() - t0
         val_loss, val_acc = evaluate_clean(model, val, batch_size=max(cfg.batch_size, 256), device=device, autocast=autocast)
         if scheduler is not None:
             scheduler.step(val_loss)
         stats = EpochStats(epoch + 1, train_loss, train_acc, val_loss, val_acc, optimizer.param_groups[0]["lr"],
-                           time.perf_counter() - t0)
+                           time.perf_counter() - t0, train_seconds)
         history.append(stats)
         bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.4f}")
         if on_epoch is not None:
@@ -304,14 +303,18 @@ def score_objective(
 ) -> dict[str, float]:
     """Per-epoch validation scores: clean accuracy, PGD accuracy at the objective's eps, and robust AUC.
 
-    Keys: val_clean_acc, val_pgd_acc, val_robust_auc, val_pgd_acc_eps<e> for each grid eps, and `objective`
-    (the one Optuna and the scheduler maximise).
+    Keys: val_clean_acc, val_pgd_acc (the objective's PGD), val_paper_pgd_acc (the paper's PGD-10 at the same eps,
+    alpha 0.01: reported beside it, never optimised), val_robust_auc, val_pgd_acc_eps<e> for each grid eps, and
+    `objective` (the one Optuna and the scheduler maximise).
     """
     grid = objective.grid()
+    paper = AttackCfg(name=AttackName.PGD, eps=objective.eps, alpha=PAPER_ALPHA, steps=PAPER_STEPS)
     # The objective's attack and a grid attack at the same eps differ in alpha: keep both, under distinct keys.
     attacks = {"pgd": objective.pgd(), **{f"eps{a.eps:g}": a for a in grid}}
+    if paper != objective.pgd():
+        attacks["paper"] = paper
     acc = robust_accuracy(model, data, attacks, device=device, batch_size=batch_size, seed=seed, autocast=autocast)
-    scores = {"val_clean_acc": acc["clean"], "val_pgd_acc": acc["pgd"]}
+    scores = {"val_clean_acc": acc["clean"], "val_pgd_acc": acc["pgd"], "val_paper_pgd_acc": acc.get("paper", acc["pgd"])}
     for a in grid:
         scores[f"val_pgd_acc_eps{a.eps:g}"] = acc[f"eps{a.eps:g}"]
     scores["val_robust_auc"] = sum(acc[f"eps{a.eps:g}"] for a in grid) / len(grid)

@@ -39,6 +39,7 @@ from trainables.engine import (
     score_objective,
     seed_everything,
 )
+from trainables.methods import Adversary, adversary_of, passes_per_image
 from trainables.models import InputSpec, build_model
 from trainables.perf import prepare_model
 from trainables.vocab import ARCHS, Arch, parse_enum
@@ -84,31 +85,32 @@ def finetune(
     base_meta: dict[str, Any],
     data: DataBundle,
     cfg: TrainCfg,
-    aug: AugCfg,
+    aug: AugCfg | None,
     *,
     device: torch.device,
     progress: bool = True,
-    adversarial: AttackCfg | None = None,
+    adversary: Adversary | None = None,
+    defense: str = "patch",
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The paper's defense: fine-tune `base` on clean (+) patch-modified images at a fixed learning rate.
-
-    With `adversarial`, the paper's baselines instead: adversarial training from the base on that attack's
-    examples (FGSM-AT, IFGSM-AT, PGD-AT), no patch augmentation.
+    """Fine-tune `base` at a fixed learning rate: on clean (+) patch-modified images (`aug`, the paper's defense),
+    on adversarial examples (`adversary`: FGSM-RS, PGD-AT, TRADES, or the paper's AT baselines), or on
+    adversarial examples of clean (+) patch-modified images (both). `defense` names the method in the metadata.
     """
-    aug.check_fits(data.info.height, data.info.width)
+    if aug is not None:
+        aug.check_fits(data.info.height, data.info.width)
     seed_everything(cfg.seed)
     model = prepare_model(base, device)
     autocast = configure_backends(device)
-    history = fit(model, data.train, data.val, cfg, device=device, augment=None if adversarial else aug,
-                  adversarial=adversarial, autocast=autocast, progress=progress)
+    history = fit(model, data.train, data.val, cfg, device=device, augment=aug, adversarial=adversary,
+                  autocast=autocast, progress=progress)
     _, test_acc = evaluate_clean(model, data.test, batch_size=500, device=device, autocast=autocast)
     meta = {
         **{k: base_meta[k] for k in ("arch", "dataset", "image_size", "data")},
         "kind": "finetune",
-        "defense": f"{adversarial.name.value}_at" if adversarial else "patch",
+        "defense": defense,
         "train": as_jsonable(cfg),
-        "augment": None if adversarial else as_jsonable(aug),
-        "adversarial": adversarial.describe() if adversarial else None,
+        "augment": as_jsonable(aug) if aug is not None else None,
+        "adversarial": adversary.describe() if adversary else None,
         "base": {k: base_meta.get(k) for k in ("kind", "train", "test_acc", "created")},
         "val_acc": history[-1].val_acc,
         "test_acc": test_acc,
@@ -137,43 +139,55 @@ Report = Callable[[dict[str, Any], TrialState | None], None]
 
 def run_trial(config: Mapping[str, Any], setup: TrialSetup, *, report: Report, resume: TrialState | None = None,
               device: torch.device | None = None, where: Mapping[str, str] | None = None) -> None:
-    """One study trial: fine-tune the base with the trial's hyperparameters through `fit`, scoring the
-    objective on the validation subset after every epoch and passing (metrics, state to checkpoint) to
+    """One study trial: fine-tune the base with the trial's method and hyperparameters through `fit`, scoring
+    the objective on the validation subset after every epoch and passing (metrics, state to checkpoint) to
     `report`. `resume` continues from a checkpointed state. A diverged run reports its reason under `error`
     (with finite values everywhere, which the searcher needs) and stops.
+
+    Every report carries the training compute so far: `cost_device_s` (seconds on the trial's device, training
+    only: validation scoring excluded) and `cost_fwd_passes` / `cost_bwd_passes` (passes of one image through the
+    model, attack steps included; trainables/methods.py).
     """
-    train_cfg, aug = trial_cfgs(config, jitter=setup.jitter)
+    train_cfg, aug, method = trial_cfgs(config, jitter=setup.jitter)
+    adversary = adversary_of(method, setup.objective.eps)
+    passes = passes_per_image(adversary)
+    images = len(setup.train) * (2 if aug is not None else 1)
     device = device or pick_device()
     autocast = configure_backends(device)
     model = build_model(setup.arch, InputSpec.of(setup.info))
     model.load_state_dict(setup.base_state)
     prepare_model(model, device)
     optimizer = make_optimizer(model.parameters(), train_cfg, device)
-    start = 0
+    start, device_s = 0, 0.0
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
-        start = int(resume["epoch"])
+        start, device_s = int(resume["epoch"]), float(resume.get("device_s", 0.0))
     val = place(setup.val, device)
-    extra = dict(where or {})
+    extra = {**dict(where or {}), "method": method.method.value}
 
     def on_epoch(stats: EpochStats) -> None:
+        nonlocal device_s
+        device_s += stats.train_seconds
         t0 = time.perf_counter()
         scores = score_objective(model, val, setup.objective, device=device, seed=train_cfg.seed, autocast=autocast)
         metrics = {**scores, "train_loss": stats.train_loss, "epoch": stats.epoch,
-                   "epoch_time_s": stats.seconds + time.perf_counter() - t0, **extra, "error": ""}
-        report(metrics, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": stats.epoch})
+                   "epoch_time_s": stats.seconds + time.perf_counter() - t0, "cost_device_s": device_s,
+                   "cost_fwd_passes": stats.epoch * images * passes.forward,
+                   "cost_bwd_passes": stats.epoch * images * passes.backward, **extra, "error": ""}
+        report(metrics, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": stats.epoch,
+                         "device_s": device_s})
 
     try:
-        fit(model, setup.train, val, train_cfg, device=device, augment=aug, autocast=autocast, progress=False,
-            on_epoch=on_epoch, start_epoch=start, optimizer=optimizer)
+        fit(model, setup.train, val, train_cfg, device=device, augment=aug, adversarial=adversary, autocast=autocast,
+            progress=False, on_epoch=on_epoch, start_epoch=start, optimizer=optimizer)
     except DivergedError as exc:
         report(failure_metrics(str(exc), start, extra), None)
 
 
 def failure_metrics(reason: str, epoch: int, extra: Mapping[str, str]) -> dict[str, Any]:
     """Every key the searcher and scheduler read, with finite values: NaN would leave Optuna trials RUNNING."""
-    return {"objective": 0.0, "val_clean_acc": 0.0, "val_pgd_acc": 0.0, "val_robust_auc": 0.0,
+    return {"objective": 0.0, "val_clean_acc": 0.0, "val_pgd_acc": 0.0, "val_paper_pgd_acc": 0.0, "val_robust_auc": 0.0,
             "train_loss": float("inf"), "epoch": epoch + 1, "epoch_time_s": 0.0, **extra, "error": reason}
 
 

@@ -24,6 +24,7 @@ from ray import tune
 from trainables.config import AttackCfg, AugCfg, TrainCfg
 from trainables.data import DatasetInfo, Split, place
 from trainables.engine import configure_backends, fit, pick_device, robust_accuracy
+from trainables.methods import Adversary
 from trainables.models import InputSpec, build_model
 from trainables.perf import prepare_model
 from trainables.pipeline import TrialSetup, TrialState, run_trial
@@ -98,7 +99,7 @@ def reproduce_trial(config: dict[str, Any], setup: ReproSetup) -> None:
         epochs = setup.long_epochs if cell["long"] else setup.epochs
         adversarial = None
         if cell["adversarial"] is not None:
-            adversarial = next(a for a in setup.attacks if a.name.value == cell["adversarial"])
+            adversarial = Adversary(next(a for a in setup.attacks if a.name.value == cell["adversarial"]))
             if setup.at_from_scratch_epochs:
                 torch.manual_seed(seed)
                 model, epochs = prepare_model(build_model(setup.arch, spec), device), setup.at_from_scratch_epochs

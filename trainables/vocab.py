@@ -53,6 +53,26 @@ class AttackName(str, enum.Enum):
     PGD = "pgd"
 
 
+class Method(str, enum.Enum):
+    """Fine-tuning methods (trainables/methods.py); each but `patch` can be combined with the patch augmentation."""
+
+    PATCH = "patch"  # the paper's: clean (+) patch-modified images, no adversary
+    FGSM_RS = "fgsm_rs"  # FGSM from a random start, alpha = 1.25 eps (Wong, Rice & Kolter 2020)
+    PGD_AT = "pgd_at"  # PGD-k adversarial training, alpha = 2.5 eps / k (Madry et al. 2018)
+    TRADES = "trades"  # CE on clean + beta * KL(adversarial || clean) (Zhang et al. 2019)
+
+
+# The parameters each method reads (besides the optimizer and its lr); a value given for any other is refused.
+METHOD_PARAMS: Mapping[Method, tuple[str, ...]] = {
+    Method.PATCH: (),
+    Method.FGSM_RS: ("eps",),
+    Method.PGD_AT: ("eps", "steps"),
+    Method.TRADES: ("eps", "steps", "beta"),
+}
+DEFAULT_AT_STEPS = 5  # PGD-AT / TRADES attack steps: alpha = 2.5 eps / 5 reaches 2 eps
+DEFAULT_TRADES_BETA = 6.0  # Zhang et al.'s choice for CIFAR-10 and MNIST
+
+
 class Objective(str, enum.Enum):
     """What a study's trials maximise on the validation split (see `ObjectiveCfg`)."""
 

@@ -1,0 +1,204 @@
+"""A small real study and a tiny real reproduction on real Ray, each built once for this module, checked end
+to end: their result files, both analysis notebooks executed headless (nbclient), and `patchtune report`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import optuna
+import pandas as pd
+import pytest
+from nbclient import NotebookClient
+from repro_frame import GRID, METHODS
+
+from conftest import ensure_local_ray
+from trainables.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "analysis" / "notebooks"
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def tiny_study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real study on real Ray, shared by the end-to-end study test, the notebooks and the report: a
+    base pretrained first, TPE + ASHA over 4 trials of 2 epochs (one at a time, so ASHA's decisions do not
+    depend on timing), the best trial on the test split, and the `audit:` option."""
+    from study.runner import run_study
+    from study.spec import parse_spec
+
+    ensure_local_ray()
+    storage = tmp_path_factory.mktemp("studies")
+    spec = parse_spec({
+        "name": "e2e", "dataset": "fmnist", "storage": str(storage),
+        "base": {"pretrain": {"epochs": 1, "limit_train": 2000}},
+        "data": {"limit_train": 800, "limit_test": 200},
+        "search": {"lr": {"adam": [1e-4, 1e-2], "rmsprop": [1e-4, 1e-2]}, "batch_size": [64, 128], "patch_size": [4, 10]},
+        "epochs": 2, "objective": {"metric": "robust_auc", "eps_grid": [0.02, 0.05], "val_limit": 150},
+        "num_samples": 4, "max_concurrent": 1,
+        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        "sampler": {"type": "tpe", "n_startup_trials": 2},
+        "audit": {"enabled": True, "limit": 48, "strong_steps": 10, "strong_restarts": 2, "check_limit": 24,
+                  "components": ["apgd-ce", "square"]},
+    })
+    return run_study(spec)
+
+
+@pytest.fixture(scope="module")
+def tiny_repro_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny real `patchtune reproduce fmnist` (2 seeds x the whole grid) on real Ray: bases pretrained on
+    2000 images, a strong PGD-20 x2 instead of the default PGD-100 x5."""
+    from study.reproduce import make_spec, reproduce
+
+    ensure_local_ray()
+    spec = make_spec("fmnist", seeds=2, limit_train=300, limit_test=20, pretrain_epochs=1, pretrain_limit_train=2000,
+                     epochs=1, eot_draws=2, long_epochs=2, at_from_scratch=True, strong_steps=20, strong_restarts=2)
+    return reproduce(spec, tmp_path_factory.mktemp("repro"), name="tiny")
+
+
+# ----------------------------------------------------------------------------------------- result files
+
+
+def optuna_states(study_dir: Path, name: str) -> dict[str, optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{study_dir / 'optuna.db'}")
+    return {t.user_attrs.get("ray_trial_id", f"#{t.number}"): t for t in study.get_trials()}
+
+
+def test_study_end_to_end_with_pretrained_base_asha_and_best_on_test(tiny_study_dir: Path) -> None:
+    study_dir = tiny_study_dir
+    assert study_dir.name == "e2e"
+    results = pd.read_parquet(study_dir / "results.parquet")
+    assert len(results) == 4 and results["trial_id"].is_unique
+    states = optuna_states(study_dir, "e2e")
+    assert len(states) == 4 and set(states) == set(results["trial_id"])
+    assert not [t for t in states.values() if t.state.name == "RUNNING"]
+    for row in results.to_dict("records"):
+        t = states[row["trial_id"]]
+        # ASHA-stopped trials are PRUNED in Optuna, never COMPLETE with a truncated score
+        expected = "PRUNED" if row["epochs_done"] < 2 else "COMPLETE"
+        assert t.state.name == expected == row["status"] == row["optuna_state"]
+        assert t.params["optimizer"] == row["optimizer"] and 1e-4 <= row["lr"] <= 1e-2
+        assert 0.0 <= row["objective"] <= row["val_clean_acc"] <= 1.0
+    assert (results["status"] == "PRUNED").any(), "with these seeds ASHA stops at least one trial"
+    epochs = pd.read_parquet(study_dir / "epochs.parquet")
+    assert len(epochs) == results["epochs_done"].sum()
+    assert {"val_clean_acc", "val_pgd_acc", "val_robust_auc", "val_pgd_acc_eps0.02", "epoch_time_s", "node_id",
+            "device"} <= set(epochs.columns)
+    best = json.loads((study_dir / "best.json").read_text())
+    entry = best["trials"][0]
+    complete = results[results.status == "COMPLETE"].set_index("trial_id")
+    assert complete.loc[entry["trial_id"], "objective"] == complete["objective"].max()  # ties: either is the best
+    assert entry["test"]["n"] == 200 and set(entry["test"]["accuracy"]) == {"clean", "fgsm", "ifgsm", "pgd"}
+    assert entry["test"]["attacks"]["pgd"]["eps"] == 0.3 and entry["test"]["attacks"]["pgd"]["alpha"] == 0.01
+    acc = entry["test"]["accuracy"]
+    assert all(0 <= v <= acc["clean"] for v in acc.values())
+    ckpt = load_checkpoint(study_dir / "best.pt", arch="cnn3", dataset="fmnist")
+    assert ckpt.meta["trial_id"] == entry["trial_id"]
+    assert list((study_dir.parent / "_bases").glob("fmnist-cnn3-*.pt")), "the pretrained base is cached for later studies"
+    assert list(study_dir.glob("trial_*/events.out.tfevents.*")), "TensorBoard logs per trial"
+    assert (study_dir / "spec.yaml").is_file()
+
+
+def test_reproduce_end_to_end_tiny(tiny_repro_dir: Path) -> None:
+    out = tiny_repro_dir
+    results = pd.read_parquet(out / "results.parquet")
+    assert len(results) == 16 and set(results["method"]) == set(METHODS) and set(results["seed"]) == {0, 1}
+    # Each row describes its cell as the grid declares it, so the analysis needs no method names.
+    for row in results.to_dict("records"):
+        written = {k: None if pd.isna(row[k]) else row[k] for k in GRID[row["method"]].columns()}  # parquet: NaN
+        assert written == GRID[row["method"]].columns()
+    assert {"clean", "whitebox/pgd", "transfer/pgd", "ttt_eot/pgd", "strong/pgd"} <= set(results.columns)
+    # PGD-20 x2 with alpha 2.5 eps / 20 is never much weaker than the paper's PGD-10 (per model, 20 images)
+    assert (results["strong/pgd"] <= results["whitebox/pgd"] + 0.1).all()
+    for key in [c for c in results.columns if "/" in c and not c.startswith("ttt")]:
+        assert (results[key] <= results["clean"] + 1e-9).all(), key
+    text = (out / "tables.md").read_text()
+    assert "53.72" in text and "RMSProp beats Adam under PGD-10 on F-MNIST" in text
+    assert "strong PGD-20 x2 (ours only)" in text and "The paper's PGD-10 overstates the robustness of" in text
+    assert "alpha = 2.5 eps / 20 steps, 2 random starts" in text
+    assert len(list((out.parent / "_bases").glob("repro-fmnist-cnn3-s*.pt"))) == 2
+
+
+# ----------------------------------------------------------------------------------------- notebooks, reports
+
+
+def run_notebook(name: str, env: dict[str, str]) -> nbformat.NotebookNode:
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits the environment: that is how the notebooks are parameterized
+    try:
+        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return nb
+
+
+def outputs(nb: nbformat.NotebookNode) -> tuple[str, int]:
+    text, images = [], 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            images += "image/png" in data
+            text.append(str(data.get("text/markdown", "")) + str(data.get("text/plain", "")) + str(out.get("text", "")))
+    return "\n".join(text), images
+
+
+def test_notebooks_are_paired_with_jupytext_scripts() -> None:
+    import jupytext
+
+    for name in ("optimizer_role", "adversarial_training"):
+        paired = jupytext.read(NOTEBOOKS / f"{name}.py")
+        notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+        assert [c.source for c in paired.cells] == [c.source for c in notebook.cells], f"{name}: .py and .ipynb differ"
+
+
+def test_optimizer_role_notebook(tiny_study_dir: Path, tiny_repro_dir: Path) -> None:
+    nb = run_notebook("optimizer_role", {"PATCHTUNE_STUDY_DIR": str(tiny_study_dir), "PATCHTUNE_REPRO_DIR": str(tiny_repro_dir)})
+    text, images = outputs(nb)
+    assert "Table 1 (reproduction" in text and "adam (paper)" in text and "53.72" in text
+    assert "Best study trial(s) on the test split" in text
+    assert "RMSProp beats Adam under PGD-10" in text
+    assert images >= 6
+
+
+def test_adversarial_training_notebook(tiny_repro_dir: Path) -> None:
+    nb = run_notebook("adversarial_training", {"PATCHTUNE_REPRO_DIR": str(tiny_repro_dir)})
+    text, images = outputs(nb)
+    assert "pgd_at (ours)" in text and "proposed (ours)" in text and "test-time transform + EOT" in text
+    assert images >= 2
+
+
+def test_report_writes_every_figure(tiny_study_dir: Path, tiny_repro_dir: Path) -> None:
+    from analysis.report import write_reproduction_report, write_study_report
+
+    report = write_study_report(tiny_study_dir)
+    text = report.read_text()
+    for name in ("robust_vs_lr", "robust_by_optimizer", "optimizer_patch_heatmap", "transform_effect",
+                 "clean_vs_robust", "learning_curves", "accuracy_vs_eps"):
+        assert (report.parent / f"{name}.png").stat().st_size > 5000 and (report.parent / f"{name}.svg").is_file()
+        assert f"({name}.png)" in text
+    assert "## Findings" in text and "| trial |" in text
+    # the study's `audit:` option audited the best trial: paper vs strong attacks side by side, with the checks
+    audit = json.loads((tiny_study_dir / "audit.json").read_text())
+    [trial] = audit["trials"]
+    [rep] = trial["audits"]
+    assert rep["n"] == 48 and rep["eps"] == 0.3 and {c["name"] for c in rep["checks"]} >= {"budget", "blackbox", "noise"}
+    assert "## Robustness audit" in text and "PGD-10, alpha 0.01 (paper)" in text and "Worst case" in text
+    assert f"### Checks: trial {trial['trial_id']}, eps 0.3" in text and "(audit.png)" in text
+    assert (report.parent / "audit.png").stat().st_size > 5000
+    from study.runner import status_table
+
+    assert f"audit of {trial['trial_id']}: eps 0.3, 48 test images" in status_table(tiny_study_dir)
+    from analysis.load import base_eps_curve, load_study
+
+    base = base_eps_curve(load_study(tiny_study_dir).base)
+    assert list(base["eps"]) == [0.02, 0.05] and base["accuracy"].between(0, 1).all()
+    repro = write_reproduction_report(tiny_repro_dir)
+    assert (repro.parent / "method_bars.png").is_file() and "## Table 1 (fmnist)" in repro.read_text()

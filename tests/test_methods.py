@@ -1,0 +1,150 @@
+"""Fine-tuning methods: their configuration, the examples they train on, their losses, their cost."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainables.attacks import pgd
+from trainables.augment import make_generator
+from trainables.config import AttackCfg, AttackName, ConfigError, Method, MethodCfg, TrainCfg
+from trainables.engine import evaluate, fit
+from trainables.methods import Adversary, Passes, adversary_of, batch_loss, passes_per_image
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"method": "madry"}, "method must be one of patch, fgsm_rs, pgd_at, trades; got 'madry'"),
+    ({"method": "trades", "beta": 0.0}, "beta must be > 0, got 0.0"),
+    ({"method": "trades", "beta": float("nan")}, "beta must be > 0, got nan"),
+    ({"method": "pgd_at", "steps": 0}, "steps must be >= 1, got 0"),
+    ({"method": "pgd_at", "steps": 2.5}, "steps must be an integer, got 2.5"),
+    ({"method": "pgd_at", "eps": 0.0}, "eps must be in (0, 1], got 0.0"),
+    ({"method": "fgsm_rs", "eps": 1.5}, "eps must be in (0, 1], got 1.5"),
+    ({"method": "fgsm_rs", "steps": 3}, "steps is not a parameter of method fgsm_rs (it takes eps); got steps 3"),
+    ({"method": "pgd_at", "beta": 6.0}, "beta is not a parameter of method pgd_at (it takes eps, steps); got beta 6.0"),
+    ({"method": "patch", "eps": 0.1}, "eps is not a parameter of method patch (it takes none); got eps 0.1"),
+    ({"method": "patch", "augment": False}, "method patch is the patch augmentation itself: augment must be true"),
+])
+def test_bad_method_configs_name_the_value(kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        MethodCfg(**kwargs)
+    assert str(err.value) == message
+
+
+def test_defaults_and_step_sizes_reach_twice_eps() -> None:
+    assert MethodCfg().attack() is None and adversary_of(MethodCfg(), 0.3) is None
+    pgd_at = MethodCfg("pgd_at").resolved(0.1)
+    assert (pgd_at.eps, pgd_at.steps, pgd_at.beta) == (0.1, 5, None)
+    attack = pgd_at.attack()
+    assert attack is not None and attack.alpha * attack.steps == pytest.approx(2.5 * 0.1) and attack.last_iterate
+    fgsm = MethodCfg("fgsm_rs", eps=0.2).resolved(0.3).attack()
+    assert fgsm is not None and (fgsm.name, fgsm.eps, fgsm.steps) == (AttackName.PGD, 0.2, 1)
+    assert fgsm.alpha == pytest.approx(1.25 * 0.2)  # Wong et al.: random start, then one step of 1.25 eps
+    trades = adversary_of(MethodCfg("trades", steps=10), 0.3)
+    assert trades is not None and trades.trades_beta == 6.0 and trades.attack.steps == 10
+    assert MethodCfg("trades").describe() == {"method": "trades", "augment": False, "eps": None, "steps": None, "beta": None}
+    assert MethodCfg().augment is True and MethodCfg("pgd_at", augment=True).augment is True
+
+
+def test_passes_per_image() -> None:
+    assert passes_per_image(None) == Passes(1, 1)
+    assert passes_per_image(adversary_of(MethodCfg("fgsm_rs"), 0.1)) == Passes(2, 2)
+    assert passes_per_image(adversary_of(MethodCfg("pgd_at", steps=7), 0.1)) == Passes(8, 8)
+    assert passes_per_image(adversary_of(MethodCfg("trades", steps=5), 0.1)) == Passes(8, 7)
+    assert passes_per_image(Adversary(AttackCfg("fgsm", eps=0.3))) == Passes(2, 2)
+
+
+def _tiny() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    return model, torch.rand(6, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+
+
+def test_fgsm_rs_examples_are_wong_et_al() -> None:
+    model, x, y = _tiny()
+    eps = 0.1
+    adversary = adversary_of(MethodCfg("fgsm_rs"), eps)
+    assert adversary is not None
+    # by hand, from the same random start: delta ~ U(-eps, eps); one signed step of 1.25 eps; project
+    delta = torch.empty_like(x).uniform_(-eps, eps, generator=make_generator(5))
+    start = (x + delta).clamp(0, 1).requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(start), y, reduction="sum"), start)
+    expected = (x + (start.detach() + 1.25 * eps * grad.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+    loss, logits, labels = batch_loss(model, model, x, y, adversary, generator=make_generator(5))
+    assert torch.allclose(logits, model(expected), atol=1e-6) and torch.equal(labels, y)
+    assert loss.item() == pytest.approx(F.cross_entropy(model(expected), y).item(), abs=1e-6)
+
+
+def test_trades_loss_is_ce_plus_beta_kl_of_examples_that_raise_the_kl() -> None:
+    model, x, y = _tiny()
+    adversary = adversary_of(MethodCfg("trades", eps=0.2, steps=5, beta=3.0), 0.3)
+    assert adversary is not None
+    loss, logits, labels = batch_loss(model, model, x, y, adversary, generator=make_generator(1))
+    clean, adv = logits.split(x.shape[0])
+    p = F.softmax(clean, 1)
+    kl = (p * (F.log_softmax(clean, 1) - F.log_softmax(adv, 1))).sum(1).mean()
+    assert loss.item() == pytest.approx((F.cross_entropy(clean, y) + 3.0 * kl).item(), rel=1e-5)
+    assert torch.equal(labels, torch.cat([y, y])) and torch.allclose(clean, model(x), atol=1e-6)
+    # the examples ascend the KL: more than at their random start, and within the budget
+    start = pgd(model, x, y, eps=0.2, alpha=0.1, steps=1, last_iterate=True, generator=make_generator(1)).x_adv
+    kl_start = (p * (F.log_softmax(clean, 1) - F.log_softmax(model(start), 1))).sum(1).mean()
+    assert kl.item() > kl_start.item()
+
+
+def test_pgd_with_cross_entropy_as_loss_fn_is_the_default(trained_cnn3, fmnist_small, device) -> None:
+    x = fmnist_small.test.x[:64].to(device).float() / 255
+    y = fmnist_small.test.y[:64].to(device)
+
+    def ce(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y[idx], reduction="none")
+
+    kw = {"eps": 0.1, "alpha": 0.025, "steps": 5}
+    a = pgd(trained_cnn3, x, y, **kw, generator=make_generator(3, device))
+    b = pgd(trained_cnn3, x, y, **kw, generator=make_generator(3, device), loss_fn=ce)
+    assert torch.equal(a.x_adv, b.x_adv) and torch.equal(a.fooled, b.fooled)
+
+
+@pytest.mark.parametrize("method", [Method.FGSM_RS, Method.PGD_AT, Method.TRADES])
+def test_each_adversarial_method_buys_robustness(method: Method, trained_cnn3, fmnist_small, device) -> None:
+    """One epoch on 1000 real images at eps 0.1, scored by a PGD-20 that reaches 2.5 eps on 300 test images."""
+    train, test = fmnist_small.train.take(slice(0, 1000)), fmnist_small.test.take(slice(0, 300))
+    attack = AttackCfg("pgd", eps=0.1, alpha=0.0125, steps=20)
+    before = evaluate(trained_cnn3, test, [attack], device=device)["pgd20"]
+    model = copy.deepcopy(trained_cnn3)
+    fit(model, train, fmnist_small.val.take(slice(0, 100)), TrainCfg(epochs=1, lr=1e-3, batch_size=64),
+        device=device, adversarial=adversary_of(MethodCfg(method, augment=False), 0.1), progress=False)
+    after = evaluate(model, test, [attack], device=device)
+    assert after["pgd20"] > before + 0.15 and after["clean"] > 0.5, (before, after)
+
+
+class _TrainInputs(nn.Module):
+    """Records what the training step (train mode) feeds the model."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.seen = inner, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.seen.append(x.detach().clone())
+        return self.inner(x)
+
+
+def test_adversarial_examples_are_built_from_clean_and_patch_modified_images(trained_cnn3, fmnist_small, device) -> None:
+    """With the augmentation on, each step trains on adversarial examples of the clean images and of their
+    patch-modified copies: twice the batch, the halves further apart than two eps-balls allow."""
+    from trainables.config import AugCfg
+
+    model = _TrainInputs(copy.deepcopy(trained_cnn3))
+    eps = 0.05
+    fit(model, fmnist_small.train.take(slice(0, 64)), fmnist_small.val.take(slice(0, 10)),
+        TrainCfg(epochs=1, lr=1e-4, batch_size=32), device=device, augment=AugCfg(patch_size=10, pool=("occlude",)),
+        adversarial=adversary_of(MethodCfg("pgd_at", steps=2), eps), progress=False)
+    assert [x.shape[0] for x in model.seen] == [64, 64]
+    for x in model.seen:
+        clean, modified = x.split(32)
+        assert (modified - clean).abs().amax() > 2 * eps + 0.1  # the occluded patches
