@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from trainables.vocab import PatchOp, values
+from trainables.vocab import PAPER_STEPS, PatchOp, paper_eps, values
 
 OPS = values(PatchOp)
 
@@ -35,6 +35,17 @@ class StudyData:
     @property
     def objective(self) -> str:
         return str((self.spec.get("objective") or {}).get("metric", "pgd_acc"))
+
+    @property
+    def pgd_label(self) -> str:
+        """How `val_pgd_acc` was measured: "val PGD-10 accuracy, eps 0.3, alpha 0.075 (%)", flagged when alpha x steps
+        cannot reach eps."""
+        o = self.spec.get("objective") or {}
+        steps = int(o.get("steps") or PAPER_STEPS)
+        eps = float(o.get("eps") or paper_eps(str(self.spec.get("dataset", "fmnist"))))
+        alpha = float(o.get("alpha") or min(1.0, 2.5 * eps / steps))
+        short = " (cannot reach eps)" if alpha * steps < eps else ""
+        return f"val PGD-{steps} accuracy, eps {eps:g}, alpha {alpha:g}{short} (%)"
 
     @property
     def optuna_url(self) -> str:

@@ -155,8 +155,10 @@ def param_importances(importances: Mapping[str, float]) -> Figure:
     return fig
 
 
-def clean_vs_robust(results: pd.DataFrame, robust: str = "val_pgd_acc", clean: str = "val_clean_acc") -> Figure:
-    """Every trial in (clean, robust) accuracy, coloured by optimizer, with the Pareto front."""
+def clean_vs_robust(results: pd.DataFrame, robust: str = "val_pgd_acc", clean: str = "val_clean_acc",
+                    robust_label: str | None = None) -> Figure:
+    """Every trial in (clean, robust) accuracy, coloured by optimizer, with the Pareto front; `robust_label`
+    names the attack (eps, alpha, steps) where the caller knows it."""
     frame = results.dropna(subset=[robust, clean]).copy()
     frame["clean_pct"], frame["robust_pct"] = _pct(frame, clean), _pct(frame, robust)
     order = _order(frame)
@@ -168,7 +170,7 @@ def clean_vs_robust(results: pd.DataFrame, robust: str = "val_pgd_acc", clean: s
     front = pareto_front(frame, "clean_pct", "robust_pct")
     ax.plot(front["clean_pct"], front["robust_pct"], color="black", lw=1.2, ls="--", label="Pareto front")
     ax.set_xlabel(OBJECTIVE_LABELS.get(clean, clean))
-    ax.set_ylabel(OBJECTIVE_LABELS.get(robust, robust))
+    ax.set_ylabel(robust_label or OBJECTIVE_LABELS.get(robust, robust))
     ax.set_title("Clean vs robust accuracy")
     ax.legend(fontsize=8)
     fig.tight_layout()

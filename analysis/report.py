@@ -63,7 +63,7 @@ def study_figures(data: StudyData) -> dict[str, Callable[[], Figure]]:
         "robust_by_optimizer": lambda: plots.robust_by_optimizer(results, "objective", label),
         "optimizer_patch_heatmap": lambda: plots.optimizer_patch_heatmap(results, "objective", label),
         "transform_effect": lambda: plots.transform_effect(results, "objective", label),
-        "clean_vs_robust": lambda: plots.clean_vs_robust(results),
+        "clean_vs_robust": lambda: plots.clean_vs_robust(results, robust_label=data.pgd_label),
         "learning_curves": lambda: plots.learning_curves(epochs_long(data.epochs, data.results), "objective", label),
     }
     curves = eps_curves(data.results, data.epochs)

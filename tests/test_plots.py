@@ -167,3 +167,20 @@ def test_settings_bars_show_the_table1_models_with_the_paper_lines() -> None:
     assert sorted(line.get_ydata()[0] for line in ax.lines) == [50.08, 53.72]
     adam_normeps = ax.patches[len(SETTINGS) + SETTINGS.index("normeps")]
     assert adam_normeps.get_height() == pytest.approx(53.0)
+
+
+def test_the_objective_attack_is_named_with_its_strength() -> None:
+    from pathlib import Path
+
+    from analysis.load import StudyData
+
+    def label(spec: dict) -> str:
+        return StudyData(Path("s"), spec, pd.DataFrame(), pd.DataFrame(), None).pgd_label
+
+    # the default since the objective's alpha became 2.5 eps / steps; the paper's eps per data set
+    assert label({"dataset": "fmnist", "objective": {"eps": None, "alpha": None, "steps": 10}}) == \
+        "val PGD-10 accuracy, eps 0.3, alpha 0.075 (%)"
+    assert label({"dataset": "cifar10", "objective": {"steps": 10}}) == "val PGD-10 accuracy, eps 0.03, alpha 0.0075 (%)"
+    # studies that scored with the paper's alpha say that it cannot reach eps
+    assert label({"dataset": "fmnist", "objective": {"eps": 0.3, "alpha": 0.01, "steps": 10}}) == \
+        "val PGD-10 accuracy, eps 0.3, alpha 0.01 (cannot reach eps) (%)"
