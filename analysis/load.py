@@ -45,7 +45,9 @@ class StudyData:
         eps = float(o.get("eps") or paper_eps(str(self.spec.get("dataset", "fmnist"))))
         alpha = float(o.get("alpha") or min(1.0, 2.5 * eps / steps))
         short = " (cannot reach eps)" if alpha * steps < eps else ""
-        return f"val PGD-{steps} accuracy, eps {eps:g}, alpha {alpha:g}{short} (%)"
+        restarts = int(o.get("restarts") or 1)
+        starts = f" x{restarts}" if restarts > 1 else ""
+        return f"val PGD-{steps}{starts} accuracy, eps {eps:g}, alpha {alpha:g}{short} (%)"
 
     @property
     def optuna_url(self) -> str:

@@ -25,7 +25,7 @@ from analysis import grid  # noqa: E402
 from analysis.grid import Cell  # noqa: E402
 from analysis.load import OPS, pareto_front  # noqa: E402
 from analysis.stats import t_interval, welch  # noqa: E402
-from trainables.vocab import AttackName, values  # noqa: E402
+from trainables.vocab import AttackName, Method, values  # noqa: E402
 
 OPTIMIZER_COLORS = {"adam": "#1f77b4", "rmsprop": "#d62728", "sgd": "#2ca02c", "adamw": "#9467bd"}
 OBJECTIVE_LABELS = {
@@ -37,6 +37,17 @@ OBJECTIVE_LABELS = {
     "val_robust_auc": "val robust AUC (%)",
     "val_clean_acc": "val clean accuracy (%)",
 }
+
+
+# One colour per fine-tuning method (the vocabulary's order); "+patch" variants share it, drawn hollow.
+METHOD_COLORS = dict(zip(values(Method), ("0.45", "#ff7f0e", "#9467bd", "#17becf"), strict=True))
+OPTIMIZER_MARKERS = {"adam": "o", "rmsprop": "s", "sgd": "^", "adamw": "D"}
+
+
+def method_label(method: object, augment: object) -> str:
+    """'pgd_at+patch' for an adversarial method trained on clean + patch-modified images; 'patch' is the paper's."""
+    m = str(method) if isinstance(method, str) else Method.PATCH.value
+    return f"{m}+patch" if m != Method.PATCH.value and augment is True else m
 
 
 def _palette(names: Sequence[str]) -> dict[str, str]:
@@ -173,6 +184,41 @@ def clean_vs_robust(results: pd.DataFrame, robust: str = "val_pgd_acc", clean: s
     ax.set_ylabel(robust_label or OBJECTIVE_LABELS.get(robust, robust))
     ax.set_title("Clean vs robust accuracy")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def robust_vs_cost(results: pd.DataFrame, robust: str = "objective", cost: str = "cost_device_s",
+                   robust_label: str | None = None, base: float | None = None) -> Figure:
+    """Which fine-tune buys the most robustness per unit of training compute: every trial at (its training
+    compute, its robust accuracy), coloured by method (hollow: with the patch augmentation), shaped by optimizer;
+    stopped trials at the compute they used. `base`: the base model's robust accuracy (0..1), a dashed line."""
+    frame = results.dropna(subset=[robust, cost]).copy()
+    frame["robust_pct"] = _pct(frame, robust)
+    frame["label"] = [method_label(m, a) for m, a in zip(frame.get("method", pd.Series(None, index=frame.index)),
+                                                         frame.get("augment", pd.Series(None, index=frame.index)),
+                                                         strict=True)]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for label, sub in frame.groupby("label", sort=True):
+        method = str(label).removesuffix("+patch")
+        color = METHOD_COLORS.get(method, "black")
+        hollow = str(label).endswith("+patch")
+        for opt, part in sub.groupby(sub["optimizer"].astype(str)):
+            ax.scatter(part[cost], part["robust_pct"], s=40, marker=OPTIMIZER_MARKERS.get(opt, "o"),
+                       facecolors="none" if hollow else color, edgecolors=color, linewidths=1.4, alpha=0.9)
+        ax.scatter([], [], s=40, marker="o", facecolors="none" if hollow else color, edgecolors=color, label=label)
+    for opt in sorted(frame["optimizer"].dropna().astype(str).unique()):
+        ax.scatter([], [], s=40, marker=OPTIMIZER_MARKERS.get(opt, "o"), color="0.3", label=opt)
+    if base is not None:
+        ax.axhline(100 * base, color=UNDEFENDED_COLOR, ls="--", lw=1.2, label=f"base ({100 * base:.1f} %)")
+    if len(frame) and frame[cost].min() > 0 and frame[cost].max() / frame[cost].min() > 20:
+        ax.set_xscale("log")
+    unit = {"cost_device_s": "training compute (device-seconds)",
+            "cost_fwd_passes": "training compute (forward passes of one image)"}.get(cost, cost)
+    ax.set_xlabel(unit)
+    ax.set_ylabel(robust_label or OBJECTIVE_LABELS.get(robust, robust))
+    ax.set_title("Robust accuracy vs training compute, per method")
+    ax.legend(fontsize=7, loc="best", ncol=2)
     fig.tight_layout()
     return fig
 

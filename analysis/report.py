@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis import plots, stats, tables
+from analysis import plots, stats, tables, versus_base
 from analysis.audit import bars_frame, checks_frame, headline, side_by_side
 from analysis.load import StudyData, base_eps_curve, epochs_long, eps_curves, load_study, open_optuna_storage
 from analysis.paper import paper_value
@@ -66,6 +66,11 @@ def study_figures(data: StudyData) -> dict[str, Callable[[], Figure]]:
         "clean_vs_robust": lambda: plots.clean_vs_robust(results, robust_label=data.pgd_label),
         "learning_curves": lambda: plots.learning_curves(epochs_long(data.epochs, data.results), "objective", label),
     }
+    if "cost_device_s" in results and results["cost_device_s"].notna().any():
+        base_objective = ((data.base or {}).get("val") or {}).get("objective")
+        robust_label = data.pgd_label if data.objective == "pgd_acc" else label
+        figures["robust_vs_cost"] = lambda: plots.robust_vs_cost(results, "objective", robust_label=robust_label,
+                                                                 base=base_objective)
     curves = eps_curves(data.results, data.epochs)
     if len(curves):
         best_per_opt = data.finished().sort_values("objective").groupby("optimizer").tail(1)["trial_id"]
@@ -90,10 +95,13 @@ def write_study_report(path: str | Path) -> Path:
     out.mkdir(exist_ok=True)
     images = {name: _save(make(), out, name) for name, make in study_figures(data).items()}
     r = data.results
-    md = [f"# Study `{data.name}`", "",
-          f"Data set **{data.spec.get('dataset')}**, arch **{data.spec.get('arch')}**, objective **{data.objective}** "
-          f"on the validation split; {len(r)} trials: " +
-          ", ".join(f"{k} {v}" for k, v in r["status"].value_counts().items()) + ".", ""]
+    md = [f"# Study `{data.name}`", ""]
+    verdict = versus_base.lines(data.best["trials"]) if data.best else []
+    if verdict:  # the answer first: is the best trial better than the model it started from?
+        md += [f"**{verdict[0]}**", "", *(f"- {line.strip()}" for line in verdict[1:]), ""]
+    md += [f"Data set **{data.spec.get('dataset')}**, arch **{data.spec.get('arch')}**, objective **{data.objective}** "
+           f"on the validation split; {len(r)} trials: " +
+           ", ".join(f"{k} {v}" for k, v in r["status"].value_counts().items()) + ".", ""]
     if data.best:
         md += ["## Best trial(s) on the test split (paper's attack parameters)", ""]
         rows = []

@@ -100,6 +100,34 @@ def welch(a: Iterable[float] | pd.Series | np.ndarray, b: Iterable[float] | pd.S
     return Comparison(diff, diff - z * se, diff + z * se, z * se, p, len(va) + len(vb))
 
 
+def per_sample(a: Iterable[float] | np.ndarray, b: Iterable[float] | np.ndarray, *, scale: float = 100.0,
+               confidence: float = 0.95) -> tuple[Comparison, str]:
+    """Two models scored on the same samples (per-sample scores in [0, 1], aligned): mean of scale * (a - b),
+    its interval and p, and the test's name.
+
+    Binary scores (correct or not): McNemar's exact test on the discordant pairs, and the Agresti-Min interval
+    for a difference of matched proportions (Wald after adding 1/2 to each cell; sensible at 0 and n). Scores
+    in between (e.g. the fraction of an eps grid a sample survives): the paired t-test over samples.
+    """
+    x, y = np.asarray(list(a), dtype=float), np.asarray(list(b), dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"per-sample scores must be aligned: {x.shape} vs {y.shape}")
+    n = x.size
+    if n == 0:
+        return Comparison(math.nan, math.nan, math.nan, math.nan, math.nan, 0), "no samples"
+    if not np.isin(np.concatenate([x, y]), (0.0, 1.0)).all():
+        return paired(x, y, scale=scale, confidence=confidence), "paired t over samples"
+    only_a = int(((x == 1) & (y == 0)).sum())
+    only_b = int(((x == 0) & (y == 1)).sum())
+    p = float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
+    ba, bb, m = only_a + 0.5, only_b + 0.5, n + 2
+    centre = (ba - bb) / m
+    half = float(stats.norm.ppf((1 + confidence) / 2)) * math.sqrt((ba + bb) - (ba - bb) ** 2 / m) / m
+    diff = (only_a - only_b) / n
+    return (Comparison(scale * diff, scale * max(centre - half, -1.0), scale * min(centre + half, 1.0), scale * half, p, n),
+            "McNemar exact")
+
+
 def verdict(diff: float, p: float, alpha: float = ALPHA) -> str:
     """Does a beat b? "yes" / "no" when the test is significant, "not significantly" otherwise."""
     if p < alpha and diff > 0:

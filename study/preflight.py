@@ -44,7 +44,7 @@ def data_cfg(spec: StudySpec) -> DataCfg:
 def objective_cfg(spec: StudySpec) -> ObjectiveCfg:
     o = spec.objective
     return ObjectiveCfg(metric=Objective(o.metric), eps=spec.objective_eps, alpha=spec.objective_alpha, steps=o.steps,
-                        eps_grid=o.eps_grid)
+                        eps_grid=o.eps_grid, restarts=o.restarts)
 
 
 def base_cache_path(spec: StudySpec) -> Path:
@@ -74,7 +74,7 @@ def check_optuna_storage(spec: StudySpec, *, fresh: bool) -> None:
         summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
     except Exception as exc:
         raise StudyError(f"optuna_storage {url!r} cannot be opened: {str(exc).splitlines()[0][:200]}") from None
-    wanted = 2 if spec.objective.multi_objective else 1
+    wanted = 1 + len(spec.objective.extra_objectives)
     for summary in summaries:
         if summary.study_name != spec.name:
             continue

@@ -50,6 +50,7 @@ class ReproSpec:
     limit_train: int | None  # fine-tuning images
     limit_test: int | None
     pretrain_limit_train: int | None = None  # pretraining images (None: the whole training split)
+    limit_val: int = 1000  # validation images each fine-tune is monitored on (never used to choose anything)
     seeds: int = 3
     eot_draws: int = 4
     long_epochs: int = 10  # fine-tuning epochs of the `patch_*_long` cells
@@ -64,7 +65,7 @@ class ReproSpec:
                                                       or self.pretrain_limit_train < 1):
             raise ConfigError(f"pretrain_limit_train must be an integer >= 1, got {self.pretrain_limit_train!r}")
         for name in ("pretrain_epochs", "epochs", "patch_size", "seeds", "eot_draws", "long_epochs", "strong_steps",
-                     "strong_restarts"):
+                     "strong_restarts", "limit_val"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
 
@@ -112,7 +113,7 @@ def reproduce(spec: ReproSpec, storage: Path, *, name: str | None = None, addres
         raise ConfigError(f"output directory {out} already exists; choose another --name")
     dataset = Dataset(spec.dataset)
     data_cfg = DataCfg(dataset=dataset, root=data_root, limit_train=spec.limit_train, limit_test=spec.limit_test,
-                       limit_val=1000)
+                       limit_val=spec.limit_val)
     data = load_data(data_cfg)
     started = time.perf_counter()
     with ray_session(address, dashboard=False):

@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 import pandas as pd
 
+from analysis import versus_base
 from analysis.load import open_optuna_storage
 from study.preflight import load_study_spec
 from study.spec import StudySpec
@@ -109,13 +110,15 @@ def status_table(study_dir: Path) -> str:
     if len(ot):
         counts = ot["optuna_state"].value_counts().to_dict()
         lines.append("Optuna states: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-        cols = [c for c in ("optuna_number", "optuna_state", "optuna_value", "param_optimizer", "param_batch_size",
-                            "param_patch_size", "trial_id", "optuna_error") if c in ot.columns]
+        cols = [c for c in ("optuna_number", "optuna_state", "optuna_value", "param_method", "param_optimizer",
+                            "param_batch_size", "param_patch_size", "trial_id", "optuna_error") if c in ot.columns]
         with pd.option_context("display.width", 160, "display.max_columns", 20, "display.max_colwidth", 40):
             lines.append(ot[cols].to_string(index=False))
     best = study_dir / "best.json"
     if best.is_file():
         payload = json.loads(best.read_text())
+        verdict = versus_base.lines(payload["trials"])
+        lines[1:1] = verdict[:1]  # the verdict leads, right after the study's name
         for entry in payload["trials"]:
             acc = ", ".join(f"{k} {100 * v:.2f}%" for k, v in entry["test"]["accuracy"].items())
             lines.append(f"best trial {entry['trial_id']}: test ({entry['test']['n']} images) {acc}")
@@ -125,6 +128,7 @@ def status_table(study_dir: Path) -> str:
                 for rep in trial["audits"]:
                     lines.append(f"audit of {trial['trial_id']}: eps {rep['eps']:g}, {rep['n']} test images: worst case "
                                  f"{100 * rep['worst_case_acc']:.2f}% over paper + strong attacks, masking checks {rep['verdict']}")
+        lines += verdict[1:]
     elif (study_dir / "results.parquet").is_file():
         lines.append("results.parquet written; no best.json (study incomplete or no trial completed)")
     else:

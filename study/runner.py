@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from analysis import versus_base
 from study.cluster import ray_session, run_where_gpu
 from study.preflight import (
     Prepared,
@@ -32,6 +33,7 @@ from study.results import collect_results, status_table, write_parquet
 from study.spec import StudySpec
 from study.tuner import build_trainable, build_tuner
 from trainables.atomic import atomic_write_text
+from trainables.audit import AuditCfg
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import DataCfg, paper_attacks
 from trainables.data import DataBundle, load_data
@@ -145,25 +147,56 @@ def finalize(spec: StudySpec, grid: Any, base_path: Path) -> Path:
     payload = {
         "study": spec.name,
         "dataset": spec.dataset,
-        "objective": {"metric": spec.objective.metric, "split": "val", "val_limit": spec.objective.val_limit},
+        "objective": {"metric": spec.objective.metric, "split": "val", "val_limit": spec.objective.val_limit,
+                      "measure": objective_measure(spec)},
         "test_split": {"n": entries[0]["test"]["n"], "attacks": entries[0]["test"]["attacks"]},
         "trials": entries,
     }
     atomic_write_text(study_dir / "best.json", json.dumps(payload, indent=2, default=str))
     if spec.audit.enabled:
-        audit_best(spec, entries, base_path)
+        audit_best(spec, entries, base_path)  # adds each trial's test-split comparison with the base
+        atomic_write_text(study_dir / "best.json", json.dumps(payload, indent=2, default=str))
     return study_dir
 
 
+def objective_measure(spec: StudySpec) -> str:
+    """The objective in words, for the comparison with the base: which attack, how strong."""
+    o = objective_cfg(spec)
+    if o.metric.value == "robust_auc":
+        return (f"on the study's objective, robust AUC over eps {', '.join(f'{e:g}' for e in o.eps_grid)} "
+                f"(PGD-{o.steps}, alpha = 2.5 eps / {o.steps})")
+    reach = "" if o.alpha * o.steps >= o.eps else ", cannot reach eps"
+    starts = f" x{o.restarts}" if o.restarts > 1 else ""
+    return f"under the study's objective, PGD-{o.steps}{starts} at eps {o.eps:g} (alpha {o.alpha:g}{reach})"
+
+
+def audit_measure(cfg: Any) -> str:
+    """The audit's worst case in words: every attack it takes the worst of, AutoAttack's non-reference parts named."""
+    strong = cfg.strong_pgd()
+    aa = ""
+    if cfg.autoattack:
+        reference = AuditCfg(eps=cfg.eps)
+        parts = [] if tuple(cfg.components) == reference.components else [", ".join(cfg.components)]
+        if "square" in cfg.components and cfg.square_queries != reference.square_queries:
+            parts.append(f"Square {cfg.square_queries} queries")
+        aa = ", AutoAttack" + (f" ({'; '.join(parts)})" if parts else "")
+    return (f"at the audit's worst case at eps {cfg.eps:g} (paper FGSM, IFGSM-10 and PGD-10, PGD-{strong.steps} x"
+            f"{strong.restarts}{aa})")
+
+
 def _audit_remote(ckpt_paths: list[str], base_path: str, cfg: DataCfg,
-                  audit_cfgs: list[Any]) -> list[list[dict[str, Any]]]:
-    """Every checkpoint's audit reports, one list per checkpoint; data and base are loaded once."""
+                  audit_cfgs: list[Any]) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]]]:
+    """Every checkpoint's audit reports (one list per checkpoint), and the base's attack rows on the same images
+    (no masking checks) for the paired comparison; data and base are loaded once."""
     from trainables.engine import pick_device
     from trainables.pipeline import audit_model
 
     data = load_data(cfg)
     base = load_checkpoint(base_path).build()
     device = pick_device()
+    print(f"auditing the base on {len(data.test)} test images (attacks only, for the comparison)", flush=True)
+    base_reports = audit_model(base, data, "test", [dataclasses.replace(c, checks=False) for c in audit_cfgs],
+                               device=device, progress=False)
     out = []
     for path in ckpt_paths:
         name = Path(path).name
@@ -175,45 +208,60 @@ def _audit_remote(ckpt_paths: list[str], base_path: str, cfg: DataCfg,
 
         out.append(audit_model(load_checkpoint(path).build(), data, "test", audit_cfgs, device=device, base=base,
                                progress=False, log=log))
-    return out
+    return out, base_reports
 
 
 def audit_best(spec: StudySpec, entries: list[dict[str, Any]], base_path: Path) -> Path:
-    """`patchtune audit` of each best trial's test checkpoint (strong attacks + masking checks) -> audit.json."""
-
-    from trainables.audit import AuditCfg
-
+    """`patchtune audit` of each best trial's test checkpoint (strong attacks + masking checks) -> audit.json;
+    each entry gains `vs_base.test`: its worst case against the base's, sample by sample, at every eps."""
     a = spec.audit
     cfgs = [AuditCfg(eps=e, strong_steps=a.strong_steps, strong_restarts=a.strong_restarts, autoattack=a.autoattack,
-                     components=a.components, check_limit=a.check_limit, seed=spec.seed) for e in spec.audit_eps]
+                     components=a.components, square_queries=a.square_queries, check_limit=a.check_limit, seed=spec.seed)
+            for e in spec.audit_eps]
     cfg = dataclasses.replace(data_cfg(spec), limit_test=a.limit)
     args = ([e["checkpoint"] for e in entries], str(base_path), cfg, cfgs)
-    per_entry = run_where_gpu(_audit_remote, *args, cpus=spec.resources.cpu)
+    per_entry, base_reports = run_where_gpu(_audit_remote, *args, cpus=spec.resources.cpu)
     audits = []
     for entry, reports in zip(entries, per_entry, strict=True):
         for rep in reports:
             print(f"audit of {entry['trial_id']}: eps {rep['eps']:g}: paper PGD-10 "
                   f"{100 * next(r['acc'] for r in rep['rows'] if r['name'] == 'paper_pgd10'):.2f} %, worst case "
                   f"{100 * rep['worst_case_acc']:.2f} %, masking checks {rep['verdict']}", flush=True)
-        audits.append({"trial_id": entry["trial_id"], "checkpoint": entry["checkpoint"], "audits": reports})
+        entry.setdefault("vs_base", {})["test"] = [
+            versus_base.compare(_mask(rep), _mask(base_rep), split="test", measure=audit_measure(cfg))
+            for rep, base_rep, cfg in zip(reports, base_reports, cfgs, strict=True)]
+        audits.append({"trial_id": entry["trial_id"], "checkpoint": entry["checkpoint"], "audits": reports,
+                       "vs_base": entry["vs_base"]["test"]})
     path = spec.study_dir() / "audit.json"
-    atomic_write_text(path, json.dumps({"study": spec.name, "base": str(base_path), "trials": audits}, indent=2))
+    atomic_write_text(path, json.dumps({"study": spec.name, "base": str(base_path), "base_audits": base_reports,
+                                        "trials": audits}, indent=2))
     return path
 
 
-def _evaluate_remote(arch: str, cfg: DataCfg, state: dict[str, Any], attacks: list[Any]) -> dict[str, Any]:
+def _mask(report: dict[str, Any]) -> list[float]:
+    return [1.0 if c == "1" else 0.0 for c in report["worst_case_mask"]]
+
+
+def _evaluate_remote(arch: str, cfg: DataCfg, state: dict[str, Any], attacks: list[Any], base_state: dict[str, Any],
+                     objective: Any, seed: int) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """The trial's weights on the test split, and the trial's and the base's per-sample objective on the
+    validation subset (scored as the trials were: same attacks, seed and images)."""
     from trainables.engine import configure_backends, evaluate, pick_device
     from trainables.models import build_model
     from trainables.perf import prepare_model
+    from trainables.pipeline import objective_samples
 
     data = load_data(cfg)
     device = pick_device()
-    model = build_model(arch, input_spec(data))
-    model.load_state_dict(state)
-    prepare_model(model, device)
+    models = {}
+    for who, weights in (("trial", state), ("base", base_state)):
+        models[who] = build_model(arch, input_spec(data))
+        models[who].load_state_dict(weights)
+    model = prepare_model(models["trial"], device)
     acc = evaluate(model, data.test, attacks, device=device, autocast=configure_backends(device))
-    return {"n": len(data.test), "device": str(device), "accuracy": {a.name.value: acc[a.label] for a in attacks},
-            "attacks": {a.name.value: a.describe() for a in attacks}}
+    val = {who: objective_samples(m, data.val, objective, device=device, seed=seed) for who, m in models.items()}
+    return ({"n": len(data.test), "device": str(device), "accuracy": {a.name.value: acc[a.label] for a in attacks},
+             "attacks": {a.name.value: a.describe() for a in attacks}}, val)
 
 
 METHOD_KEYS = ("method", "augment", "train_eps", "steps", "beta")
@@ -235,8 +283,9 @@ def evaluate_trial_on_test(spec: StudySpec, row: dict[str, Any], base_path: Path
         raise StudyError(f"trial {row['trial_id']} has no checkpoint in {row['path']}")
     state = torch.load(ckpt_dirs[-1] / "state.pt", map_location="cpu", weights_only=True)["model"]
     attacks = paper_attacks(spec.dataset_enum)
-    test = run_where_gpu(_evaluate_remote, spec.resolved_arch, data_cfg(spec), state, attacks, cpus=spec.resources.cpu)
     base = load_checkpoint(base_path)
+    test, val = run_where_gpu(_evaluate_remote, spec.resolved_arch, data_cfg(spec), state, attacks, base.state_dict,
+                              objective_cfg(spec), spec.seed, cpus=spec.resources.cpu)
     from trainables.models import build_model
 
     model = build_model(spec.resolved_arch, base.input_spec())
@@ -261,6 +310,7 @@ def evaluate_trial_on_test(spec: StudySpec, row: dict[str, Any], base_path: Path
                                                    "pool", "epochs", "seed")},
         "val": {k: row.get(k) for k in ("objective", "val_clean_acc", "val_pgd_acc", "val_paper_pgd_acc", "val_robust_auc")},
         "test": test,
+        "vs_base": {"val": versus_base.compare(val["trial"], val["base"], split="val", measure=objective_measure(spec))},
         "checkpoint": str(path),
     }
 

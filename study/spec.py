@@ -28,6 +28,7 @@ from trainables.vocab import (
     Component,
     ConfigError,
     Dataset,
+    ExtraObjective,
     Method,
     Objective,
     Optimizer,
@@ -232,9 +233,12 @@ class ObjectiveSpec:
     eps: float | None = None  # None = the paper's eps for the data set
     alpha: float | None = None  # None = 2.5 eps / steps
     steps: int = PAPER_STEPS
+    restarts: int = 1  # random starts of the objective's PGD; a sample is robust only if it survives every one
     eps_grid: tuple[float, ...] = DEFAULT_EPS_GRID
     val_limit: int | None = 1000  # validation images scored per epoch (None = the whole split)
-    multi_objective: bool = False  # maximise (objective, clean accuracy) jointly; Pareto front
+    # Optimise more than the objective, for a Pareto front: true = [clean]; or a list of `ExtraObjective`s,
+    # e.g. [cost] to trade robust accuracy against training compute, [clean, cost] for both.
+    multi_objective: bool | tuple[str, ...] = False
 
     def validate(self, path: str) -> None:
         _member(self.metric, Objective, f"{path}.metric")
@@ -243,14 +247,27 @@ class ObjectiveSpec:
         if self.alpha is not None:
             _num(self.alpha, f"{path}.alpha", low=0, low_open=True, high=1)
         _num(self.steps, f"{path}.steps", integer=True, low=1)
+        _num(self.restarts, f"{path}.restarts", integer=True, low=1)
         if not isinstance(self.eps_grid, (list, tuple)) or not self.eps_grid:
             _fail(f"{path}.eps_grid", f"must be a non-empty list of budgets, got {self.eps_grid!r}")
         for e in self.eps_grid:
             _num(e, f"{path}.eps_grid", low=0, low_open=True, high=1)
         if self.val_limit is not None:
             _num(self.val_limit, f"{path}.val_limit", integer=True, low=1)
-        if not isinstance(self.multi_objective, bool):
-            _fail(f"{path}.multi_objective", f"must be true or false, got {self.multi_objective!r}")
+        m = self.multi_objective
+        if not isinstance(m, bool):
+            allowed = values(ExtraObjective)
+            if not isinstance(m, tuple) or not m or len(set(m)) != len(m) or any(v not in allowed for v in m):
+                _fail(f"{path}.multi_objective", f"must be true, false or a list of distinct {', '.join(allowed)}, got "
+                                                 f"{list(m) if isinstance(m, tuple) else m!r}")
+
+    @property
+    def extra_objectives(self) -> tuple[ExtraObjective, ...]:
+        """What the study optimises beside the objective (empty: a single-objective study)."""
+        m = self.multi_objective
+        if isinstance(m, bool):
+            return (ExtraObjective.CLEAN,) if m else ()
+        return tuple(ExtraObjective(v) for v in m)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,6 +316,7 @@ class AuditSpec:
     strong_restarts: int = 5
     autoattack: bool = True
     components: tuple[str, ...] = values(Component)
+    square_queries: int = 5000  # AutoAttack's reference; fewer make a quicker, weaker black-box attack
     check_limit: int = 200
 
     def validate(self, path: str) -> None:
@@ -311,7 +329,7 @@ class AuditSpec:
                 _fail(f"{path}.eps", f"must be a non-empty list of budgets, got {self.eps!r}")
             for e in self.eps:
                 _num(e, f"{path}.eps", low=0, low_open=True, high=1)
-        for name in ("limit", "strong_steps", "strong_restarts", "check_limit"):
+        for name in ("limit", "strong_steps", "strong_restarts", "square_queries", "check_limit"):
             _num(getattr(self, name), f"{path}.{name}", integer=True, low=1)
         allowed = values(Component)
         if not isinstance(self.components, tuple) or not self.components or any(c not in allowed for c in self.components):
@@ -370,9 +388,9 @@ class StudySpec:
         if self.search.patch_size[1] > info.side:
             _fail("search.patch_size", f"upper bound {self.search.patch_size[1]} is larger than the "
                                        f"{info.height}x{info.width} images")
-        if self.objective.multi_objective and self.scheduler.type == SchedulerType.ASHA:
+        if self.objective.extra_objectives and self.scheduler.type == SchedulerType.ASHA:
             _fail("scheduler.type", "asha cannot be combined with objective.multi_objective (use fifo)")
-        if self.sampler.type == SamplerType.NSGA2 and not self.objective.multi_objective:
+        if self.sampler.type == SamplerType.NSGA2 and not self.objective.extra_objectives:
             _fail("sampler.type", "nsga2 is a multi-objective sampler; set objective.multi_objective: true or use tpe")
         if self.scheduler.grace_period > self.epochs:
             _fail("scheduler.grace_period", f"must be <= epochs ({self.epochs}), got {self.scheduler.grace_period}")

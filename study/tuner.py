@@ -15,7 +15,7 @@ from study.preflight import objective_cfg
 from study.spec import StudySpec
 from trainables.checkpoint import load_checkpoint
 from trainables.data import DataBundle
-from trainables.vocab import SamplerType, SchedulerType
+from trainables.vocab import EXTRA_OBJECTIVE_METRICS, SamplerType, SchedulerType
 
 OBJECTIVE = "objective"
 
@@ -51,12 +51,12 @@ def build_searcher(spec: StudySpec) -> Any:
         sampler = optuna.samplers.RandomSampler(seed=seed)
     else:
         sampler = optuna.samplers.NSGAIISampler(seed=seed)
-    multi = spec.objective.multi_objective
+    extra = [EXTRA_OBJECTIVE_METRICS[e] for e in spec.objective.extra_objectives]
     space = functools.partial(define_space, search=spec.search, constants={"epochs": spec.epochs, "seed": spec.seed})
     return StudySearch(
         space=space,
-        metric=[OBJECTIVE, "val_clean_acc"] if multi else OBJECTIVE,
-        mode=["max", "max"] if multi else "max",
+        metric=[OBJECTIVE, *(m for m, _ in extra)] if extra else OBJECTIVE,
+        mode=["max", *(d for _, d in extra)] if extra else "max",
         sampler=sampler,
         study_name=spec.name,
         storage=open_optuna_storage(spec.optuna_url()),

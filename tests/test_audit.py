@@ -212,6 +212,12 @@ def test_audit_of_an_undefended_model_passes_and_reaches_zero(trained_cnn3, fmni
     assert [c["name"] for c in d["checks"]][:2] == ["budget", "iterative_vs_single"]
     trace = next(c for c in d["checks"] if c["name"] == "loss_rises")["values"]["trace"]
     assert len(trace) == min(FAST["strong_steps"], 20) + 1 and trace[-1] > trace[0]
+    # per sample, for paired comparisons; the attack rows alone (checks off) give the same worst case
+    assert len(d["worst_case_mask"]) == report.n and d["worst_case_mask"].count("1") == report.worst_case
+    rows_only = run_audit(trained_cnn3, _split(fmnist_small, 96), AuditCfg(eps=0.3, **FAST, checks=False), device=device,
+                          progress=False)
+    assert rows_only.checks == [] and rows_only.verdict is Status.SKIP
+    assert rows_only.as_dict()["worst_case_mask"] == d["worst_case_mask"]
 
 
 def test_audit_flags_a_logit_scaled_model(trained_cnn3, fmnist_small, device) -> None:

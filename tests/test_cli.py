@@ -327,12 +327,14 @@ def test_run_dry_run_prints_resolved_spec_and_creates_nothing(tmp_path: Path, ti
                                                               ray_must_not_start: None) -> None:
     import yaml
 
-    spec = _spec_file(tmp_path, base={"checkpoint": str(tiny_base)})
+    spec = _spec_file(tmp_path, base={"checkpoint": str(tiny_base)}, objective={"metric": "pgd_acc", "val_limit": 300})
     proc = patchtune_here("run", str(spec), "--dry-run", "--num-samples", "3", "--name", "dry", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     resolved = yaml.safe_load(proc.stdout)
     assert resolved["name"] == "dry" and resolved["num_samples"] == 3
+    # defaults that depend on the data set are filled in: the paper's eps, and an alpha that reaches it
     assert resolved["arch"] == "cnn3" and resolved["objective"]["eps"] == 0.3
+    assert resolved["objective"]["alpha"] == pytest.approx(0.075) and resolved["audit"]["eps"] == [0.3]
     assert "dry run OK" in proc.stderr
     assert not (tmp_path / "studies").exists()
 

@@ -37,7 +37,7 @@ def tiny_study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "base": {"pretrain": {"epochs": 1, "limit_train": 2000}},
         "data": {"limit_train": 800, "limit_test": 200},
         "search": {"lr": {"adam": [1e-4, 1e-2], "rmsprop": [1e-4, 1e-2]}, "batch_size": [64, 128], "patch_size": [4, 10]},
-        "epochs": 2, "objective": {"metric": "robust_auc", "eps_grid": [0.02, 0.05], "val_limit": 150},
+        "epochs": 2, "objective": {"metric": "robust_auc", "eps_grid": [0.02, 0.05], "steps": 5, "val_limit": 80},
         "num_samples": 4, "max_concurrent": 1,
         "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
         "sampler": {"type": "tpe", "n_startup_trials": 2},
@@ -50,12 +50,13 @@ def tiny_study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_repro_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny real `patchtune reproduce fmnist` (2 seeds x the whole grid) on real Ray: bases pretrained on
-    2000 images, a strong PGD-20 x2 instead of the default PGD-100 x5."""
+    1000 images, 10 test images, a strong PGD-20 x2 instead of the default PGD-100 x5."""
     from study.reproduce import make_spec, reproduce
 
     ensure_local_ray()
-    spec = make_spec("fmnist", seeds=2, limit_train=300, limit_test=20, pretrain_epochs=1, pretrain_limit_train=2000,
-                     epochs=1, eot_draws=2, long_epochs=2, at_from_scratch=True, strong_steps=20, strong_restarts=2)
+    spec = make_spec("fmnist", seeds=2, limit_train=200, limit_test=10, limit_val=100, pretrain_epochs=1,
+                     pretrain_limit_train=1000, epochs=1, eot_draws=2, long_epochs=2, at_from_scratch=True,
+                     strong_steps=20, strong_restarts=2)
     return reproduce(spec, tmp_path_factory.mktemp("repro"), name="tiny")
 
 
@@ -95,6 +96,15 @@ def test_study_end_to_end_with_pretrained_base_asha_and_best_on_test(tiny_study_
     assert entry["test"]["attacks"]["pgd"]["eps"] == 0.3 and entry["test"]["attacks"]["pgd"]["alpha"] == 0.01
     acc = entry["test"]["accuracy"]
     assert all(0 <= v <= acc["clean"] for v in acc.values())
+    # "better than the base?": paired on the same images, scored exactly as the trials and base.json were
+    val = entry["vs_base"]["val"]
+    base_val = json.loads((study_dir / "base.json").read_text())["val"]
+    assert val["n"] == 80 and val["test"] == "paired t over samples"  # robust AUC: the fraction of the grid survived
+    assert val["trial"] == pytest.approx(100 * complete.loc[entry["trial_id"], "objective"], abs=1e-9)
+    assert val["base"] == pytest.approx(100 * base_val["objective"], abs=1e-9)
+    assert val["lo"] <= val["diff"] <= val["hi"] and val["verdict"] in {"better", "not better", "worse"}
+    [on_test] = entry["vs_base"]["test"]  # the audit's worst case at eps 0.3, against the base's on the same 48 images
+    assert on_test["n"] == 48 and on_test["test"] == "McNemar exact" and "worst case at eps 0.3" in on_test["measure"]
     ckpt = load_checkpoint(study_dir / "best.pt", arch="cnn3", dataset="fmnist")
     assert ckpt.meta["trial_id"] == entry["trial_id"]
     assert list((study_dir.parent / "_bases").glob("fmnist-cnn3-*.pt")), "the pretrained base is cached for later studies"
@@ -111,7 +121,7 @@ def test_reproduce_end_to_end_tiny(tiny_repro_dir: Path) -> None:
         written = {k: None if pd.isna(row[k]) else row[k] for k in GRID[row["method"]].columns()}  # parquet: NaN
         assert written == GRID[row["method"]].columns()
     assert {"clean", "whitebox/pgd", "transfer/pgd", "ttt_eot/pgd", "strong/pgd"} <= set(results.columns)
-    # PGD-20 x2 with alpha 2.5 eps / 20 is never much weaker than the paper's PGD-10 (per model, 20 images)
+    # PGD-20 x2 with alpha 2.5 eps / 20 is never much weaker than the paper's PGD-10 (per model, 10 images)
     assert (results["strong/pgd"] <= results["whitebox/pgd"] + 0.1).all()
     for key in [c for c in results.columns if "/" in c and not c.startswith("ttt")]:
         assert (results[key] <= results["clean"] + 1e-9).all(), key
@@ -195,7 +205,13 @@ def test_report_writes_every_figure(tiny_study_dir: Path, tiny_repro_dir: Path) 
     assert (report.parent / "audit.png").stat().st_size > 5000
     from study.runner import status_table
 
-    assert f"audit of {trial['trial_id']}: eps 0.3, 48 test images" in status_table(tiny_study_dir)
+    status = status_table(tiny_study_dir).splitlines()
+    assert f"audit of {trial['trial_id']}: eps 0.3, 48 test images" in "\n".join(status)
+    # the verdict leads the status (second line, after the study's name) and the report (after the title)
+    headline = status[1]
+    assert headline.startswith(("BETTER THAN THE BASE: ", "NO TRIAL IS BETTER THAN THE BASE: ")), headline
+    assert text.splitlines()[2] == f"**{headline}**"
+    assert len(audit["base_audits"]) == 1 and audit["base_audits"][0]["checks"] == []
     from analysis.load import base_eps_curve, load_study
 
     base = base_eps_curve(load_study(tiny_study_dir).base)

@@ -5,7 +5,15 @@ import torch
 
 from conftest import spec_of
 from trainables.config import AttackCfg, AugCfg, Optimizer, TrainCfg, paper_attacks
-from trainables.engine import DivergedError, evaluate, fit, make_optimizer
+from trainables.engine import (
+    DivergedError,
+    evaluate,
+    fit,
+    make_optimizer,
+    objective_attacks,
+    robust_masks,
+    score_objective,
+)
 from trainables.models import build_model
 
 
@@ -48,9 +56,30 @@ def test_absurd_lr_diverges_loudly(fmnist_small, device) -> None:
 
 def test_evaluate_robust_at_most_clean_and_reproducible(trained_cnn3, fmnist_small, device) -> None:
     attacks = paper_attacks(fmnist_small.info.name) + [AttackCfg(name="pgd", eps=0.03, alpha=0.01, steps=5)]
-    a = evaluate(trained_cnn3, fmnist_small.test, attacks, device=device, batch_size=128, seed=1)
-    b = evaluate(trained_cnn3, fmnist_small.test, attacks, device=device, batch_size=200, seed=1)
+    test = fmnist_small.test.take(slice(0, 250))
+    a = evaluate(trained_cnn3, test, attacks, device=device, batch_size=64, seed=1)
+    b = evaluate(trained_cnn3, test, attacks, device=device, batch_size=100, seed=1)
     assert set(a) == {"clean", "fgsm", "ifgsm10", "pgd10", "pgd5"}
     assert all(0 <= v <= a["clean"] for v in a.values())
     assert a["clean"] > 0.7 and a["pgd10"] < a["clean"] - 0.3 and a["pgd5"] < a["clean"]
     assert a["clean"] == b["clean"] and a["fgsm"] == b["fgsm"] and a["ifgsm10"] == b["ifgsm10"]
+
+
+@pytest.mark.parametrize("metric", ["pgd_acc", "robust_auc"])
+def test_per_sample_objective_is_the_trials_objective_sample_by_sample(trained_cnn3, fmnist_small, device,
+                                                                      metric: str) -> None:
+    """The paired comparison with the base uses per-sample scores whose mean is exactly the trial's objective."""
+    from trainables.config import ObjectiveCfg
+    from trainables.pipeline import objective_samples
+
+    val = fmnist_small.val.take(slice(0, 64))
+    objective = ObjectiveCfg(metric=metric, eps=0.1, alpha=0.05, steps=5, eps_grid=(0.02, 0.1))
+    assert list(objective_attacks(objective)) == ["pgd", "eps0.02", "paper"]  # the grid's eps 0.1 is the objective's
+    per_sample = objective_samples(trained_cnn3, val, objective, device=device, seed=3)
+    scores = score_objective(trained_cnn3, val, objective, device=device, seed=3)
+    assert len(per_sample) == 64 and sum(per_sample) / 64 == pytest.approx(scores["objective"], abs=1e-12)
+    assert 0 < scores["objective"] < scores["val_clean_acc"]
+    assert scores["val_pgd_acc_eps0.1"] == scores["val_pgd_acc"]
+    masks = robust_masks(trained_cnn3, val, {"weak": AttackCfg(name="pgd", eps=0.02, alpha=0.01, steps=2)}, device=device)
+    assert masks["clean"].dtype == torch.bool and masks["clean"].shape == (64,)
+    assert not (masks["weak"] & ~masks["clean"]).any(), "robust only where clean-correct"

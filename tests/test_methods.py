@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -108,7 +109,7 @@ def test_pgd_with_cross_entropy_as_loss_fn_is_the_default(trained_cnn3, fmnist_s
     assert torch.equal(a.x_adv, b.x_adv) and torch.equal(a.fooled, b.fooled)
 
 
-@pytest.mark.parametrize("method", [Method.FGSM_RS, Method.PGD_AT, Method.TRADES])
+@pytest.mark.parametrize("method", [Method.FGSM_RS, Method.TRADES])  # PGD-AT: the audited control below
 def test_each_adversarial_method_buys_robustness(method: Method, trained_cnn3, fmnist_small, device) -> None:
     """One epoch on 1000 real images at eps 0.1, scored by a PGD-20 that reaches 2.5 eps on 300 test images."""
     train, test = fmnist_small.train.take(slice(0, 1000)), fmnist_small.test.take(slice(0, 300))
@@ -119,6 +120,33 @@ def test_each_adversarial_method_buys_robustness(method: Method, trained_cnn3, f
         device=device, adversarial=adversary_of(MethodCfg(method, augment=False), 0.1), progress=False)
     after = evaluate(model, test, [attack], device=device)
     assert after["pgd20"] > before + 0.15 and after["clean"] > 0.5, (before, after)
+
+
+def test_positive_control_pgd_at_passes_the_audit_far_above_its_base(trained_cnn3, fmnist_small, device) -> None:
+    """The audit's positive control, small: PGD-3 adversarial fine-tuning at eps 0.1 (alpha x steps = 2.5 eps) on
+    all 4000 training images, two epochs. Audited at eps 0.1 on 100 test images (paper attacks, PGD-10 x2, APGD-CE,
+    APGD-T and Square, every masking check), its worst case is >= 30 points above the base's, every check passes,
+    and the paired comparison calls it better than the base."""
+    from analysis import versus_base
+    from trainables.audit import AuditCfg, Status, run_audit
+    from trainables.data import Split
+
+    model = copy.deepcopy(trained_cnn3)
+    fit(model, fmnist_small.train, fmnist_small.val.take(slice(0, 100)), TrainCfg(epochs=2, lr=1e-3, batch_size=64),
+        device=device, adversarial=adversary_of(MethodCfg(Method.PGD_AT, augment=False, steps=3), 0.1), progress=False)
+    model.eval()
+    test = Split(fmnist_small.test.x[:100], fmnist_small.test.y[:100])
+    cfg = AuditCfg(eps=0.1, strong_steps=10, strong_restarts=2, components=("apgd-ce", "apgd-t", "square"), apgd_steps=20,
+                   square_queries=200, sweep_steps=10, noise_draws=20, check_limit=32, batch_size=128)
+    control = run_audit(model, test, cfg, device=device, base=trained_cnn3, progress=False)
+    base = run_audit(trained_cnn3, test, dataclasses.replace(cfg, checks=False), device=device, progress=False)
+    failing = {c.name: c.detail for c in control.checks if c.status is not Status.PASS}
+    assert control.verdict is Status.PASS, failing
+    assert control.worst_case >= base.worst_case + 30, (control.worst_case, base.worst_case)  # 100 images: points
+    strong = control.row("strong_pgd10x2").acc
+    assert control.row("autoattack").acc <= strong + 0.02 and control.worst_case / 100 <= strong
+    mask = {who: [float(c == "1") for c in r.as_dict()["worst_case_mask"]] for who, r in (("c", control), ("b", base))}
+    assert versus_base.compare(mask["c"], mask["b"], split="test", measure="at the worst case")["verdict"] == "better"
 
 
 class _TrainInputs(nn.Module):

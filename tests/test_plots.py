@@ -184,3 +184,21 @@ def test_the_objective_attack_is_named_with_its_strength() -> None:
     # studies that scored with the paper's alpha say that it cannot reach eps
     assert label({"dataset": "fmnist", "objective": {"eps": 0.3, "alpha": 0.01, "steps": 10}}) == \
         "val PGD-10 accuracy, eps 0.3, alpha 0.01 (cannot reach eps) (%)"
+
+
+def test_robust_vs_cost_per_method(results: pd.DataFrame) -> None:
+    frame = results.copy()
+    methods = [("patch", None), ("fgsm_rs", False), ("pgd_at", True), ("pgd_at", False)]
+    frame["method"] = [methods[i % 4][0] for i in range(len(frame))]
+    frame["augment"] = [methods[i % 4][1] for i in range(len(frame))]
+    frame["cost_device_s"] = [{"patch": 10.0, "fgsm_rs": 20.0, "pgd_at": 60.0}[m] for m in frame["method"]]
+    frame.loc[0, "cost_device_s"] = np.nan  # a failed trial has no cost: left out, not drawn at 0
+    fig = plots.robust_vs_cost(frame, robust_label="val PGD-10 accuracy, eps 0.1 (%)", base=0.08)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "training compute (device-seconds)" and ax.get_ylabel().startswith("val PGD-10")
+    drawn = sum(len(c.get_offsets()) for c in ax.collections)
+    assert drawn == len(frame) - 1
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[:4] == ["fgsm_rs", "patch", "pgd_at", "pgd_at+patch"] and "base (8.0 %)" in legend
+    assert {"adam", "rmsprop", "sgd"} <= set(legend)
+    assert plots.method_label("pgd_at", True) == "pgd_at+patch" and plots.method_label(None, None) == "patch"

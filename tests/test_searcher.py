@@ -18,7 +18,7 @@ from study.spec import load_spec
 
 
 def make_searcher(storage_url: str, name: str = "s", epochs: int = 3) -> StudySearch:
-    space = functools.partial(define_space, search=load_spec("quick").search, constants={"epochs": epochs, "seed": 0})
+    space = functools.partial(define_space, search=load_spec("quick-paper").search, constants={"epochs": epochs, "seed": 0})
     return StudySearch(space=space, metric="objective", mode="max", study_name=name, epochs=epochs,
                        storage=optuna.storages.RDBStorage(storage_url),
                        sampler=optuna.samplers.TPESampler(seed=0, multivariate=True, group=True, n_startup_trials=2))

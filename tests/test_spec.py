@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,23 @@ def test_presets_load_and_resolve() -> None:
         again = parse_spec(yaml.safe_load(spec.to_yaml()))  # the dumped spec is a valid spec
         assert again == spec
     quick = load_spec("quick")
-    assert quick.objective_eps == 0.3 and load_spec("cifar10-paper").objective_eps == 0.03
+    assert load_spec("fmnist-paper").objective_eps == 0.3 and load_spec("cifar10-paper").objective_eps == 0.03
     assert quick.num_samples >= 8
+    # the quick study scores where robustness can move, with an attack that reaches its eps, and searches methods
+    assert quick.objective_eps == 0.1 and quick.objective_alpha * quick.objective.steps >= 2 * quick.objective_eps
+    assert {"patch", "fgsm_rs", "pgd_at"} <= set(quick.search.methods)
+    paper_space = load_spec("quick-paper")  # the same study in the paper's space
+    assert set(paper_space.search.methods) == {"patch"}
+    assert dataclasses.replace(paper_space, name="quick", search=quick.search) == quick
+
+
+def test_extra_objectives() -> None:
+    def extra(value: object) -> list[str]:
+        spec = load_spec("quick", {"objective.multi_objective": value, "scheduler.type": "fifo"})
+        return [e.value for e in spec.objective.extra_objectives]
+
+    assert extra(False) == [] and extra(True) == ["clean"] and extra(["cost"]) == ["cost"]
+    assert extra(["cost", "clean"]) == ["cost", "clean"]
 
 
 def test_overrides_apply_dotted_keys() -> None:
@@ -57,6 +73,11 @@ BAD = [
     ({"search": {"batch_size": []}}, "search.batch_size: must be a non-empty list"),
     ({"objective": {"metric": "auc"}}, "objective.metric: must be one of pgd_acc, robust_auc, got 'auc'"),
     ({"objective": {"eps": 1.5}}, "objective.eps: must be <= 1, got 1.5"),
+    ({"objective": {"restarts": 0}}, "objective.restarts: must be >= 1, got 0"),
+    ({"objective": {"multi_objective": ["cost", "speed"]}, "scheduler": {"type": "fifo"}},
+     "objective.multi_objective: must be true, false or a list of distinct clean, cost, got ['cost', 'speed']"),
+    ({"objective": {"multi_objective": []}, "scheduler": {"type": "fifo"}}, "objective.multi_objective: must be true"),
+    ({"objective": {"multi_objective": ["cost"]}}, "asha cannot be combined with objective.multi_objective"),
     ({"objective": {"multi_objective": True}}, "asha cannot be combined with objective.multi_objective"),
     ({"sampler": {"type": "nsga2"}}, "nsga2 is a multi-objective sampler"),
     ({"sampler": {"type": "cmaes"}}, "sampler.type: must be one of tpe, random, nsga2, got 'cmaes'"),

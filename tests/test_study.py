@@ -31,7 +31,8 @@ def tiny(storage: Path, name: str, **over: Any) -> dict[str, Any]:
         "data": {"limit_train": 800, "limit_test": 200},
         "search": {"lr": {"adam": [1e-4, 1e-2], "rmsprop": [1e-4, 1e-2]}, "batch_size": [64, 128], "patch_size": [4, 10]},
         "epochs": 2,
-        "objective": {"metric": "robust_auc", "eps_grid": [0.02, 0.05], "val_limit": 150},
+        # PGD-5 on 80 images: scoring, not training, is most of a tiny trial's time
+        "objective": {"metric": "robust_auc", "eps_grid": [0.02, 0.05], "steps": 5, "val_limit": 80},
         "num_samples": 4, "max_concurrent": 2,
         "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
         "sampler": {"type": "tpe", "n_startup_trials": 2},
@@ -91,7 +92,7 @@ def test_driver_killed_then_ctrl_c_then_resumed(tmp_path: Path, base_ckpt: Path,
     spec_file.write_text(yaml.safe_dump(tiny(tmp_path / "studies", "res", base={"checkpoint": str(base_ckpt)},
                                              num_samples=3, max_concurrent=1, epochs=2, scheduler={"type": "fifo"},
                                              sampler={"type": "random"},
-                                             objective={"metric": "pgd_acc", "eps_grid": [0.05], "val_limit": 100})))
+                                             objective={"metric": "pgd_acc", "eps_grid": [0.05], "steps": 5, "val_limit": 60})))
     study_dir = tmp_path / "studies" / "res"
     db = study_dir / "optuna.db"
 
@@ -135,19 +136,19 @@ def test_driver_killed_then_ctrl_c_then_resumed(tmp_path: Path, base_ckpt: Path,
 
 
 def test_multi_objective_study_with_diverging_trials(tmp_path: Path, base_ckpt: Path, local_ray: None) -> None:
-    """NSGA-II over (robust, clean) accuracy: finished trials carry both values and a Pareto front exists;
-    diverging trials (sgd at lr 5-10) end FAIL with their reason, and the study goes on."""
-    spec = parse_spec(tiny(tmp_path, "pareto", base={"checkpoint": str(base_ckpt)}, num_samples=4, epochs=1,
+    """NSGA-II over robust accuracy, clean accuracy and training compute: finished trials carry the three values
+    and a Pareto front exists; diverging trials (sgd at lr 5-10) end FAIL with their reason, and the study goes on."""
+    spec = parse_spec(tiny(tmp_path, "pareto", base={"checkpoint": str(base_ckpt)}, num_samples=3, epochs=1,
                            search={"lr": {"adam": [1e-3, 1e-3], "sgd": [5.0, 10.0]}, "batch_size": [64],
                                    "patch_size": [4, 8]},
-                           objective={"metric": "pgd_acc", "eps": 0.05, "alpha": 0.0125, "val_limit": 150,
-                                      "multi_objective": True},
+                           objective={"metric": "pgd_acc", "eps": 0.05, "alpha": 0.025, "steps": 5, "val_limit": 80,
+                                      "multi_objective": ["clean", "cost"]},
                            scheduler={"type": "fifo"}, sampler={"type": "nsga2", "seed": 3}))
     study_dir = run_study(spec)
     study = optuna.load_study(study_name="pareto", storage=f"sqlite:///{study_dir / 'optuna.db'}")
-    assert [d.name for d in study.directions] == ["MAXIMIZE", "MAXIMIZE"]
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MAXIMIZE", "MINIMIZE"]
     results = pd.read_parquet(study_dir / "results.parquet")
-    assert len(results) == 4 and set(results["optimizer"]) == {"adam", "sgd"}
+    assert len(results) == 3 and set(results["optimizer"]) == {"adam", "sgd"}
     states = optuna_states(study_dir, "pareto")
     for row in results.to_dict("records"):
         t = states[row["trial_id"]]
@@ -156,6 +157,7 @@ def test_multi_objective_study_with_diverging_trials(tmp_path: Path, base_ckpt: 
             assert t.state.name == "FAIL" and "loss became" in t.user_attrs["error"]
         else:
             assert row["status"] == "COMPLETE" and t.state.name == "COMPLETE" and row["error"] == ""
-            assert len(t.values) == 2 and t.values == pytest.approx([row["val_pgd_acc"], row["val_clean_acc"]])
+            assert t.values == pytest.approx([row["val_pgd_acc"], row["val_clean_acc"], row["cost_fwd_passes"]])
+            assert row["cost_fwd_passes"] > 0
     assert study.best_trials, "a Pareto front exists"
     assert (study_dir / "best.json").is_file()

@@ -94,3 +94,48 @@ def test_audit_and_report_do_not_import_each_other() -> None:
     code = "import sys, analysis.audit\nsys.exit(1 if 'analysis.report' in sys.modules else 0)\n"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_per_sample_comparison_is_mcnemar_with_the_agresti_min_interval() -> None:
+    # 100 images: 30 only the trial gets right, 10 only the base, 20 both, 40 neither
+    trial = [1] * 30 + [0] * 10 + [1] * 20 + [0] * 40
+    base = [0] * 30 + [1] * 10 + [1] * 20 + [0] * 40
+    c, test = stats.per_sample(trial, base)
+    assert test == "McNemar exact" and c.n == 100 and c.diff == pytest.approx(20.0)
+    assert c.p == pytest.approx(sps.binomtest(30, 40, 0.5).pvalue) and c.p < 0.01
+    # Agresti & Min (2005): Wald on the table with 1/2 added to each cell
+    centre, half = (30.5 - 10.5) / 102, 1.959964 * math.sqrt(41 - 20**2 / 102) / 102
+    assert (c.lo, c.hi) == pytest.approx((100 * (centre - half), 100 * (centre + half)), abs=1e-4)
+    same, _ = stats.per_sample([1, 0, 1], [1, 0, 1])
+    assert same.diff == 0.0 and same.p == 1.0 and same.lo < 0 < same.hi  # no discordant pair: no evidence
+    flipped, _ = stats.per_sample(base, trial)
+    assert flipped.diff == pytest.approx(-20.0) and flipped.p == pytest.approx(c.p)
+    graded, name = stats.per_sample([0.5, 1.0, 0.25], [0.0, 0.5, 0.25])  # fractions of an eps grid
+    assert name == "paired t over samples" and graded.p == pytest.approx(sps.ttest_rel([0.5, 1.0, 0.25], [0.0, 0.5, 0.25]).pvalue)
+    with pytest.raises(ValueError, match="aligned"):
+        stats.per_sample([1, 0], [1])
+
+
+def test_better_than_the_base_in_words() -> None:
+    from analysis import versus_base
+
+    clear = versus_base.compare([1] * 60 + [0] * 40, [1] * 10 + [0] * 90, split="val", measure="at the worst case")
+    assert clear["verdict"] == "better" and clear["trial"] == pytest.approx(60.0) and clear["base"] == pytest.approx(10.0)
+    text = versus_base.sentence(clear, "Trial t1")
+    assert re.fullmatch(r"Trial t1 is better than its base at the worst case on 100 validation images: 60\.0 % vs 10\.0 %, "
+                        r"\+50\.0 pt \[\+\d+\.\d, \+\d+\.\d\], McNemar exact p=\S+\.", text), text
+    noise = versus_base.compare([1, 0, 1, 0, 1, 1], [1, 1, 0, 0, 1, 0], split="val", measure="under PGD-10")
+    assert noise["verdict"] == "not better"
+    assert "is not better than its base under PGD-10 on 6 validation images" in versus_base.sentence(noise)
+    worse = versus_base.compare([0] * 50, [1] * 50, split="val", measure="under PGD-10")
+    assert "not better than its base (worse)" in versus_base.sentence(worse)
+    # the headline: the test comparison decides when there is one; a loser's headline says so first
+    on_test = versus_base.compare([1, 0, 1, 0, 1, 1], [1, 1, 0, 0, 1, 0], split="test", measure="at the worst case")
+    entries = [{"trial_id": "a", "vs_base": {"val": clear, "test": [on_test]}}]
+    assert versus_base.headline(entries).startswith("NO TRIAL IS BETTER THAN THE BASE: The best trial (a) is not better")
+    assert versus_base.headline([{"trial_id": "a", "vs_base": {"val": noise}}]).startswith(
+        "NO TRIAL IS BETTER THAN THE BASE (validation images, the ones it was selected on)")
+    assert versus_base.headline([{"trial_id": "b", "vs_base": {"val": noise, "test": [dict(clear, split="test")]}}]).startswith(
+        "BETTER THAN THE BASE: Trial b is better")
+    assert versus_base.headline([{"trial_id": "c"}]) is None  # a study written before the comparison existed
+    assert len(versus_base.lines(entries)) == 2  # the headline, then the comparison it does not already state

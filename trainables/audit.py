@@ -70,6 +70,7 @@ class AuditCfg:
     check_limit: int = 200  # images for the costlier checks (steps, restarts, sweep, noise, transfer)
     batch_size: int = 250
     seed: int = 0
+    checks: bool = True  # False: the attack rows and the worst case only (e.g. the base a model is compared with)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and 0 < self.eps <= 1):
@@ -150,10 +151,13 @@ class AuditReport:
     config: dict[str, Any]
     seconds: float
     broken_by: dict[str, int]  # AutoAttack: samples first broken by each component
+    worst_mask: list[bool] = dataclasses.field(default_factory=list)  # per sample: robust to every row
 
     @property
     def verdict(self) -> Status:
         statuses = {c.status for c in self.checks}
+        if not statuses:
+            return Status.SKIP
         for s in (Status.FAIL, Status.WARN):
             if s in statuses:
                 return s
@@ -170,6 +174,8 @@ class AuditReport:
             "verdict": self.verdict.value, "rows": [r.as_dict() for r in self.rows],
             "checks": [c.as_dict() for c in self.checks], "autoattack_broken_by": self.broken_by,
             "config": self.config, "seconds": self.seconds,
+            # Per sample, in data order ("1" robust to every row): paired comparisons between models on these images.
+            "worst_case_mask": "".join("1" if w else "0" for w in self.worst_mask),
         }
 
 
@@ -364,10 +370,10 @@ def run_audit(
         worst &= mask
 
     checks = _checks(_CheckInputs(model, cfg, x, y, ok, robust, rows, strong_name, base, aa_stats, broken_by,
-                                  n_classes, gen, autocast))
+                                  n_classes, gen, autocast)) if cfg.checks else []
     config = {**dataclasses.asdict(cfg), "grid": list(cfg.grid()), "autoattack_cfg": cfg.autoattack_cfg().describe()}
     return AuditReport(cfg.eps, n, int(ok.sum()), rows, checks, int(worst.sum()), config,
-                       time.perf_counter() - t_start, broken_by)
+                       time.perf_counter() - t_start, broken_by, worst.cpu().tolist())
 
 
 

@@ -303,15 +303,16 @@ class ObjectiveCfg:
     alpha: float = PAPER_ALPHA
     steps: int = PAPER_STEPS
     eps_grid: tuple[float, ...] = DEFAULT_EPS_GRID
+    restarts: int = 1  # random starts of the objective's PGD (a sample counts as robust only if it survives all)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metric", parse_enum(Objective, self.metric, "objective metric"))
         object.__setattr__(self, "eps_grid", tuple(float(e) for e in self.eps_grid))
-        AttackCfg(eps=self.eps, alpha=self.alpha, steps=self.steps)  # validates the budget
+        self.pgd()  # validates the budget and the restarts
         _check(len(self.eps_grid) > 0, "eps_grid must not be empty")
 
     def pgd(self) -> AttackCfg:
-        return AttackCfg(name=AttackName.PGD, eps=self.eps, alpha=self.alpha, steps=self.steps)
+        return AttackCfg(name=AttackName.PGD, eps=self.eps, alpha=self.alpha, steps=self.steps, restarts=self.restarts)
 
     def grid(self) -> list[AttackCfg]:
         return [AttackCfg(name=AttackName.PGD, eps=e, alpha=min(1.0, 2.5 * e / self.steps), steps=self.steps)

@@ -236,6 +236,43 @@ def fit(
 # ------------------------------------------------------------------------------------------- evaluation
 
 
+def robust_masks(
+    model: nn.Module,
+    data: Split,
+    attacks: dict[str, AttackCfg],
+    *,
+    device: torch.device,
+    batch_size: int = 500,
+    seed: int = 0,
+    autocast: Autocast = nullcontext,
+    progress: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Per sample (bool [N], on the CPU): `clean` correct, and robust under each named attack.
+
+    Attacks run only on the clean-correct samples: a sample is robust iff it is correct on the clean image
+    and no counted iterate fools the model, so robust <= clean sample by sample.
+    """
+    generator = make_generator(seed, device)
+    data = place(data, device)
+    masks: dict[str, list[torch.Tensor]] = {k: [] for k in ("clean", *attacks)}
+    with eval_mode(model):
+        total = math.ceil(len(data) / batch_size)
+        for x, y in tqdm(iterate_batches(data, batch_size, device), total=total, desc="eval", unit="batch",
+                         leave=False, disable=not progress):
+            with torch.no_grad(), autocast():
+                ok = model(x).argmax(1) == y
+            masks["clean"].append(ok)
+            keep = ok.nonzero().squeeze(1)
+            for key, attack in attacks.items():
+                robust = torch.zeros_like(ok)
+                if keep.numel():
+                    robust[keep] = ~run_attack(model, x[keep], y[keep], attack, generator=generator,
+                                               autocast=autocast).fooled
+                masks[key].append(robust)
+    empty = torch.zeros(0, dtype=torch.bool)
+    return {k: torch.cat(v).cpu() if v else empty for k, v in masks.items()}  # one sync, at the end
+
+
 def robust_accuracy(
     model: nn.Module,
     data: Split,
@@ -247,31 +284,11 @@ def robust_accuracy(
     autocast: Autocast = nullcontext,
     progress: bool = False,
 ) -> dict[str, float]:
-    """Accuracy in [0, 1] under each named attack, plus `clean`.
-
-    Attacks run only on the clean-correct samples: a sample is robust iff it is correct on the clean image
-    and no counted iterate fools the model, so robust accuracy <= clean accuracy by construction.
-    """
-    generator = make_generator(seed, device)
-    data = place(data, device)
-    clean_correct = torch.zeros((), device=device, dtype=torch.long)  # device counters: no sync per batch
-    robust = {k: torch.zeros((), device=device, dtype=torch.long) for k in attacks}
-    with eval_mode(model):
-        total = math.ceil(len(data) / batch_size)
-        for x, y in tqdm(iterate_batches(data, batch_size, device), total=total, desc="eval", unit="batch",
-                         leave=False, disable=not progress):
-            with torch.no_grad(), autocast():
-                ok = model(x).argmax(1) == y
-            clean_correct += ok.sum()
-            keep = ok.nonzero().squeeze(1)
-            if keep.numel() == 0:
-                continue
-            xs, ys = x[keep], y[keep]
-            for key, attack in attacks.items():
-                out = run_attack(model, xs, ys, attack, generator=generator, autocast=autocast)
-                robust[key] += (~out.fooled).sum()
+    """Accuracy in [0, 1] under each named attack, plus `clean` (the means of `robust_masks`)."""
+    masks = robust_masks(model, data, attacks, device=device, batch_size=batch_size, seed=seed, autocast=autocast,
+                         progress=progress)
     n = max(len(data), 1)
-    return {"clean": int(clean_correct) / n, **{k: int(v) / n for k, v in robust.items()}}
+    return {k: int(m.sum()) / n for k, m in masks.items()}
 
 
 def evaluate(
@@ -291,6 +308,43 @@ def evaluate(
                            progress=progress)
 
 
+def objective_attacks(objective: ObjectiveCfg) -> dict[str, AttackCfg]:
+    """What a trial runs on its validation subset each epoch, in this order (the order fixes the random starts).
+    A grid budget identical to the objective's attack is not run twice (`grid_key` maps it to "pgd")."""
+    paper = AttackCfg(name=AttackName.PGD, eps=objective.eps, alpha=PAPER_ALPHA, steps=PAPER_STEPS)
+    attacks = {"pgd": objective.pgd(), **{grid_key(objective, a): a for a in objective.grid()}}
+    if paper != objective.pgd():
+        attacks["paper"] = paper
+    return attacks
+
+
+def grid_key(objective: ObjectiveCfg, attack: AttackCfg) -> str:
+    # A grid attack at the objective's eps but another alpha is a different attack: both run, under distinct keys.
+    return "pgd" if attack == objective.pgd() else f"eps{attack.eps:g}"
+
+
+def objective_per_sample(masks: dict[str, torch.Tensor], objective: ObjectiveCfg) -> torch.Tensor:
+    """Each sample's share of the objective (float [N]; its mean is the objective): robust or not under the
+    objective's PGD (pgd_acc), or the fraction of the eps grid it survives (robust_auc)."""
+    if objective.metric is Objective.ROBUST_AUC:
+        return torch.stack([masks[grid_key(objective, a)] for a in objective.grid()]).float().mean(0)
+    return masks["pgd"].float()
+
+
+def scores_from_masks(masks: dict[str, torch.Tensor], objective: ObjectiveCfg) -> dict[str, float]:
+    def acc(key: str) -> float:
+        return int(masks[key].sum()) / max(masks[key].numel(), 1)
+
+    scores = {"val_clean_acc": acc("clean"), "val_pgd_acc": acc("pgd"),
+              "val_paper_pgd_acc": acc("paper" if "paper" in masks else "pgd")}
+    grid = objective.grid()
+    for a in grid:
+        scores[f"val_pgd_acc_eps{a.eps:g}"] = acc(grid_key(objective, a))
+    scores["val_robust_auc"] = sum(scores[f"val_pgd_acc_eps{a.eps:g}"] for a in grid) / len(grid)
+    scores["objective"] = scores["val_robust_auc"] if objective.metric is Objective.ROBUST_AUC else scores["val_pgd_acc"]
+    return scores
+
+
 def score_objective(
     model: nn.Module,
     data: Split,
@@ -307,16 +361,6 @@ def score_objective(
     alpha 0.01: reported beside it, never optimised), val_robust_auc, val_pgd_acc_eps<e> for each grid eps, and
     `objective` (the one Optuna and the scheduler maximise).
     """
-    grid = objective.grid()
-    paper = AttackCfg(name=AttackName.PGD, eps=objective.eps, alpha=PAPER_ALPHA, steps=PAPER_STEPS)
-    # The objective's attack and a grid attack at the same eps differ in alpha: keep both, under distinct keys.
-    attacks = {"pgd": objective.pgd(), **{f"eps{a.eps:g}": a for a in grid}}
-    if paper != objective.pgd():
-        attacks["paper"] = paper
-    acc = robust_accuracy(model, data, attacks, device=device, batch_size=batch_size, seed=seed, autocast=autocast)
-    scores = {"val_clean_acc": acc["clean"], "val_pgd_acc": acc["pgd"], "val_paper_pgd_acc": acc.get("paper", acc["pgd"])}
-    for a in grid:
-        scores[f"val_pgd_acc_eps{a.eps:g}"] = acc[f"eps{a.eps:g}"]
-    scores["val_robust_auc"] = sum(acc[f"eps{a.eps:g}"] for a in grid) / len(grid)
-    scores["objective"] = scores["val_robust_auc"] if objective.metric is Objective.ROBUST_AUC else scores["val_pgd_acc"]
-    return scores
+    masks = robust_masks(model, data, objective_attacks(objective), device=device, batch_size=batch_size, seed=seed,
+                         autocast=autocast)
+    return scores_from_masks(masks, objective)

@@ -35,7 +35,10 @@ from trainables.engine import (
     evaluate_clean,
     fit,
     make_optimizer,
+    objective_attacks,
+    objective_per_sample,
     pick_device,
+    robust_masks,
     score_objective,
     seed_everything,
 )
@@ -188,7 +191,8 @@ def run_trial(config: Mapping[str, Any], setup: TrialSetup, *, report: Report, r
 def failure_metrics(reason: str, epoch: int, extra: Mapping[str, str]) -> dict[str, Any]:
     """Every key the searcher and scheduler read, with finite values: NaN would leave Optuna trials RUNNING."""
     return {"objective": 0.0, "val_clean_acc": 0.0, "val_pgd_acc": 0.0, "val_paper_pgd_acc": 0.0, "val_robust_auc": 0.0,
-            "train_loss": float("inf"), "epoch": epoch + 1, "epoch_time_s": 0.0, **extra, "error": reason}
+            "cost_fwd_passes": 0.0, "cost_bwd_passes": 0.0, "train_loss": float("inf"), "epoch": epoch + 1,
+            "epoch_time_s": 0.0, **extra, "error": reason}
 
 
 def evaluate_model(
@@ -205,6 +209,16 @@ def evaluate_model(
     autocast = configure_backends(device)
     return evaluate(prepare_model(model, device), data.split(split), attacks, device=device, batch_size=batch_size, seed=seed,
                     autocast=autocast, progress=progress)
+
+
+def objective_samples(model: nn.Module, split: Split, objective: ObjectiveCfg, *, device: torch.device,
+                      seed: int = 0) -> list[float]:
+    """Each image's share of the objective, scored exactly as a trial scores its epochs (same attacks, order and
+    seed, so the mean is the trial's objective): the per-sample side of a paired comparison between models."""
+    autocast = configure_backends(device)
+    masks = robust_masks(prepare_model(model, device), place(split, device), objective_attacks(objective), device=device,
+                         seed=seed, autocast=autocast)
+    return [float(v) for v in objective_per_sample(masks, objective).tolist()]
 
 
 def audit_model(

@@ -80,6 +80,21 @@ class Objective(str, enum.Enum):
     ROBUST_AUC = "robust_auc"
 
 
+class ExtraObjective(str, enum.Enum):
+    """What a multi-objective study optimises beside its objective (`objective.multi_objective: [clean, cost]`)."""
+
+    CLEAN = "clean"
+    COST = "cost"
+
+
+# The trial metric each extra objective reads, and its direction. Cost is training compute in forward passes of
+# one image (attack steps included): deterministic, unlike device-seconds, and comparable across nodes.
+EXTRA_OBJECTIVE_METRICS: dict[ExtraObjective, tuple[str, str]] = {
+    ExtraObjective.CLEAN: ("val_clean_acc", "max"),
+    ExtraObjective.COST: ("cost_fwd_passes", "min"),
+}
+
+
 class Component(str, enum.Enum):
     """AutoAttack's components, in the order the standard version runs them."""
 
