@@ -38,6 +38,7 @@ from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import DataCfg, paper_attacks
 from trainables.data import DataBundle, load_data
 from trainables.pipeline import input_spec
+from trainables.vocab import Objective
 
 log = logging.getLogger("patchtune")
 __all__ = ["StudyError", "preflight", "resume_study", "run_study", "status_table"]
@@ -162,7 +163,7 @@ def finalize(spec: StudySpec, grid: Any, base_path: Path) -> Path:
 def objective_measure(spec: StudySpec) -> str:
     """The objective in words, for the comparison with the base: which attack, how strong."""
     o = objective_cfg(spec)
-    if o.metric.value == "robust_auc":
+    if o.metric is Objective.ROBUST_AUC:
         return (f"on the study's objective, robust AUC over eps {', '.join(f'{e:g}' for e in o.eps_grid)} "
                 f"(PGD-{o.steps}, alpha = 2.5 eps / {o.steps})")
     reach = "" if o.alpha * o.steps >= o.eps else ", cannot reach eps"
@@ -170,7 +171,7 @@ def objective_measure(spec: StudySpec) -> str:
     return f"under the study's objective, PGD-{o.steps}{starts} at eps {o.eps:g} (alpha {o.alpha:g}{reach})"
 
 
-def audit_measure(cfg: Any) -> str:
+def audit_measure(cfg: AuditCfg) -> str:
     """The audit's worst case in words: every attack it takes the worst of, AutoAttack's non-reference parts named."""
     strong = cfg.strong_pgd()
     aa = ""

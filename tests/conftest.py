@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 from hypothesis import settings
 
 from trainables.config import DataCfg, TrainCfg
@@ -38,6 +39,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: order.get(item.path.name, len(order)))  # stable: tests keep their order in a file
 
 
+def shared_file(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """A file built once per test session and shared by the pytest-xdist workers: whichever worker asks first
+    builds it (under a lock), the others read it (the pattern of pytest-xdist's docs)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the workers' base temp dirs share this parent
+    path = root / name
+    with FileLock(f"{path}.lock"):
+        if not path.is_file():
+            build(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def device() -> torch.device:
     # CPU by default; TORCH_DEVICE=cuda runs the same suite on a GPU.
@@ -55,14 +69,21 @@ def spec_of(data: DataBundle) -> InputSpec:
 
 
 @pytest.fixture(scope="session")
-def trained_cnn3(fmnist_small: DataBundle, device: torch.device) -> torch.nn.Module:
-    """cnn3 after 2 epochs on 4000 real images (~80% clean accuracy): undefended, easy to attack."""
-    torch.manual_seed(0)
-    model = build_model("cnn3", spec_of(fmnist_small)).to(device)
-    fit(model, fmnist_small.train, fmnist_small.val, TrainCfg(epochs=2, lr=2e-3, batch_size=64), device=device,
-        progress=False)
-    model.eval()
-    return model
+def trained_cnn3(fmnist_small: DataBundle, device: torch.device,
+                 tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
+    """cnn3 after 2 epochs on 4000 real images (~80% clean accuracy): undefended, easy to attack. Trained once
+    per session (on the CPU, so every worker gets the same weights) and loaded by each worker."""
+
+    def train(path: Path) -> None:
+        torch.manual_seed(0)
+        model = build_model("cnn3", spec_of(fmnist_small))
+        fit(model, fmnist_small.train, fmnist_small.val, TrainCfg(epochs=2, lr=2e-3, batch_size=64),
+            device=torch.device("cpu"), progress=False)
+        torch.save(model.state_dict(), path)
+
+    model = build_model("cnn3", spec_of(fmnist_small))
+    model.load_state_dict(torch.load(shared_file(tmp_path_factory, "trained_cnn3.pt", train), weights_only=True))
+    return model.to(device).eval()
 
 
 @pytest.fixture
@@ -104,13 +125,14 @@ def _shutdown_ray_at_exit() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def base_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small real base checkpoint (cnn3, 1 epoch on 3000 F-MNIST images) for study tests."""
+    """A small real base checkpoint (cnn3, 1 epoch on 3000 F-MNIST images) for study tests, built once per session."""
     from trainables.checkpoint import save_checkpoint
     from trainables.pipeline import pretrain
 
-    cfg = DataCfg(limit_train=3000, limit_val=300, limit_test=300)
-    model, meta = pretrain("cnn3", load_data(cfg), cfg, TrainCfg(epochs=1, lr=2e-3), device=pick_device("cpu"),
-                           progress=False)
-    path = tmp_path_factory.mktemp("base") / "base.pt"
-    save_checkpoint(path, model, meta)
-    return path
+    def build(path: Path) -> None:
+        cfg = DataCfg(limit_train=3000, limit_val=300, limit_test=300)
+        model, meta = pretrain("cnn3", load_data(cfg), cfg, TrainCfg(epochs=1, lr=2e-3), device=pick_device("cpu"),
+                               progress=False)
+        save_checkpoint(path, model, meta)
+
+    return shared_file(tmp_path_factory, "base_ckpt.pt", build)

@@ -132,9 +132,9 @@ def test_bad_checkpoints_are_refused(tmp_path: Path, tiny_base: Path) -> None:
 
 def test_pretrain_finetune_eval_json(tmp_path: Path, tiny_base: Path) -> None:
     ft = tmp_path / "ft.pt"
-    proc = patchtune("finetune", "--base", str(tiny_base), "--optimizer", "rmsprop", "--lr", "1e-3", "--epochs", "1",
-                     "--patch-size", "8", "--pool", "rotate,flip,noise", "--limit-train", "1000", "--limit-val", "200",
-                     "--limit-test", "200", "--out", str(ft), "--quiet", cwd=tmp_path)
+    proc = patchtune_here("finetune", "--base", str(tiny_base), "--optimizer", "rmsprop", "--lr", "1e-3", "--epochs", "1",
+                          "--patch-size", "8", "--pool", "rotate,flip,noise", "--limit-train", "1000", "--limit-val", "200",
+                          "--limit-test", "200", "--out", str(ft), "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     proc = patchtune("eval", str(ft), "--attacks", "clean,fgsm,ifgsm,pgd", "--limit", "100", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
