@@ -327,7 +327,8 @@ def test_run_dry_run_prints_resolved_spec_and_creates_nothing(tmp_path: Path, ti
                                                               ray_must_not_start: None) -> None:
     import yaml
 
-    spec = _spec_file(tmp_path, base={"checkpoint": str(tiny_base)}, objective={"metric": "pgd_acc", "val_limit": 300})
+    spec = _spec_file(tmp_path, base={"checkpoint": str(tiny_base)}, objective={"metric": "pgd_acc", "val_limit": 300},
+                      audit={"enabled": True, "limit": 50})
     proc = patchtune_here("run", str(spec), "--dry-run", "--num-samples", "3", "--name", "dry", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     resolved = yaml.safe_load(proc.stdout)
