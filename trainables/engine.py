@@ -263,11 +263,11 @@ def robust_masks(
                 ok = model(x).argmax(1) == y
             masks["clean"].append(ok)
             keep = ok.nonzero().squeeze(1)
+            xs, ys = x[keep], y[keep]  # the clean-correct samples, gathered once for every attack
             for key, attack in attacks.items():
                 robust = torch.zeros_like(ok)
                 if keep.numel():
-                    robust[keep] = ~run_attack(model, x[keep], y[keep], attack, generator=generator,
-                                               autocast=autocast).fooled
+                    robust[keep] = ~run_attack(model, xs, ys, attack, generator=generator, autocast=autocast).fooled
                 masks[key].append(robust)
     empty = torch.zeros(0, dtype=torch.bool)
     return {k: torch.cat(v).cpu() if v else empty for k, v in masks.items()}  # one sync, at the end
