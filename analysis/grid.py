@@ -2,7 +2,9 @@
 
 Every row of a reproduction's results.parquet carries, beside `seed`, `method` and the scores, what the
 method is: `method_label`, `defense` ("none" | "patch" | "<attack>_at"), `optimizer`, `long`,
-`table1_column` and `table2_column` (the paper's Table 1 / Table 2 column it reproduces, or None). The
+`table1_column` and `table2_column` (the paper's Table 1 / Table 2 column it reproduces, or None), and
+`finetune` / `augment` (the fine-tuning method in the trainables' vocabulary, and whether the patch
+augmentation was on; absent from results written before robust fine-tuning joined the grid). The
 tables, findings and plots read these columns, so no method name is special to the analysis and a new
 cell in the grid needs no change here.
 """
@@ -14,11 +16,13 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from trainables.vocab import AttackName, Optimizer, values
+from trainables.vocab import AttackName, Method, Optimizer, values
 
 METADATA = ("method_label", "defense", "optimizer", "long", "table1_column", "table2_column")
+OPTIONAL_METADATA = ("finetune", "augment")
 NO_DEFENSE = "none"
 PATCH = "patch"
+ROBUST = "robust"  # robust fine-tuning (FGSM-RS, PGD-AT reaching eps, TRADES): `finetune` says which
 PROPOSED = "proposed"  # the paper's Table 2 column of its own method
 AT_SUFFIX = "_at"  # an adversarial-training defense is "<attack>_at"
 
@@ -34,6 +38,12 @@ class Cell:
     long: bool
     table1_column: str | None
     table2_column: str | None
+    finetune: str | None = None
+    augment: bool = False
+
+    @property
+    def robust(self) -> bool:
+        return self.defense == ROBUST
 
     @property
     def undefended(self) -> bool:
@@ -46,7 +56,7 @@ class Cell:
     @property
     def at_attack(self) -> str | None:
         """The attack an adversarially trained cell trained against, None for the other defenses."""
-        if self.defense in (NO_DEFENSE, PATCH) or not self.defense.endswith(AT_SUFFIX):
+        if self.defense in (NO_DEFENSE, PATCH, ROBUST) or not self.defense.endswith(AT_SUFFIX):
             return None
         return self.defense.removesuffix(AT_SUFFIX)
 
@@ -73,10 +83,11 @@ def _rank(names: Sequence[str], name: str | None) -> int:
 
 def _order(cell: Cell) -> tuple[object, ...]:
     """Undefended first, then patch fine-tuning (short before long, optimizers in vocabulary order), then the
-    adversarially trained cells in the order of their attacks: the paper's tables read this way."""
-    kind = 0 if cell.undefended else 1 if cell.patch else 2
-    return (kind, cell.long, _rank(values(AttackName), cell.at_attack), cell.defense,
-            _rank(values(Optimizer), cell.optimizer), cell.method)
+    adversarially trained cells in the order of their attacks (the paper's tables read this way), then robust
+    fine-tuning by method (vocabulary order, without the augmentation first) and optimizer."""
+    kind = 0 if cell.undefended else 1 if cell.patch else 3 if cell.robust else 2
+    return (kind, cell.long, _rank(values(AttackName), cell.at_attack), _rank(values(Method), cell.finetune),
+            cell.augment, cell.defense, _rank(values(Optimizer), cell.optimizer), cell.method)
 
 
 def check(results: pd.DataFrame) -> None:
@@ -92,7 +103,8 @@ def cells(results: pd.DataFrame) -> list[Cell]:
     first = results.drop_duplicates("method")
     found = [Cell(method=str(r["method"]), label=str(r["method_label"]), defense=str(r["defense"]),
                   optimizer=_optional(r["optimizer"]), long=bool(r["long"]),
-                  table1_column=_optional(r["table1_column"]), table2_column=_optional(r["table2_column"]))
+                  table1_column=_optional(r["table1_column"]), table2_column=_optional(r["table2_column"]),
+                  finetune=_optional(r.get("finetune")), augment=str(r.get("augment")) == "True")
              for r in first.to_dict("records")]
     return sorted(found, key=_order)
 
@@ -106,6 +118,20 @@ def table2_cells(results: pd.DataFrame) -> list[Cell]:
     """The cells reproducing the paper's Table 2 columns: the adversarial-training baselines, then the
     proposed fine-tuning (the paper's column order)."""
     return sorted((c for c in cells(results) if c.table2_column is not None), key=lambda c: c.proposed)
+
+
+def robust_cells(results: pd.DataFrame) -> list[Cell]:
+    """The robust fine-tuning cells, in reading order."""
+    return [c for c in cells(results) if c.robust]
+
+
+def robust_groups(results: pd.DataFrame) -> list[list[Cell]]:
+    """The robust fine-tuning cells grouped by method (with or without the augmentation): one group per method,
+    its cells differing in the optimizer only."""
+    groups: dict[tuple[str | None, bool], list[Cell]] = {}
+    for cell in robust_cells(results):
+        groups.setdefault((cell.finetune, cell.augment), []).append(cell)
+    return list(groups.values())
 
 
 def undefended_cell(results: pd.DataFrame) -> Cell | None:

@@ -18,7 +18,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.artist import Artist  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from analysis import grid  # noqa: E402
@@ -294,9 +297,10 @@ def cell_color(cell: Cell) -> str:
 
 def method_bars(results: pd.DataFrame, keys: Sequence[str] = ("clean", "whitebox/fgsm", "whitebox/ifgsm", "whitebox/pgd"),
                 paper: Mapping[str, Mapping[str, float]] | None = None) -> Figure:
-    """Accuracy (%) per method and attack: mean over seeds with 95 % CI bars; paper values (method -> attack -> %)
-    as black ticks. Methods, their order, labels and colours come from the frame's metadata (analysis/grid.py)."""
-    cells = grid.cells(results)
+    """Accuracy (%) per method of the paper's tables and attack: mean over seeds with 95 % CI bars; paper values
+    (method -> attack -> %) as black ticks. Methods, their order, labels and colours come from the frame's
+    metadata (analysis/grid.py); the robust fine-tuning cells have their own figures (`optimizer_bars`)."""
+    cells = [c for c in grid.cells(results) if not c.robust]
     fig, ax = plt.subplots(figsize=(8.2, 4.2))
     width = 0.8 / max(len(cells), 1)
     for j, cell in enumerate(cells):
@@ -377,3 +381,55 @@ def audit_bars(frame: pd.DataFrame) -> Figure:
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def optimizer_bars(results: pd.DataFrame, robust_key: str, robust_label: str) -> Figure:
+    """Does the optimizer matter? Clean and robust accuracy (%) of each fine-tuning method (the paper's patch
+    fine-tune and every robust one) per optimizer: mean over seeds with 95 % CI bars, each seed a dot; the
+    undefended model as a dashed line."""
+    groups = [[c for c in grid.table1_cells(results) if c.patch], *grid.robust_groups(results)]
+    groups = [g for g in groups if g]
+    undefended = grid.undefended_cell(results)
+    optimizers = [o for o in OPTIMIZER_COLORS if any(c.optimizer == o for g in groups for c in g)]
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.2), sharey=True)
+    width = 0.8 / max(len(optimizers), 1)
+    for ax, key, title in zip(axes, ("clean", robust_key), ("clean", robust_label), strict=True):
+        for i, cells in enumerate(groups):
+            for cell in cells:
+                j = optimizers.index(str(cell.optimizer))
+                x = i + (j - (len(optimizers) - 1) / 2) * width
+                values_pct = 100 * results.loc[results.method == cell.method, key].astype(float)
+                iv = t_interval(values_pct)
+                ax.bar(x, iv.mean, width, yerr=0 if np.isnan(iv.half) else iv.half, capsize=2,
+                       color=OPTIMIZER_COLORS[str(cell.optimizer)], alpha=0.85)
+                ax.scatter(np.full(len(values_pct), x), values_pct, s=8, color="black", zorder=3)
+        if undefended is not None:
+            ax.axhline(100 * results.loc[results.method == undefended.method, key].astype(float).mean(),
+                       color=UNDEFENDED_COLOR, ls="--", lw=1.2)
+        ax.set_xticks(range(len(groups)), [g[0].label.rsplit(" + ", 1)[0] for g in groups], fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.set_ylim(0, 100)
+    axes[0].set_ylabel("test accuracy (%)")
+    handles: list[Artist] = [Rectangle((0, 0), 1, 1, color=OPTIMIZER_COLORS[o]) for o in optimizers]
+    labels = [str(o) for o in optimizers]
+    if undefended is not None:
+        handles.append(Line2D([], [], color=UNDEFENDED_COLOR, ls="--"))
+        labels.append("undefended")
+    axes[1].legend(handles, labels, fontsize=8, title="optimizer", title_fontsize=8)
+    fig.suptitle("Does the optimizer matter? Fine-tuning method x optimizer (mean ± 95 % CI over seeds; dots: seeds)",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def reproduction_cost(results: pd.DataFrame, robust_key: str, robust_label: str) -> Figure:
+    """`robust_vs_cost` for a reproduction: every fine-tuned (seed, cell) of the patch and robust fine-tuning
+    methods at its training device-seconds; the undefended model's mean as the base line."""
+    cells = [c for c in grid.cells(results) if c.finetune is not None]
+    finetune = {c.method: (c.finetune, c.augment) for c in cells}
+    frame = results[results.method.isin(finetune)].copy()
+    frame["method"], frame["augment"] = (pd.Series([finetune[m][k] for m in frame["method"]], index=frame.index,
+                                                   dtype=object) for k in (0, 1))
+    undefended = grid.undefended_cell(results)
+    base = None if undefended is None else float(results.loc[results.method == undefended.method, robust_key].mean())
+    return robust_vs_cost(frame, robust_key, "cost_device_s", robust_label=robust_label, base=base)

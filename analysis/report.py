@@ -11,12 +11,13 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis import plots, stats, tables, versus_base
+from analysis import grid, plots, stats, tables, versus_base
 from analysis.audit import bars_frame, checks_frame, headline, side_by_side
 from analysis.load import StudyData, base_eps_curve, epochs_long, eps_curves, load_study, open_optuna_storage
 from analysis.paper import paper_value
-from analysis.reproduction import SETTING_LABELS, SETTINGS, paper_by_method, render
+from analysis.reproduction import SETTING_LABELS, SETTINGS, paper_by_method, render, robust_measure
 from trainables.atomic import atomic_write_bytes
+from trainables.vocab import paper_eps
 
 
 def optuna_importances(data: StudyData) -> dict[str, float]:
@@ -169,6 +170,12 @@ def write_reproduction_report(path: str | Path) -> Path:
             results, SETTINGS, SETTING_LABELS, paper=paper_by_method(results, dataset, defended_only=True)),
             out, "settings_bars"),
     }
+    if grid.robust_cells(results):
+        key, measure = robust_measure(results)
+        label = f"{measure} accuracy at eps {paper_eps(dataset):g} (%)"
+        images["optimizer_bars"] = _save(plots.optimizer_bars(results, key, label), out, "optimizer_bars")
+        if "cost_device_s" in results:
+            images["robust_vs_cost"] = _save(plots.reproduction_cost(results, key, label), out, "robust_vs_cost")
     header = (f"# Reproduction: {dataset}, {meta['arch']}\n\n{meta['train_images']} fine-tuning images, "
               f"{meta['test_images']} test images, {meta['epochs']} epochs, lr {meta['lr']:g}; wall time "
               f"{meta['seconds'] / 60:.1f} min.\n")

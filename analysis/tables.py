@@ -13,13 +13,13 @@ from typing import Any
 import pandas as pd
 
 from analysis.paper import paper_value
+from trainables import vocab
 
 # A float format spec for every float cell (".4g") or per column ({"accuracy_pct": ".2f"}); floats in other
 # columns print as str(value).
 FloatFormat = str | Mapping[str, str] | None
 
-# Display names where an optimizer's plain name is not already one (tables, findings).
-OPTIMIZER_LABELS = {"adam": "Adam", "rmsprop": "RMSProp"}
+OPTIMIZER_LABELS = {o.value: label for o, label in vocab.OPTIMIZER_LABELS.items()}  # tables, findings
 
 
 def optimizer_label(optimizer: str) -> str:

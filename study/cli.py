@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from study import grid
 from study.cli_args import (
     ARCHS,
     ATTACKS,
@@ -46,6 +47,9 @@ from trainables.vocab import (
     paper_eps,
     values,
 )
+
+ROBUST_METHODS = [m.value for m in grid.ROBUST_METHODS]  # `reproduce`'s robust fine-tuning cells by default
+GRID_OPTIMIZERS = [o.value for o in grid.OPTIMIZERS]
 
 # ------------------------------------------------------------------------------------------- parser
 
@@ -189,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--long-epochs", type=positive_int, help="epochs of the long fine-tune cells (default 10 / 50)")
     p.add_argument("--at-from-scratch", action="store_true",
                    help="adversarial training from a fresh init for --pretrain-epochs instead of from the base")
+    robust = [m for m in METHODS if m != "patch"]
+    p.add_argument("--robust-methods", type=choice_list([*robust, "none"], "robust method"),
+                   default=list(ROBUST_METHODS),
+                   help=f"robust fine-tuning methods, each x --optimizers at the paper's eps ({', '.join(robust)}, or "
+                        f"none; default {','.join(ROBUST_METHODS)})")
+    p.add_argument("--optimizers", type=choice_list(OPTIMIZERS, "optimizer"), default=list(GRID_OPTIMIZERS),
+                   help=f"optimizers of the robust fine-tuning cells (default {','.join(GRID_OPTIMIZERS)})")
     p.add_argument("--cpus-per-trial", type=positive_float, default=1.0)
     p.add_argument("--gpus-per-trial", type=number(float, lambda v: v >= 0, "a number >= 0"), default=0.0)
     p.add_argument("--data-root", help="directory searched first for the data set files")
@@ -498,11 +509,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from study.reproduce import make_spec, reproduce
 
+    if "none" in args.robust_methods and len(args.robust_methods) > 1:
+        raise UsageError(f"--robust-methods {','.join(args.robust_methods)}: 'none' stands alone")
     spec = make_spec(args.dataset, seeds=args.seeds, limit_train=args.limit_train, limit_test=args.limit_test,
                      pretrain_epochs=args.pretrain_epochs, pretrain_limit_train=args.pretrain_limit_train,
                      epochs=args.epochs, eot_draws=args.eot_draws,
                      long_epochs=args.long_epochs, at_from_scratch=args.at_from_scratch or None,
-                     cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial)
+                     cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                     robust_methods=() if "none" in args.robust_methods else tuple(args.robust_methods),
+                     optimizers=tuple(args.optimizers))
     storage = Path(args.storage)
     writable_target(str(storage / (args.name or "x") / "results.parquet"), "--storage")
     if args.name and (storage / args.name).exists():

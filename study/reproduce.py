@@ -1,9 +1,10 @@
 """`patchtune reproduce DATASET`: the paper's fixed settings x seeds as a Ray Tune grid (not Optuna).
 
 Per seed: a base model pretrained with Adam (a Ray task, cached); then one model per cell of
-`study.grid.REPRODUCTION_GRID` (undefended, patch fine-tuning with Adam and with RMSProp, short and long, and
-FGSM-, IFGSM- and PGD-AT with the same epoch budget), every model scored on the test split under every
-evaluation setting (trainables/variants.py). Writes results.parquet (one row per seed x cell, with the cell's
+`study.grid.reproduction_grid` (undefended, patch fine-tuning with Adam and with RMSProp, short and long,
+FGSM-, IFGSM- and PGD-AT at the paper's alpha with the same epoch budget, and robust fine-tuning methods
+(FGSM-RS, PGD-AT reaching eps, TRADES) x optimizers at the paper's eps), every model scored on the test split
+under every evaluation setting (trainables/variants.py) and a strong PGD, with its training compute. Writes results.parquet (one row per seed x cell, with the cell's
 description), reproduction.json and tables.md into the output dir.
 """
 
@@ -21,7 +22,7 @@ import pandas as pd
 
 from analysis.reproduction import render
 from study.cluster import gpus_for_task, ray_session
-from study.grid import REPRODUCTION_GRID
+from study.grid import OPTIMIZERS, ROBUST_METHODS, reproduction_grid
 from study.preflight import StudyError
 from study.runner import pretrain_base
 from trainables.atomic import atomic_open, atomic_write_text
@@ -33,7 +34,10 @@ from trainables.config import (
     ConfigError,
     DataCfg,
     Dataset,
+    Method,
+    Optimizer,
     paper_attacks,
+    parse_enum,
 )
 from trainables.data import load_data
 from trainables.vocab import ARCHS, dataset_info, paper_eps
@@ -59,8 +63,18 @@ class ReproSpec:
     strong_restarts: int = 5
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
+    # robust fine-tuning cells: these methods x these optimizers, at the paper's eps and fine-tuning lr
+    robust_methods: tuple[str, ...] = tuple(m.value for m in ROBUST_METHODS)
+    optimizers: tuple[str, ...] = tuple(o.value for o in OPTIMIZERS)
 
     def __post_init__(self) -> None:
+        methods = tuple(parse_enum(Method, m, "robust method").value for m in self.robust_methods)
+        if Method.PATCH.value in methods:
+            raise ConfigError("robust method 'patch' is not one: the paper's patch cells are always in the grid")
+        object.__setattr__(self, "robust_methods", methods)
+        object.__setattr__(self, "optimizers", tuple(parse_enum(Optimizer, o, "optimizer").value for o in self.optimizers))
+        if methods and not self.optimizers:
+            raise ConfigError("robust methods need at least one optimizer")
         if self.pretrain_limit_train is not None and (not isinstance(self.pretrain_limit_train, int)
                                                       or self.pretrain_limit_train < 1):
             raise ConfigError(f"pretrain_limit_train must be an integer >= 1, got {self.pretrain_limit_train!r}")
@@ -115,6 +129,8 @@ def reproduce(spec: ReproSpec, storage: Path, *, name: str | None = None, addres
     data_cfg = DataCfg(dataset=dataset, root=data_root, limit_train=spec.limit_train, limit_test=spec.limit_test,
                        limit_val=spec.limit_val)
     data = load_data(data_cfg)
+    grid_cells = reproduction_grid(tuple(Method(m) for m in spec.robust_methods),
+                                   tuple(Optimizer(o) for o in spec.optimizers))
     started = time.perf_counter()
     with ray_session(address, dashboard=False):
         seeds = list(range(spec.seeds))
@@ -140,19 +156,20 @@ def reproduce(spec: ReproSpec, storage: Path, *, name: str | None = None, addres
                            at_from_scratch_epochs=spec.pretrain_epochs if spec.at_from_scratch else None,
                            strong=AttackCfg(AttackName.PGD, eps=paper_eps(dataset), steps=spec.strong_steps,
                                             alpha=min(1.0, 2.5 * paper_eps(dataset) / spec.strong_steps),
-                                            restarts=spec.strong_restarts))
+                                            restarts=spec.strong_restarts),
+                           eps=paper_eps(dataset))
         trainable = tune.with_resources(tune.with_parameters(reproduce_trial, setup=setup),
                                         {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
         tuner = tune.Tuner(
             trainable,
             param_space={"seed": tune.grid_search(seeds),
-                         "cell": tune.grid_search([cell.recipe() for cell in REPRODUCTION_GRID])},
+                         "cell": tune.grid_search([cell.recipe() for cell in grid_cells])},
             tune_config=tune.TuneConfig(reuse_actors=True),
             run_config=tune.RunConfig(name=name, storage_path=str(storage),
                                       failure_config=tune.FailureConfig(max_failures=1)),
         )
         grid = tuner.fit()
-    cells = {cell.method: cell for cell in REPRODUCTION_GRID}
+    cells = {cell.method: cell for cell in grid_cells}
     rows = []
     for index in range(len(grid)):
         result = grid[index]
@@ -163,7 +180,8 @@ def reproduce(spec: ReproSpec, storage: Path, *, name: str | None = None, addres
         cell = cells[config["cell"]["method"]]
         rows.append({"seed": config["seed"], **cell.columns(), "strong_steps": spec.strong_steps,
                      "strong_restarts": spec.strong_restarts,
-                     **{k: v for k, v in result.metrics.items() if "/" in k or k in ("clean", "train_s", "eval_s")}})
+                     **{k: v for k, v in result.metrics.items() if "/" in k or k in ("clean", "train_s", "eval_s")
+                        or k.startswith("cost_")}})
     results = pd.DataFrame(rows).sort_values(["method", "seed"]).reset_index(drop=True)
     with atomic_open(out / "results.parquet", "wb") as f:
         results.to_parquet(f, index=False)
@@ -174,7 +192,8 @@ def reproduce(spec: ReproSpec, storage: Path, *, name: str | None = None, addres
     header = (f"# Reproduction: {spec.dataset}, {spec.arch}\n\n{len(data.train)} fine-tuning images, {len(data.test)} test "
               f"images, {spec.epochs} fine-tuning epochs ({spec.long_epochs} for the long cells), lr {spec.lr:g}, patch "
               f"{spec.patch_size} px (all five ops), adversarial training "
-              f"{'from scratch' if spec.at_from_scratch else 'from the base'}; "
+              f"{'from scratch' if spec.at_from_scratch else 'from the base'}; robust fine-tuning "
+              f"{', '.join(spec.robust_methods) or 'none'} x {', '.join(spec.optimizers)} at eps {paper_eps(dataset):g}; "
               f"wall time {elapsed / 60:.1f} min.\n")
     text = render(results, spec.dataset, header)
     atomic_write_text(out / "tables.md", text)

@@ -36,6 +36,7 @@ from trainables.vocab import (
     SamplerType,
     SchedulerType,
     dataset_info,
+    not_a_parameter,
     patches_need_jitter,
     values,
 )
@@ -145,8 +146,7 @@ class MethodSearch:
     def validate(self, path: str, method: Method) -> None:
         for name in ("steps", "beta"):
             if getattr(self, name) is not None and name not in METHOD_PARAMS[method]:
-                _fail(f"{path}.{name}", f"is not a parameter of {method.value} "
-                                        f"(it takes {', '.join(METHOD_PARAMS[method]) or 'none'})")
+                _fail(f"{path}.{name}", not_a_parameter(method))
         if self.steps is not None:
             _range(self.steps, f"{path}.steps", integer=True, low=1)
         if self.beta is not None:

@@ -88,6 +88,9 @@ BAD = [
     (["show-augment", "--pool", "rotate,blur"], "unknown op 'blur'"),
     (["show-augment", "--patch-size", "29"], "--patch-size 29 is larger than the 28x28 fmnist images"),
     (["show-augment", "--out", "grid.jpg"], "must end in .png"),
+    (["reproduce", "fmnist", "--robust-methods", "patch"], "unknown robust method 'patch'"),
+    (["reproduce", "fmnist", "--robust-methods", "pgd_at,none"], "--robust-methods pgd_at,none: 'none' stands alone"),
+    (["reproduce", "fmnist", "--optimizers", "adam,adagrad"], "unknown optimizer 'adagrad'"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ]
 

@@ -9,8 +9,9 @@ import matplotlib.colors as mcolors
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
-from repro_frame import METHODS, repro_frame
+from repro_frame import GRID, METHODS, repro_frame
 
 from analysis import plots
 from analysis.load import OPS, epochs_long, eps_curves, pareto_front, tidy_results
@@ -144,7 +145,8 @@ def test_method_bars_take_methods_labels_and_colours_from_the_metadata() -> None
     colours = _bar_colours(fig)
     assert list(colours) == ["undefended", "patch + Adam", "patch + RMSProp", "patch + Adam (long)",
                              "patch + RMSProp (long)", "FGSM-AT", "IFGSM-AT", "PGD-AT"]
-    assert len(ax.patches) == 4 * len(METHODS) and ax.get_ylabel() == "test accuracy (%)"
+    paper_cells = [m for m in METHODS if GRID[m].robust is None]  # robust fine-tunes: `optimizer_bars`
+    assert len(ax.patches) == 4 * len(paper_cells) == 32 and ax.get_ylabel() == "test accuracy (%)"
     assert colours["patch + Adam"] == plots.OPTIMIZER_COLORS["adam"]
     assert colours["patch + RMSProp"] == plots.OPTIMIZER_COLORS["rmsprop"]
     for opt in ("Adam", "RMSProp"):  # a long fine-tune: the same hue, lighter
@@ -155,6 +157,35 @@ def test_method_bars_take_methods_labels_and_colours_from_the_metadata() -> None
     assert len(ticks) == 4 + 3 + 3  # the paper's values: undefended (4 keys), patch + Adam / RMSProp (3 attacks each)
     renamed = frame.assign(method=frame["method"] + "_x")  # the names are only identifiers
     assert _bar_colours(plots.method_bars(renamed)) == colours
+
+
+def test_optimizer_bars_group_the_methods_and_colour_the_optimizers() -> None:
+    frame = repro_frame(seeds=3, shuffle=True, strong=True)
+    fig = plots.optimizer_bars(frame, "strong/pgd", "PGD-100 x5 accuracy at eps 0.3 (%)")
+    clean, robust = fig.axes
+    assert [t.get_text() for t in robust.get_xticklabels()] == ["patch", "FGSM-RS", "PGD-5-AT"]
+    assert robust.get_title() == "PGD-100 x5 accuracy at eps 0.3 (%)" and clean.get_title() == "clean"
+    assert len(robust.patches) == 2 + 3 + 3  # patch: Adam, RMSProp; each robust method: three optimizers
+    heights = {(round(b.get_x() + b.get_width() / 2, 2)): b.get_height() for b in robust.patches}
+    pgd = [h for x, h in sorted(heights.items()) if x > 1.5]
+    assert pgd == pytest.approx([22.0, 28.0, 12.0], abs=0.5)  # PGD-AT Adam, RMSProp, SGD: strong = level - 8 pt
+    assert [mcolors.to_hex(b.get_facecolor()) for b in robust.patches[-3:]] == [
+        plots.OPTIMIZER_COLORS[o] for o in ("adam", "rmsprop", "sgd")]
+    dots = [c for c in robust.collections if isinstance(c, PathCollection)]
+    assert sum(len(c.get_offsets()) for c in dots) == 8 * 3  # every seed a dot
+    legend = [t.get_text() for t in robust.get_legend().get_texts()]
+    assert legend == ["adam", "rmsprop", "sgd", "undefended"]
+
+
+def test_reproduction_cost_puts_each_fine_tuned_model_at_its_compute() -> None:
+    frame = repro_frame(seeds=2, strong=True)
+    fig = plots.reproduction_cost(frame, "strong/pgd", "PGD-100 x5 accuracy at eps 0.3 (%)")
+    ax = fig.axes[0]
+    fine_tuned = [m for m in METHODS if GRID[m].finetune is not None]  # patch (short, long) and robust cells
+    assert sum(len(c.get_offsets()) for c in ax.collections) == 2 * len(fine_tuned)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[:3] == ["fgsm_rs", "patch", "pgd_at"] and "base (0.0 %)" in legend  # the undefended model
+    assert ax.get_xlabel() == "training compute (device-seconds)"
 
 
 def test_settings_bars_show_the_table1_models_with_the_paper_lines() -> None:

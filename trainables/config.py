@@ -29,6 +29,7 @@ from trainables.vocab import (
     Optimizer,
     PatchOp,
     dataset_info,
+    not_a_parameter,
     parse_enum,
     patches_need_jitter,
 )
@@ -203,8 +204,7 @@ class MethodCfg:
             object.__setattr__(self, "augment", method is Method.PATCH)
         for name in ("eps", "steps", "beta"):
             _check(getattr(self, name) is None or name in METHOD_PARAMS[method],
-                   f"{name} is not a parameter of method {method.value} "
-                   f"(it takes {', '.join(METHOD_PARAMS[method]) or 'none'}); got {name} {getattr(self, name)!r}")
+                   f"{name} {not_a_parameter(method)}; got {name} {getattr(self, name)!r}")
         _check(isinstance(self.augment, bool), f"augment must be true or false, got {self.augment!r}")
         _check(self.augment or method is not Method.PATCH,
                "method patch is the patch augmentation itself: augment must be true")

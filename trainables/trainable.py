@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from ray import tune
 
-from trainables.config import AttackCfg, AugCfg, TrainCfg
+from trainables.config import AttackCfg, AugCfg, MethodCfg, TrainCfg
 from trainables.data import DatasetInfo, Split, place
 from trainables.engine import configure_backends, fit, pick_device, robust_accuracy
-from trainables.methods import Adversary
+from trainables.methods import Adversary, adversary_of, passes_per_image
 from trainables.models import InputSpec, build_model
 from trainables.perf import prepare_model
 from trainables.pipeline import TrialSetup, TrialState, run_trial
@@ -80,6 +80,7 @@ class ReproSetup:
     long_epochs: int = 10  # the `*_long` cells: the paper fine-tuned for 20 GPU-minutes, far beyond 2 epochs
     at_from_scratch_epochs: int | None = None  # set: adversarial training starts from a fresh init, this long
     strong: AttackCfg | None = None  # a strong PGD (alpha * steps >= 2 eps, restarts) scored beside the paper's
+    eps: float = 0.3  # the paper's eps: the robust fine-tuning cells train at it
 
 
 def reproduce_trial(config: dict[str, Any], setup: ReproSetup) -> None:
@@ -95,17 +96,25 @@ def reproduce_trial(config: dict[str, Any], setup: ReproSetup) -> None:
     model = prepare_model(copy.deepcopy(base), device)
     prepare_model(base, device)
     t0 = time.perf_counter()
+    adversarial, augment = None, bool(cell["augment"])
     if cell["optimizer"] is not None:
         epochs = setup.long_epochs if cell["long"] else setup.epochs
-        adversarial = None
-        if cell["adversarial"] is not None:
+        if cell["robust"] is not None:
+            method = MethodCfg(**cell["robust"])
+            adversarial, augment = adversary_of(method, setup.eps), bool(method.augment)
+        elif cell["adversarial"] is not None:
             adversarial = Adversary(next(a for a in setup.attacks if a.name.value == cell["adversarial"]))
             if setup.at_from_scratch_epochs:
                 torch.manual_seed(seed)
                 model, epochs = prepare_model(build_model(setup.arch, spec), device), setup.at_from_scratch_epochs
         cfg = TrainCfg(optimizer=cell["optimizer"], lr=setup.lr, batch_size=setup.batch_size, epochs=epochs, seed=seed)
-        fit(model, setup.train, setup.val, cfg, device=device, augment=setup.aug if cell["augment"] else None,
-            adversarial=adversarial, autocast=autocast, progress=False)
+        history = fit(model, setup.train, setup.val, cfg, device=device, augment=setup.aug if augment else None,
+                      adversarial=adversarial, autocast=autocast, progress=False)
+        passes, images = passes_per_image(adversarial), len(setup.train) * epochs * (2 if augment else 1)
+        cost = {"cost_device_s": sum(s.train_seconds for s in history), "cost_fwd_passes": images * passes.forward,
+                "cost_bwd_passes": images * passes.backward}
+    else:
+        cost = {"cost_device_s": 0.0, "cost_fwd_passes": 0, "cost_bwd_passes": 0}
     train_s = time.perf_counter() - t0
     test = place(setup.test, device)
     scores = evaluate_variants(model, base, test, setup.attacks, aug=setup.aug,
@@ -113,4 +122,4 @@ def reproduce_trial(config: dict[str, Any], setup: ReproSetup) -> None:
     if setup.strong is not None:
         strong = robust_accuracy(model, test, {"pgd": setup.strong}, device=device, seed=seed, autocast=autocast)
         scores["strong/pgd"] = strong["pgd"]
-    tune.report({**scores, "train_s": train_s, "eval_s": time.perf_counter() - t0 - train_s, **_where(device)})
+    tune.report({**scores, **cost, "train_s": train_s, "eval_s": time.perf_counter() - t0 - train_s, **_where(device)})

@@ -38,6 +38,10 @@ class Optimizer(str, enum.Enum):
     ADAMW = "adamw"
 
 
+OPTIMIZER_LABELS: Mapping[Optimizer, str] = {Optimizer.ADAM: "Adam", Optimizer.RMSPROP: "RMSProp",
+                                             Optimizer.SGD: "SGD", Optimizer.ADAMW: "AdamW"}
+
+
 class PatchOp(str, enum.Enum):
     ROTATE = "rotate"
     TRANSLATE = "translate"
@@ -69,6 +73,15 @@ METHOD_PARAMS: Mapping[Method, tuple[str, ...]] = {
     Method.PGD_AT: ("eps", "steps"),
     Method.TRADES: ("eps", "steps", "beta"),
 }
+METHOD_LABELS: Mapping[Method, str] = {Method.PATCH: "patch", Method.FGSM_RS: "FGSM-RS", Method.PGD_AT: "PGD-AT",
+                                       Method.TRADES: "TRADES"}
+
+
+def not_a_parameter(method: Method) -> str:
+    """Why a parameter `method` does not read is refused (the spec and the configs say it alike)."""
+    return f"is not a parameter of method {method.value} (it takes {', '.join(METHOD_PARAMS[method]) or 'none'})"
+
+
 DEFAULT_AT_STEPS = 5  # PGD-AT / TRADES attack steps: alpha = 2.5 eps / 5 reaches 2 eps
 DEFAULT_TRADES_BETA = 6.0  # Zhang et al.'s choice for CIFAR-10 and MNIST
 

@@ -14,10 +14,11 @@
 # ---
 
 # %% [markdown]
-# # The role of the optimizer in patch fine-tuning
+# # The role of the optimizer in patch fine-tuning, and where there is robustness to explain
 #
-# Table 1 of Agarwal, Vatsa & Singh (AAAI 2021) beside our numbers, and how sensitive robustness is to the
-# optimizer and the other knobs of a `patchtune run` study. Set `PATCHTUNE_STUDY_DIR` (a study directory) and
+# Table 1 of Agarwal, Vatsa & Singh (AAAI 2021) beside our numbers; the same optimizer question asked of robust
+# fine-tuning (FGSM-RS, PGD-AT), which does buy robustness; and how sensitive robustness is to the optimizer and
+# the other knobs of a `patchtune run` study. Set `PATCHTUNE_STUDY_DIR` (a study directory) and
 # optionally `PATCHTUNE_REPRO_DIR` (a `patchtune reproduce` directory) before running; the notebook only
 # arranges what `analysis.*` computes.
 
@@ -33,10 +34,11 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import Markdown, display
 
-from analysis import plots, tables
+from analysis import grid, plots, tables
 from analysis.load import epochs_long, load_study
 from analysis.report import optimizer_finding, optuna_importances
-from analysis.reproduction import findings, table1
+from analysis.reproduction import findings, robust_findings, robust_measure, robust_table, table1
+from trainables.vocab import paper_eps
 
 study = load_study(STUDY_DIR)
 print(f"study {study.name}: {len(study.results)} trials, objective {study.objective}")
@@ -45,9 +47,10 @@ print(f"study {study.name}: {len(study.results)} trials, objective {study.object
 # ## Table 1
 
 # %%
+repro = None
+dataset = study.spec.get("dataset", "fmnist")
 if REPRO_DIR and Path(REPRO_DIR, "results.parquet").is_file():
     repro = pd.read_parquet(Path(REPRO_DIR, "results.parquet"))
-    dataset = study.spec.get("dataset", "fmnist")
     display(Markdown("### Table 1 (reproduction, mean ± 95 % CI over seeds)\n\n" + tables.markdown(table1(repro, dataset))))
     display(Markdown("\n".join(f"- {s}" for s in findings(repro, dataset))))
 if study.best:
@@ -56,7 +59,25 @@ if study.best:
     display(Markdown("### Best study trial(s) on the test split\n\n" + tables.markdown(pd.DataFrame(rows))))
 
 # %% [markdown]
-# ## Optimizer sensitivity
+# ## Does the optimizer matter where there is robustness? (reproduction)
+#
+# The patch fine-tunes beside robust fine-tuning methods, each with Adam, RMSProp and SGD at the paper's lr and
+# epoch budget, judged by a PGD that reaches the paper's eps. Paired t-tests over seeds.
+
+# %%
+if repro is not None and grid.robust_cells(repro):
+    key, measure = robust_measure(repro)
+    robust_label = f"{measure} accuracy at eps {paper_eps(dataset):g} (%)"
+    display(Markdown(tables.markdown(robust_table(repro, dataset))))
+    display(Markdown("\n".join(f"- {s}" for s in robust_findings(repro, dataset))))
+    display(plots.optimizer_bars(repro, key, robust_label))
+    if "cost_device_s" in repro:
+        display(plots.reproduction_cost(repro, key, robust_label))
+else:
+    print("no robust fine-tuning cells in the reproduction (PATCHTUNE_REPRO_DIR unset, or an older run)")
+
+# %% [markdown]
+# ## Optimizer sensitivity (study)
 
 # %%
 results = study.results[study.results["status"] != "FAILED"]
