@@ -46,6 +46,12 @@ class Cell:
         return self.defense == ROBUST
 
     @property
+    def method_name(self) -> str:
+        """The label without its optimizer ('PGD-5-AT' of 'PGD-5-AT + Adam'): the grid labels a fine-tune
+        '<method> + <optimizer>'."""
+        return self.label.rsplit(" + ", 1)[0] if self.optimizer is not None else self.label
+
+    @property
     def undefended(self) -> bool:
         return self.defense == NO_DEFENSE
 

@@ -406,7 +406,7 @@ def optimizer_bars(results: pd.DataFrame, robust_key: str, robust_label: str) ->
         if undefended is not None:
             ax.axhline(100 * results.loc[results.method == undefended.method, key].astype(float).mean(),
                        color=UNDEFENDED_COLOR, ls="--", lw=1.2)
-        ax.set_xticks(range(len(groups)), [g[0].label.rsplit(" + ", 1)[0] for g in groups], fontsize=8)
+        ax.set_xticks(range(len(groups)), [g[0].method_name for g in groups], fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.set_ylim(0, 100)
     axes[0].set_ylabel("test accuracy (%)")

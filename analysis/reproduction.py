@@ -200,10 +200,17 @@ def robust_table(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
             row[f"{measure}, eps {paper_eps(dataset):g}"] = fmt(interval(results, cell.method, key))
         if "cost_device_s" in results:
             sub = results[results.method == cell.method]
-            row["train device-s"] = f"{sub['cost_device_s'].mean():.0f}"
-            row["passes (M fwd)"] = f"{sub['cost_fwd_passes'].mean() / 1e6:.2f}"
+            row["train device-s"] = f"{sub['cost_device_s'].mean():.3g}"
+            row["forward passes"] = fmt_count(sub["cost_fwd_passes"].mean())
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def fmt_count(n: float) -> str:
+    """1200 -> '1.2k', 120000 -> '0.12M'."""
+    if n >= 1e5:
+        return f"{n / 1e6:.3g}M"
+    return f"{n / 1e3:.3g}k" if n >= 1e3 else f"{n:.0f}"
 
 
 def robust_findings(results: pd.DataFrame, dataset: str) -> list[str]:
@@ -216,7 +223,7 @@ def robust_findings(results: pd.DataFrame, dataset: str) -> list[str]:
     at = f"at eps {paper_eps(dataset):g} ({measure})"
     out = []
     for cells in grid.robust_groups(results):
-        method = cells[0].label.rsplit(" + ", 1)[0]
+        method = cells[0].method_name
         for i, earlier in enumerate(cells):
             for later in cells[i + 1:]:
                 out.append(_sentence(f"{_opt(later)} beats {_opt(earlier)} under {method} fine-tuning on {name} {at}",
@@ -334,9 +341,9 @@ def render(results: pd.DataFrame, dataset: str, header: str = "") -> str:
     if grid.robust_cells(results):
         _, measure = robust_measure(results)
         parts += ["## Robust fine-tuning: does the optimizer matter?", "",
-                  f"Each method fine-tunes the seed's base at the paper's eps {paper_eps(dataset):g} and lr, with "
-                  f"the paper's epoch budget; judged by {measure} at that eps (alpha x steps reaches it). Training "
-                  "compute: seconds on the trial's device and passes of one image through the model (attack steps "
-                  "included).", "", tables.markdown(robust_table(results, dataset)), "",
+                  f"Each method fine-tunes the seed's base at the paper's eps {paper_eps(dataset):g} and lr (the same "
+                  "lr for every optimizer, as the paper compared them), for as many epochs as the patch fine-tunes; "
+                  f"judged by {measure} at that eps (alpha x steps reaches it). Training compute: seconds on the "
+                  "trial's device and passes of one image through the model (attack steps included).", "", tables.markdown(robust_table(results, dataset)), "",
                   *[f"- {s}" for s in robust_findings(results, dataset)], ""]
     return "\n".join(parts)

@@ -200,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"none; default {','.join(ROBUST_METHODS)})")
     p.add_argument("--optimizers", type=choice_list(OPTIMIZERS, "optimizer"), default=list(GRID_OPTIMIZERS),
                    help=f"optimizers of the robust fine-tuning cells (default {','.join(GRID_OPTIMIZERS)})")
+    p.add_argument("--grid", type=str.lower, choices=values(grid.GridPart), default=grid.GridPart.ALL.value,
+                   help="all (default); paper: the paper's cells only; robust: the robust fine-tuning cells beside the "
+                        "undefended model and the paper's two patch fine-tunes")
     p.add_argument("--cpus-per-trial", type=positive_float, default=1.0)
     p.add_argument("--gpus-per-trial", type=number(float, lambda v: v >= 0, "a number >= 0"), default=0.0)
     p.add_argument("--data-root", help="directory searched first for the data set files")
@@ -511,13 +514,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     if "none" in args.robust_methods and len(args.robust_methods) > 1:
         raise UsageError(f"--robust-methods {','.join(args.robust_methods)}: 'none' stands alone")
+    if args.grid == grid.GridPart.ROBUST.value and args.robust_methods == ["none"]:
+        raise UsageError("--grid robust with --robust-methods none: no robust fine-tuning cells to train")
     spec = make_spec(args.dataset, seeds=args.seeds, limit_train=args.limit_train, limit_test=args.limit_test,
                      pretrain_epochs=args.pretrain_epochs, pretrain_limit_train=args.pretrain_limit_train,
                      epochs=args.epochs, eot_draws=args.eot_draws,
                      long_epochs=args.long_epochs, at_from_scratch=args.at_from_scratch or None,
                      cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                      robust_methods=() if "none" in args.robust_methods else tuple(args.robust_methods),
-                     optimizers=tuple(args.optimizers))
+                     optimizers=tuple(args.optimizers), grid=args.grid)
     storage = Path(args.storage)
     writable_target(str(storage / (args.name or "x") / "results.parquet"), "--storage")
     if args.name and (storage / args.name).exists():

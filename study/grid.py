@@ -11,6 +11,7 @@ from the data instead of from method names. No torch, no Ray.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from typing import Any
 
 from trainables.config import MethodCfg
@@ -101,10 +102,23 @@ def robust_cells(methods: tuple[Method, ...] = ROBUST_METHODS, optimizers: tuple
     return tuple(cells)
 
 
-def reproduction_grid(methods: tuple[Method, ...] = ROBUST_METHODS,
-                      optimizers: tuple[Optimizer, ...] = OPTIMIZERS) -> tuple[Cell, ...]:
-    """The paper's cells, then the robust fine-tuning methods x optimizers."""
-    return PAPER_GRID + robust_cells(methods, optimizers)
+class GridPart(str, enum.Enum):
+    """Which cells `patchtune reproduce --grid` trains."""
+
+    ALL = "all"  # the paper's cells, then the robust fine-tuning cells
+    PAPER = "paper"  # the paper's cells only
+    ROBUST = "robust"  # the robust fine-tuning cells beside the undefended model and the paper's two patch fine-tunes
+
+
+def reproduction_grid(methods: tuple[Method, ...] = ROBUST_METHODS, optimizers: tuple[Optimizer, ...] = OPTIMIZERS,
+                      part: GridPart = GridPart.ALL) -> tuple[Cell, ...]:
+    """The paper's cells, then the robust fine-tuning methods x optimizers (see `GridPart`)."""
+    if part is GridPart.PAPER:
+        return PAPER_GRID
+    robust = robust_cells(methods, optimizers)
+    if part is GridPart.ROBUST:
+        return tuple(c for c in PAPER_GRID if c.table1_column is not None and not c.long) + robust
+    return PAPER_GRID + robust
 
 
 REPRODUCTION_GRID = reproduction_grid()

@@ -22,7 +22,7 @@ import pandas as pd
 
 from analysis.reproduction import render
 from study.cluster import gpus_for_task, ray_session
-from study.grid import OPTIMIZERS, ROBUST_METHODS, reproduction_grid
+from study.grid import OPTIMIZERS, ROBUST_METHODS, GridPart, reproduction_grid
 from study.preflight import StudyError
 from study.runner import pretrain_base
 from trainables.atomic import atomic_open, atomic_write_text
@@ -66,8 +66,10 @@ class ReproSpec:
     # robust fine-tuning cells: these methods x these optimizers, at the paper's eps and fine-tuning lr
     robust_methods: tuple[str, ...] = tuple(m.value for m in ROBUST_METHODS)
     optimizers: tuple[str, ...] = tuple(o.value for o in OPTIMIZERS)
+    grid: str = GridPart.ALL.value  # which cells (study.grid.GridPart)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "grid", parse_enum(GridPart, self.grid, "grid").value)
         methods = tuple(parse_enum(Method, m, "robust method").value for m in self.robust_methods)
         if Method.PATCH.value in methods:
             raise ConfigError("robust method 'patch' is not one: the paper's patch cells are always in the grid")
@@ -75,6 +77,8 @@ class ReproSpec:
         object.__setattr__(self, "optimizers", tuple(parse_enum(Optimizer, o, "optimizer").value for o in self.optimizers))
         if methods and not self.optimizers:
             raise ConfigError("robust methods need at least one optimizer")
+        if self.grid == GridPart.ROBUST.value and not methods:
+            raise ConfigError("grid 'robust' needs at least one robust method")
         if self.pretrain_limit_train is not None and (not isinstance(self.pretrain_limit_train, int)
                                                       or self.pretrain_limit_train < 1):
             raise ConfigError(f"pretrain_limit_train must be an integer >= 1, got {self.pretrain_limit_train!r}")
@@ -130,7 +134,7 @@ def reproduce(spec: ReproSpec, storage: Path, *, name: str | None = None, addres
                        limit_val=spec.limit_val)
     data = load_data(data_cfg)
     grid_cells = reproduction_grid(tuple(Method(m) for m in spec.robust_methods),
-                                   tuple(Optimizer(o) for o in spec.optimizers))
+                                   tuple(Optimizer(o) for o in spec.optimizers), GridPart(spec.grid))
     started = time.perf_counter()
     with ray_session(address, dashboard=False):
         seeds = list(range(spec.seeds))

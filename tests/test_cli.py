@@ -91,6 +91,8 @@ BAD = [
     (["reproduce", "fmnist", "--robust-methods", "patch"], "unknown robust method 'patch'"),
     (["reproduce", "fmnist", "--robust-methods", "pgd_at,none"], "--robust-methods pgd_at,none: 'none' stands alone"),
     (["reproduce", "fmnist", "--optimizers", "adam,adagrad"], "unknown optimizer 'adagrad'"),
+    (["reproduce", "fmnist", "--grid", "robust", "--robust-methods", "none"], "no robust fine-tuning cells to train"),
+    (["reproduce", "fmnist", "--grid", "some"], "invalid choice: 'some'"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ]
 

@@ -35,7 +35,7 @@ CLI = [sys.executable, "-m", "study.cli"]
 def _tiny(storage: Path, name: str, base: Path, **over: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "name": name, "dataset": "fmnist", "storage": str(storage), "base": {"checkpoint": str(base)},
-        "data": {"limit_train": 800, "limit_test": 200},
+        "data": {"limit_train": 400, "limit_test": 100},
         "search": {"lr": {"adam": [1e-4, 1e-2]}, "batch_size": [64], "patch_size": [4, 10]},
         # one eps in the grid: these tests are about faults, and scoring 6 budgets per epoch would triple their time
         "epochs": 3, "objective": {"metric": "pgd_acc", "eps_grid": [0.05], "steps": 5, "val_limit": 60},

@@ -13,6 +13,7 @@ from torch import nn
 
 from analysis.reproduction import (
     findings,
+    fmt_count,
     matching_setting,
     paired,
     paper_by_method,
@@ -95,12 +96,25 @@ def test_robust_table_and_report_section() -> None:
     row = t.set_index("model").loc["PGD-5-AT + RMSProp"]
     strong, pgd10 = row["PGD-100 x5, eps 0.3"], row["PGD-10 (cannot reach eps: alpha x steps = 0.1 < 0.3)"]
     assert float(strong.split(" ± ")[0]) == pytest.approx(28.0, abs=0.3) and float(pgd10.split(" ± ")[0]) == pytest.approx(36.0, abs=0.3)
-    assert row["passes (M fwd)"] == "0.12" and t.set_index("model").loc["undefended", "train device-s"] == "0"
+    assert row["forward passes"] == "0.12M" and t.set_index("model").loc["undefended", "train device-s"] == "0"
+    assert t.set_index("model").loc["patch + Adam", "forward passes"] == "40k"
     text = render(f, "fmnist")
     assert "## Robust fine-tuning: does the optimizer matter?" in text and "RMSProp beats Adam under PGD-5-AT" in text
     old = f.drop(columns=["finetune", "augment", "cost_device_s", "cost_fwd_passes", "cost_bwd_passes"])
     assert "## Robust fine-tuning" in render(old, "fmnist")  # older results: no compute columns, still a table
     assert "train device-s" not in robust_table(old, "fmnist").columns
+    assert fmt_count(1200) == "1.2k" and fmt_count(0) == "0" and fmt_count(3.6e6) == "3.6M"
+
+
+def test_the_robust_part_of_the_grid_alone_renders() -> None:
+    """`--grid robust`: the undefended model, the paper's two patch fine-tunes and the robust cells only."""
+    from study.grid import GridPart, reproduction_grid
+
+    f = repro_frame(methods=[c.method for c in reproduction_grid(part=GridPart.ROBUST)], strong=True)
+    text = render(f, "fmnist")
+    assert "RMSProp beats Adam under PGD-10 on F-MNIST" in text and "RMSProp beats Adam under PGD-5-AT" in text
+    assert [c for c in table2(f, "fmnist").columns if c.endswith("(ours)")] == ["proposed (ours)"]
+    assert list(settings_table(f, "fmnist")["model"]) == ["undefended", "adam", "rmsprop"]
 
 
 def test_matching_setting_names_the_setting_near_the_paper() -> None:

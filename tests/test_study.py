@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def tiny(storage: Path, name: str, **over: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "name": name, "dataset": "fmnist", "storage": str(storage),
-        "data": {"limit_train": 800, "limit_test": 200},
+        "data": {"limit_train": 400, "limit_test": 100},
         "search": {"lr": {"adam": [1e-4, 1e-2], "rmsprop": [1e-4, 1e-2]}, "batch_size": [64, 128], "patch_size": [4, 10]},
         "epochs": 2,
         # PGD-5 on 80 images: scoring, not training, is most of a tiny trial's time

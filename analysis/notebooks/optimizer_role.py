@@ -61,8 +61,9 @@ if study.best:
 # %% [markdown]
 # ## Does the optimizer matter where there is robustness? (reproduction)
 #
-# The patch fine-tunes beside robust fine-tuning methods, each with Adam, RMSProp and SGD at the paper's lr and
-# epoch budget, judged by a PGD that reaches the paper's eps. Paired t-tests over seeds.
+# The patch fine-tunes beside robust fine-tuning methods, each with Adam, RMSProp and SGD at the paper's lr (one lr
+# for every optimizer, as the paper compared them; the study below tunes lr per optimizer) and the patch
+# fine-tunes' epochs, judged by a PGD that reaches the paper's eps. Paired t-tests over seeds.
 
 # %%
 if repro is not None and grid.robust_cells(repro):
