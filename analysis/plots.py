@@ -400,8 +400,10 @@ def optimizer_bars(results: pd.DataFrame, robust_key: str, robust_label: str) ->
                 x = i + (j - (len(optimizers) - 1) / 2) * width
                 values_pct = 100 * results.loc[results.method == cell.method, key].astype(float)
                 iv = t_interval(values_pct)
-                ax.bar(x, iv.mean, width, yerr=0 if np.isnan(iv.half) else iv.half, capsize=2,
-                       color=OPTIMIZER_COLORS[str(cell.optimizer)], alpha=0.85)
+                bars = ax.bar(x, iv.mean, width, yerr=0 if np.isnan(iv.half) else iv.half, capsize=2,
+                              color=OPTIMIZER_COLORS[str(cell.optimizer)], alpha=0.85)
+                if key != "clean":  # robust accuracy is often near 0 %, where a bar alone is invisible
+                    ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=2)
                 ax.scatter(np.full(len(values_pct), x), values_pct, s=8, color="black", zorder=3)
         if undefended is not None:
             ax.axhline(100 * results.loc[results.method == undefended.method, key].astype(float).mean(),
