@@ -27,6 +27,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from analysis import grid  # noqa: E402
 from analysis.grid import Cell  # noqa: E402
 from analysis.load import OPS, pareto_front  # noqa: E402
+from analysis.reproduction import attack_label  # noqa: E402
 from analysis.stats import t_interval, welch  # noqa: E402
 from trainables.vocab import AttackName, Method, values  # noqa: E402
 
@@ -296,7 +297,7 @@ def cell_color(cell: Cell) -> str:
 
 
 def method_bars(results: pd.DataFrame, keys: Sequence[str] = ("clean", "whitebox/fgsm", "whitebox/ifgsm", "whitebox/pgd"),
-                paper: Mapping[str, Mapping[str, float]] | None = None) -> Figure:
+                paper: Mapping[str, Mapping[str, float]] | None = None, dataset: str | None = None) -> Figure:
     """Accuracy (%) per method of the paper's tables and attack: mean over seeds with 95 % CI bars; paper values
     (method -> attack -> %) as black ticks. Methods, their order, labels and colours come from the frame's
     metadata (analysis/grid.py); the robust fine-tuning cells have their own figures (`optimizer_bars`)."""
@@ -314,8 +315,11 @@ def method_bars(results: pd.DataFrame, keys: Sequence[str] = ("clean", "whitebox
             value = (paper or {}).get(cell.method, {}).get(key.split("/")[-1])
             if value is not None:
                 ax.plot([x - width / 2, x + width / 2], [value, value], color="black", lw=2)
-    ax.set_xticks(np.arange(len(keys)), [k.split("/")[-1].upper().replace("PGD", "PGD-10").replace("CLEAN", "clean")
-                                          for k in keys])
+    ticks = [k.split("/")[-1].upper().replace("PGD", "PGD-10").replace("CLEAN", "clean") for k in keys]
+    if dataset is not None:  # flag the paper's attacks that cannot reach the data set's eps (F-MNIST)
+        ticks = [t + ("\n(cannot reach eps)" if "cannot reach" in attack_label(k.split("/")[-1], dataset) else "")
+                 if k != "clean" else t for t, k in zip(ticks, keys, strict=True)]
+    ax.set_xticks(np.arange(len(keys)), ticks)
     ax.set_ylabel("test accuracy (%)")
     ax.set_xlabel("attack (paper parameters, white-box)")
     ax.set_ylim(0, 100)

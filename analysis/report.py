@@ -165,7 +165,7 @@ def write_reproduction_report(path: str | Path) -> Path:
     out = path / "report"
     out.mkdir(exist_ok=True)
     images = {
-        "method_bars": _save(plots.method_bars(results, paper=paper_by_method(results, dataset)), out, "method_bars"),
+        "method_bars": _save(plots.method_bars(results, paper=paper_by_method(results, dataset), dataset=dataset), out, "method_bars"),
         "settings_bars": _save(plots.settings_bars(
             results, SETTINGS, SETTING_LABELS, paper=paper_by_method(results, dataset, defended_only=True)),
             out, "settings_bars"),

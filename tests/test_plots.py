@@ -140,7 +140,7 @@ def _bar_colours(fig: Figure) -> dict[str, str]:
 
 def test_method_bars_take_methods_labels_and_colours_from_the_metadata() -> None:
     frame = repro_frame(seeds=3, shuffle=True)
-    fig = plots.method_bars(frame, paper=paper_by_method(frame, "fmnist"))
+    fig = plots.method_bars(frame, paper=paper_by_method(frame, "fmnist"), dataset="fmnist")
     ax = fig.axes[0]
     colours = _bar_colours(fig)
     assert list(colours) == ["undefended", "patch + Adam", "patch + RMSProp", "patch + Adam (long)",
@@ -157,6 +157,9 @@ def test_method_bars_take_methods_labels_and_colours_from_the_metadata() -> None
     assert len(ticks) == 4 + 3 + 3  # the paper's values: undefended (4 keys), patch + Adam / RMSProp (3 attacks each)
     renamed = frame.assign(method=frame["method"] + "_x")  # the names are only identifiers
     assert _bar_colours(plots.method_bars(renamed)) == colours
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks == ["clean", "FGSM", "IFGSM\n(cannot reach eps)", "PGD-10\n(cannot reach eps)"]  # F-MNIST's eps 0.3
+    assert [t.get_text() for t in plots.method_bars(frame, dataset="cifar10").axes[0].get_xticklabels()][3] == "PGD-10"
 
 
 def test_optimizer_bars_group_the_methods_and_colour_the_optimizers() -> None:

@@ -47,7 +47,7 @@ print(f"{dataset}: {results['seed'].nunique()} seeds x {results['method'].nuniqu
 display(Markdown(tables.markdown(table2(results, dataset))))
 
 # %%
-plots.method_bars(results, paper=paper_by_method(results, dataset))
+plots.method_bars(results, paper=paper_by_method(results, dataset), dataset=dataset)
 
 # %% [markdown]
 # ## PGD-10 under each evaluation setting
