@@ -47,14 +47,14 @@ print(f"{dataset}: {results['seed'].nunique()} seeds x {results['method'].nuniqu
 display(Markdown(tables.markdown(table2(results, dataset))))
 
 # %%
-plots.method_bars(results, paper=paper_by_method(results, dataset), dataset=dataset)
+fig = plots.method_bars(results, paper=paper_by_method(results, dataset), dataset=dataset)
 
 # %% [markdown]
 # ## PGD-10 under each evaluation setting
 
 # %%
 display(Markdown(tables.markdown(settings_table(results, dataset))))
-plots.settings_bars(results, SETTINGS, SETTING_LABELS, paper=paper_by_method(results, dataset, defended_only=True))
+fig = plots.settings_bars(results, SETTINGS, SETTING_LABELS, paper=paper_by_method(results, dataset, defended_only=True))
 
 # %%
 display(Markdown("\n".join(f"- {s}" for s in findings(results, dataset))))

@@ -71,9 +71,10 @@ if repro is not None and grid.robust_cells(repro):
     robust_label = f"{measure} accuracy at eps {paper_eps(dataset):g} (%)"
     display(Markdown(tables.markdown(robust_table(repro, dataset))))
     display(Markdown("\n".join(f"- {s}" for s in robust_findings(repro, dataset))))
-    display(plots.optimizer_bars(repro, key, robust_label))
+    # figures made in a cell are shown once by the inline backend: no display() (it would show them twice)
+    plots.optimizer_bars(repro, key, robust_label)
     if "cost_device_s" in repro:
-        display(plots.reproduction_cost(repro, key, robust_label))
+        plots.reproduction_cost(repro, key, robust_label)
 else:
     print("no robust fine-tuning cells in the reproduction (PATCHTUNE_REPRO_DIR unset, or an older run)")
 
@@ -83,25 +84,25 @@ else:
 # %%
 results = study.results[study.results["status"] != "FAILED"]
 label = plots.OBJECTIVE_LABELS.get(study.objective)
-plots.robust_vs_lr(results, "objective", label)
+fig = plots.robust_vs_lr(results, "objective", label)
 
 # %%
-plots.robust_by_optimizer(results, "objective", label)
+fig = plots.robust_by_optimizer(results, "objective", label)
 
 # %%
-plots.optimizer_patch_heatmap(results, "objective", label)
+fig = plots.optimizer_patch_heatmap(results, "objective", label)
 
 # %%
-plots.transform_effect(results, "objective", label)
+fig = plots.transform_effect(results, "objective", label)
 
 # %%
-plots.clean_vs_robust(results)
+fig = plots.clean_vs_robust(results)
 
 # %%
-plots.learning_curves(epochs_long(study.epochs, study.results), "objective", label)
+fig = plots.learning_curves(epochs_long(study.epochs, study.results), "objective", label)
 
 # %%
 importances = optuna_importances(study)
 if importances:
-    display(plots.param_importances(importances))
+    plots.param_importances(importances)
 print(optimizer_finding(study))
