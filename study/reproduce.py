@@ -4,8 +4,9 @@ Per seed: a base model pretrained with Adam (a Ray task, cached); then one model
 `study.grid.reproduction_grid` (undefended, patch fine-tuning with Adam and with RMSProp, short and long,
 FGSM-, IFGSM- and PGD-AT at the paper's alpha with the same epoch budget, and robust fine-tuning methods
 (FGSM-RS, PGD-AT reaching eps, TRADES) x optimizers at the paper's eps), every model scored on the test split
-under every evaluation setting (trainables/variants.py) and a strong PGD, with its training compute. Writes results.parquet (one row per seed x cell, with the cell's
-description), reproduction.json and tables.md into the output dir.
+under every evaluation setting (trainables/variants.py) and a strong PGD, with its training compute. Writes
+results.parquet (one row per seed x cell, with the cell's description), reproduction.json and tables.md into
+the output dir.
 """
 
 from __future__ import annotations
