@@ -188,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain-epochs", type=positive_int, help="base model epochs (default: 10 cnn3, 200/100 vgg16)")
     p.add_argument("--pretrain-limit-train", type=positive_int,
                    help="pretrain the base models on the first N training images only (default: all)")
+    p.add_argument("--pretrain-limit-eval", type=positive_int,
+                   help="validate and test the base models on the first N images of each split (default: all)")
     p.add_argument("--epochs", type=positive_int, help="fine-tuning and adversarial-training epochs (default 2 / 10)")
     p.add_argument("--eot-draws", type=positive_int, default=4, help="transform draws per EOT step (default 4)")
     p.add_argument("--long-epochs", type=positive_int, help="epochs of the long fine-tune cells (default 10 / 50)")
@@ -263,7 +265,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from trainables.checkpoint import save_checkpoint
     from trainables.config import DataCfg
     from trainables.data import load_data
-    from trainables.pipeline import default_train_cfg, pretrain
+    from trainables.pipeline import accuracy_line, default_train_cfg, pretrain
 
     dataset = Dataset(args.dataset)
     arch = args.arch or dataset_info(dataset).default_arch.value
@@ -279,7 +281,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     model, meta = pretrain(arch, data, data_cfg, cfg, device=device, progress=not args.quiet)
     meta["seed"] = cfg.seed
     save_checkpoint(out, model, meta)
-    _say(f"val acc {meta['val_acc']:.4f}, test acc {meta['test_acc']:.4f} ({len(data.test)} images) -> {out}")
+    _say(f"{accuracy_line(meta)} -> {out}")
     return 0
 
 
@@ -306,7 +308,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from trainables.checkpoint import load_checkpoint, save_checkpoint
     from trainables.config import DataCfg
     from trainables.data import load_data
-    from trainables.pipeline import default_train_cfg, finetune
+    from trainables.pipeline import accuracy_line, default_train_cfg, finetune
 
     ckpt = load_checkpoint(args.base)
     dataset, arch = ckpt.dataset, ckpt.arch
@@ -340,7 +342,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     meta["seed"] = cfg.seed
     meta["base_path"] = str(args.base)
     save_checkpoint(out, model, meta)
-    _say(f"val acc {meta['val_acc']:.4f}, test acc {meta['test_acc']:.4f} -> {out}")
+    _say(f"{accuracy_line(meta)} -> {out}")
     return 0
 
 
@@ -518,6 +520,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         raise UsageError("--grid robust with --robust-methods none: no robust fine-tuning cells to train")
     spec = make_spec(args.dataset, seeds=args.seeds, limit_train=args.limit_train, limit_test=args.limit_test,
                      pretrain_epochs=args.pretrain_epochs, pretrain_limit_train=args.pretrain_limit_train,
+                     pretrain_limit_eval=args.pretrain_limit_eval,
                      epochs=args.epochs, eot_draws=args.eot_draws,
                      long_epochs=args.long_epochs, at_from_scratch=args.at_from_scratch or None,
                      cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
@@ -547,7 +550,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _summary(study_dir: Path) -> str:
     from study.runner import status_table
 
-    return status_table(study_dir) + f"\nresults: {study_dir}/results.parquet, {study_dir}/best.json"
+    written = [p for p in (study_dir / "results.parquet", study_dir / "best.json") if p.is_file()]
+    return status_table(study_dir) + (f"\nresults: {', '.join(map(str, written))}" if written else "")
 
 
 def _say(message: str) -> None:

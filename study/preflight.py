@@ -50,7 +50,10 @@ def objective_cfg(spec: StudySpec) -> ObjectiveCfg:
 def base_cache_path(spec: StudySpec) -> Path:
     """Pretrained bases are cached by everything that determines them, so studies share them."""
     assert spec.base.pretrain is not None
-    key = {"arch": spec.resolved_arch, "dataset": spec.dataset, "pretrain": dataclasses.asdict(spec.base.pretrain),
+    pretrain = dataclasses.asdict(spec.base.pretrain)
+    if pretrain["limit_eval"] is None:  # absent when None, so bases cached before the option keep their key
+        del pretrain["limit_eval"]
+    key = {"arch": spec.resolved_arch, "dataset": spec.dataset, "pretrain": pretrain,
            "val_fraction": spec.data.val_fraction, "split_seed": spec.data.split_seed, "image_size": spec.data.image_size}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(spec.storage).expanduser().resolve() / "_bases" / f"{spec.dataset}-{spec.resolved_arch}-{digest}.pt"

@@ -55,6 +55,7 @@ class ReproSpec:
     limit_train: int | None  # fine-tuning images
     limit_test: int | None
     pretrain_limit_train: int | None = None  # pretraining images (None: the whole training split)
+    pretrain_limit_eval: int | None = None  # validation / test images each base is scored on (None: the whole splits)
     limit_val: int = 1000  # validation images each fine-tune is monitored on (never used to choose anything)
     seeds: int = 3
     eot_draws: int = 4
@@ -80,9 +81,10 @@ class ReproSpec:
             raise ConfigError("robust methods need at least one optimizer")
         if self.grid == GridPart.ROBUST.value and not methods:
             raise ConfigError("grid 'robust' needs at least one robust method")
-        if self.pretrain_limit_train is not None and (not isinstance(self.pretrain_limit_train, int)
-                                                      or self.pretrain_limit_train < 1):
-            raise ConfigError(f"pretrain_limit_train must be an integer >= 1, got {self.pretrain_limit_train!r}")
+        for name in ("pretrain_limit_train", "pretrain_limit_eval"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
         for name in ("pretrain_epochs", "epochs", "patch_size", "seeds", "eot_draws", "long_epochs", "strong_steps",
                      "strong_restarts", "limit_val"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
@@ -112,8 +114,10 @@ def make_spec(dataset: str, **overrides: Any) -> ReproSpec:
 
 def _base_path(storage: Path, spec: ReproSpec, seed: int) -> Path:
     fields = {"arch": spec.arch, "dataset": spec.dataset, "epochs": spec.pretrain_epochs, "seed": seed}
-    if spec.pretrain_limit_train is not None:  # absent when None, so bases cached before the option keep their key
-        fields["limit_train"] = spec.pretrain_limit_train
+    # each limit is absent when None, so bases cached before the option keep their key
+    for name, value in (("limit_train", spec.pretrain_limit_train), ("limit_eval", spec.pretrain_limit_eval)):
+        if value is not None:
+            fields[name] = value
     key = json.dumps(fields)
     return storage / "_bases" / f"repro-{spec.dataset}-{spec.arch}-s{seed}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.pt"
 
@@ -147,7 +151,8 @@ def reproduce(spec: ReproSpec, storage: Path, *, name: str | None = None, addres
             task = ray.remote(num_cpus=spec.cpus_per_trial, num_gpus=gpus_for_task())(pretrain_base)
             full = dataclasses.replace(data_cfg, limit_train=None, limit_val=None, limit_test=None)
             refs = {s: task.remote(spec.arch, full, {"epochs": spec.pretrain_epochs, "seed": s,
-                                                     "limit_train": spec.pretrain_limit_train}) for s in missing}
+                                                     "limit_train": spec.pretrain_limit_train,
+                                                     "limit_eval": spec.pretrain_limit_eval}) for s in missing}
             for s, ref in refs.items():
                 state, meta = ray.get(ref)
                 model = _build(spec.arch, data)

@@ -50,10 +50,10 @@ def pretrain_base(arch: str, cfg: DataCfg, pretrain: dict[str, Any]) -> tuple[di
     from trainables.pipeline import default_train_cfg
     from trainables.pipeline import pretrain as run_pretrain
 
-    limit = pretrain.pop("limit_train", None)
-    data = load_data(dataclasses.replace(cfg, limit_train=limit, limit_val=None, limit_test=None))
+    limit, limit_eval = pretrain.pop("limit_train", None), pretrain.pop("limit_eval", None)
+    cfg = dataclasses.replace(cfg, limit_train=limit, limit_val=limit_eval, limit_test=limit_eval)
     train_cfg = default_train_cfg(arch, finetune=False, **pretrain)
-    model, meta = run_pretrain(arch, data, cfg, train_cfg, device=pick_device(), progress=False)
+    model, meta = run_pretrain(arch, load_data(cfg), cfg, train_cfg, device=pick_device(), progress=False)
     meta["seed"] = train_cfg.seed
     return {k: v.cpu() for k, v in model.state_dict().items()}, meta
 
@@ -70,11 +70,12 @@ def ensure_base(prep: Prepared) -> Path:
     state, meta = run_where_gpu(pretrain_base, spec.resolved_arch, cfg, dataclasses.asdict(spec.base.pretrain),
                                 cpus=spec.resources.cpu, driver_without_gpu=False)
     from trainables.models import build_model
+    from trainables.pipeline import accuracy_line
 
     model = build_model(spec.resolved_arch, input_spec(prep.data))
     model.load_state_dict(state)
     save_checkpoint(prep.base_cache, model, meta)
-    print(f"base model: val acc {meta['val_acc']:.4f}, test acc {meta['test_acc']:.4f}", flush=True)
+    print(f"base model: {accuracy_line(meta)}", flush=True)
     return prep.base_cache
 
 

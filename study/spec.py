@@ -88,6 +88,7 @@ class PretrainSpec:
     batch_size: int = 128
     seed: int = 0
     limit_train: int | None = None  # pretrain on the first N training images (quick presets)
+    limit_eval: int | None = None  # validate (the lr schedule) and test on the first N of each split (None: all)
 
     def validate(self, path: str) -> None:
         _member(self.optimizer, Optimizer, f"{path}.optimizer")
@@ -96,8 +97,9 @@ class PretrainSpec:
         _num(self.epochs, f"{path}.epochs", integer=True, low=1)
         _num(self.batch_size, f"{path}.batch_size", integer=True, low=1)
         _num(self.seed, f"{path}.seed", integer=True)
-        if self.limit_train is not None:
-            _num(self.limit_train, f"{path}.limit_train", integer=True, low=1)
+        for name in ("limit_train", "limit_eval"):
+            if getattr(self, name) is not None:
+                _num(getattr(self, name), f"{path}.{name}", integer=True, low=1)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,7 +34,7 @@ def tiny_study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     storage = tmp_path_factory.mktemp("studies")
     spec = parse_spec({
         "name": "e2e", "dataset": "fmnist", "storage": str(storage),
-        "base": {"pretrain": {"epochs": 1, "limit_train": 2000}},
+        "base": {"pretrain": {"epochs": 1, "limit_train": 2000, "limit_eval": 300}},
         "data": {"limit_train": 800, "limit_test": 200},
         "search": {"lr": {"adam": [1e-4, 1e-2], "rmsprop": [1e-4, 1e-2]}, "batch_size": [64, 128], "patch_size": [4, 10]},
         "epochs": 2, "objective": {"metric": "robust_auc", "eps_grid": [0.02, 0.05], "steps": 5, "val_limit": 80},
@@ -50,13 +50,13 @@ def tiny_study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_repro_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny real `patchtune reproduce fmnist` (2 seeds x the paper's grid and PGD-AT fine-tuning with Adam and
-    RMSProp) on real Ray: bases pretrained on 1000 images, 10 test images, a strong PGD-20 x2 instead of the
+    RMSProp) on real Ray: bases pretrained on 1000 images and scored on 200, 10 test images, a strong PGD-20 x2 instead of the
     default PGD-100 x5."""
     from study.reproduce import make_spec, reproduce
 
     ensure_local_ray()
     spec = make_spec("fmnist", seeds=2, limit_train=200, limit_test=10, limit_val=100, pretrain_epochs=1,
-                     pretrain_limit_train=1000, epochs=1, eot_draws=2, long_epochs=2, at_from_scratch=True,
+                     pretrain_limit_train=1000, pretrain_limit_eval=200, epochs=1, eot_draws=2, long_epochs=2, at_from_scratch=True,
                      strong_steps=20, strong_restarts=2, robust_methods=("pgd_at",),
                      optimizers=("adam", "rmsprop"))
     return reproduce(spec, tmp_path_factory.mktemp("repro"), name="tiny")
@@ -141,7 +141,10 @@ def test_reproduce_end_to_end_tiny(tiny_repro_dir: Path) -> None:
     assert "## Robust fine-tuning: does the optimizer matter?" in text
     assert "RMSProp beats Adam under PGD-5-AT fine-tuning on F-MNIST at eps 0.3 (PGD-20 x2): " in text
     assert "SGD" not in text.split("## Robust fine-tuning")[1]  # --optimizers adam,rmsprop
-    assert len(list((out.parent / "_bases").glob("repro-fmnist-cnn3-s*.pt"))) == 2
+    bases = sorted((out.parent / "_bases").glob("repro-fmnist-cnn3-s*.pt"))
+    assert len(bases) == 2
+    meta = load_checkpoint(bases[0], arch="cnn3", dataset="fmnist").meta  # the images it was pretrained and scored on
+    assert (meta["train_size"], meta["val_size"], meta["test_size"]) == (1000, 200, 200)
 
 
 # ----------------------------------------------------------------------------------------- notebooks, reports

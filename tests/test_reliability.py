@@ -60,8 +60,8 @@ def _intermediate_values(db: Path) -> int:
 @pytest.mark.ray
 @pytest.mark.slow
 def test_study_spreads_over_nodes_and_survives_losing_one(tmp_path: Path, base_ckpt: Path) -> None:
-    """Two worker nodes with (fake) GPUs: trials are scheduled on both with fractional GPUs; one node is then
-    removed mid-trial, and its trial resumes from its checkpoint on the other."""
+    """Two nodes with (fake) GPUs, the head and a worker: trials are scheduled on both with fractional GPUs; the
+    worker is then removed mid-trial, and its trial resumes from its checkpoint on the head."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -69,9 +69,10 @@ def test_study_spreads_over_nodes_and_survives_losing_one(tmp_path: Path, base_c
     from study.spec import parse_spec
 
     ray.shutdown()  # the suite's shared local instance, if up: this test connects to its own cluster
-    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0, "include_dashboard": False})
     # Fake GPUs: trials still run on CPU, but Ray schedules them by their fractional GPU request.
-    workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
+    cluster = Cluster(initialize_head=True, connect=False,
+                      head_node_args={"num_cpus": 1, "num_gpus": 1, "include_dashboard": False})
+    workers = [cluster.head_node, cluster.add_node(num_cpus=1, num_gpus=1)]
     cluster.wait_for_nodes()
     db = tmp_path / "lost" / "optuna.db"
     killed: list[float] = []

@@ -86,6 +86,7 @@ BAD = [
     ({"name": "a b/c"}, "name: must be 1-80 letters"),
     ({"base": {"checkpoint": "x.pt", "pretrain": {"epochs": 1}}}, "base: give exactly one of checkpoint"),
     ({"base": {"pretrain": {"optimizer": "lion"}}}, "base.pretrain.optimizer: must be one of"),
+    ({"base": {"pretrain": {"limit_eval": 0}}}, "base.pretrain.limit_eval: must be >= 1, got 0"),
     ({"data": {"val_fraction": 0}}, "data.val_fraction: must be > 0, got 0"),
     ({"data": {"image_size": 64}}, "data.image_size: is only settable for imagenette"),
     ({"audit": {"enabled": "yes"}}, "audit.enabled: must be true or false, got 'yes'"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -23,6 +24,7 @@ from study.spec import parse_spec
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
+WORKER_LINE = re.compile(r"(\x1b\[\d+m)?\(\w+ pid=\d+(, ip=[\d.]+)?\)")  # a line Ray forwards from a worker
 
 
 def tiny(storage: Path, name: str, **over: Any) -> dict[str, Any]:
@@ -82,8 +84,9 @@ def _wait_for(proc: subprocess.Popen[bytes], log: Path, condition: Any, what: st
 
 def test_driver_killed_then_ctrl_c_then_resumed(tmp_path: Path, base_ckpt: Path, local_ray: None) -> None:
     """`patchtune run` loses its driver (SIGKILL to the process group, Ray included) after one trial; `patchtune
-    resume` is stopped with Ctrl-C after another; a last resume finishes the study. No trial is lost, rerun or
-    counted twice, in Tune or in Optuna, and no epoch is repeated."""
+    resume --address` on a running cluster (the suite's Ray) is stopped with Ctrl-C after another; a last resume
+    finishes the study. No trial is lost, rerun or counted twice, in Tune or in Optuna, and no epoch is repeated."""
+    import ray
     import yaml
 
     from study.runner import resume_study
@@ -110,15 +113,19 @@ def test_driver_killed_then_ctrl_c_then_resumed(tmp_path: Path, base_ckpt: Path,
     proc.wait()
     assert finished_before, "at least one trial had finished before the kill"
 
-    # 2. Resume, and press Ctrl-C (SIGINT to the foreground group) once one more trial has finished.
+    # 2. Resume on a running cluster, and press Ctrl-C (SIGINT to the driver's group) once one more trial has finished.
     log = tmp_path / "resume.log"
-    proc = _launch(["resume", str(study_dir)], tmp_path, log)
+    proc = _launch(["resume", str(study_dir), "--address", ray.get_runtime_context().gcs_address], tmp_path, log)
     _wait_for(proc, log, lambda: _count(db, "COMPLETE") > len(finished_before), "one more finished trial")
     os.killpg(proc.pid, signal.SIGINT)
     proc.wait(timeout=120)
     output = log.read_text()
-    assert "Traceback" not in output.split("Trial status")[-1], output[-3000:]
+    # The driver (patchtune) prints no traceback. A trial actor terminated mid-step may: Ray's SIGTERM handler
+    # raises SystemExit inside a weakref callback, printed as "Exception ignored", prefixed "(finetune_trial pid=N)".
+    driver = [line for line in output.split("Trial status")[-1].splitlines() if not WORKER_LINE.match(line)]
+    assert not any("Traceback" in line for line in driver), output[-3000:]
     assert f"patchtune resume {study_dir}" in output, output[-3000:]
+    assert f"{study_dir}/best.json" not in output, "an incomplete study names no best.json among its results"
     assert len(complete()) < 3, "the Ctrl-C came before the study ended"
 
     # 3. Resume to the end (in this process, on the suite's Ray).

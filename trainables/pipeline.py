@@ -59,6 +59,12 @@ def data_meta(cfg: DataCfg) -> dict[str, Any]:
     return {"val_fraction": cfg.val_fraction, "split_seed": cfg.split_seed, "image_size": cfg.image_size}
 
 
+def accuracy_line(meta: dict[str, Any]) -> str:
+    """A trained model's accuracies, each with the number of images it was measured on."""
+    return (f"val acc {meta['val_acc']:.4f} ({meta['val_size']} images), "
+            f"test acc {meta['test_acc']:.4f} ({meta['test_size']} images)")
+
+
 def pretrain(
     arch: str, data: DataBundle, data_cfg: DataCfg, cfg: TrainCfg, *, device: torch.device, progress: bool = True
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -78,6 +84,8 @@ def pretrain(
         "val_acc": history[-1].val_acc,
         "test_acc": test_acc,
         "train_size": len(data.train),
+        "val_size": len(data.val),  # the images val_acc and test_acc were measured on
+        "test_size": len(data.test),
         "history": [dataclasses.asdict(h) for h in history],
     }
     return model, meta
@@ -118,6 +126,8 @@ def finetune(
         "val_acc": history[-1].val_acc,
         "test_acc": test_acc,
         "train_size": len(data.train),
+        "val_size": len(data.val),  # the images val_acc and test_acc were measured on
+        "test_size": len(data.test),
         "history": [dataclasses.asdict(h) for h in history],
     }
     return model, meta
