@@ -8,8 +8,10 @@ No torch, no Ray.
 
 from __future__ import annotations
 
+import json
 import math
 
+import numpy as np
 import pandas as pd
 
 from analysis import grid, stats, tables
@@ -35,11 +37,17 @@ def interval(results: pd.DataFrame, method: str, key: str) -> Interval:
     return stats.t_interval(100 * _column(results, method, key).dropna().astype(float))
 
 
+SAME_IN_EVERY_SEED = "‡"  # marks a zero-width interval over seeds: the seeds agreed, which is not certainty
+
+
 def fmt(iv: Interval) -> str:
-    """"mean ± half" in percent; the mean alone for one seed, "-" for none."""
+    """"mean ± half" in percent; the mean alone for one seed, "-" for none; "mean ‡" where every seed scored
+    the same (render's legend says what that means)."""
     if math.isnan(iv.mean):
         return "-"
-    return f"{iv.mean:.2f}" if math.isnan(iv.half) else f"{iv.mean:.2f} ± {iv.half:.2f}"
+    if math.isnan(iv.half):
+        return f"{iv.mean:.2f}"
+    return f"{iv.mean:.2f} {SAME_IN_EVERY_SEED}" if iv.half == 0 else f"{iv.mean:.2f} ± {iv.half:.2f}"
 
 
 def _column(results: pd.DataFrame, method: str, key: str) -> pd.Series:
@@ -139,23 +147,55 @@ def paper_by_method(results: pd.DataFrame, dataset: str,
             for c in grid.table1_cells(results) if not (defended_only and c.undefended)}
 
 
+def _outcomes(results: pd.DataFrame, method: str, key: str, seeds: list[int]) -> np.ndarray | None:
+    """seeds x images 0/1 outcomes of `method` under `key` (the `per_image` column), None where any is missing
+    (results written before it was recorded)."""
+    if "per_image" not in results:
+        return None
+    rows = results[results.method == method].set_index("seed")
+    strings: list[str] = []
+    for seed in seeds:
+        cell = rows.at[seed, "per_image"]
+        outcome = json.loads(cell).get(key) if isinstance(cell, str) else None
+        if not isinstance(outcome, str):
+            return None
+        strings.append(outcome)
+    if len({len(s) for s in strings}) != 1:
+        return None
+    return np.array([[c == "1" for c in s] for s in strings], dtype=float)
+
+
 def paired(results: pd.DataFrame, a: str, b: str, key: str) -> Comparison:
-    """Method a minus method b on `key` in points: mean difference, its 95 % CI and the paired t-test p over
-    the seeds present in both."""
+    """Method a minus method b on `key` in points over the seeds present in both: per image and per seed
+    (`stats.seeds_x_images`) where the rows carry per-image outcomes, else the paired t-test over seeds."""
     left = results[results.method == a].set_index("seed")[key]
     right = results[results.method == b].set_index("seed")[key]
-    common = left.index.intersection(right.index)
+    common = sorted(left.index.intersection(right.index))
+    x, y = _outcomes(results, a, key, common), _outcomes(results, b, key, common)
+    if x is not None and y is not None and x.shape == y.shape:
+        return stats.seeds_x_images(x, y)
     return stats.paired(left.loc[common], right.loc[common], scale=100)
 
 
 def paired_keys(results: pd.DataFrame, method: str, a: str, b: str) -> Comparison:
-    """Like `paired`, for two metrics of the same method: a - b over seeds, in points."""
+    """Like `paired`, for two metrics of the same method: a - b, in points."""
     sub = results[results.method == method]
+    seeds = sorted(sub["seed"])
+    x, y = _outcomes(results, method, a, seeds), _outcomes(results, method, b, seeds)
+    if x is not None and y is not None and x.shape == y.shape:
+        return stats.seeds_x_images(x, y)
     return stats.paired(sub[a], sub[b], scale=100)
 
 
+def test_detail(comparison: Comparison) -> str:
+    """The test behind a finding, in words: which, and over how many seeds (and images)."""
+    if comparison.test == "seeds x images":
+        return f"seeds x images, n={comparison.n} seeds x {comparison.images} images"
+    return f"paired t-test, n={comparison.n} seeds"
+
+
 def _sentence(claim: str, comparison: Comparison) -> str:
-    return stats.verdict_sentence(claim, comparison, detail=f"paired t-test, n={comparison.n} seeds")
+    return stats.verdict_sentence(claim, comparison, detail=test_detail(comparison))
 
 
 def _opt(cell: Cell) -> str:
@@ -217,7 +257,7 @@ def robust_findings(results: pd.DataFrame, dataset: str) -> list[str]:
     """The paper's optimizer question where there is robustness to explain: within each robust fine-tuning
     method, every pair of optimizers (the later in the vocabulary's order against the earlier: "RMSProp beats
     Adam"), then each robust fine-tune against the undefended model; all under the strong PGD at the paper's
-    eps, paired t-tests over seeds."""
+    eps, each pair compared per seed and per image (`paired`)."""
     name = DATASET_NAMES.get(dataset, dataset)
     key, measure = robust_measure(results)
     at = f"at eps {paper_eps(dataset):g} ({measure})"
@@ -237,8 +277,8 @@ def robust_findings(results: pd.DataFrame, dataset: str) -> list[str]:
 
 
 def findings(results: pd.DataFrame, dataset: str) -> list[str]:
-    """One sentence per claim of the paper (and of ours about its evaluation), each a paired t-test over
-    seeds. "The proposed" method is the Table 2 `proposed` cell; its rivals are the other Table 1 patch
+    """One sentence per claim of the paper (and of ours about its evaluation), each a paired comparison per
+    seed and per image (`paired`). "The proposed" method is the Table 2 `proposed` cell; its rivals are the other Table 1 patch
     fine-tunes, the undefended model and the adversarial-training baselines."""
     name = DATASET_NAMES.get(dataset, dataset)
     proposed, undefended = grid.proposed_cell(results), grid.undefended_cell(results)
@@ -323,6 +363,26 @@ def matching_setting(results: pd.DataFrame, dataset: str) -> str:
     return "No PGD-10 results to compare with the paper."
 
 
+def power_statement(seeds: int, images: int) -> str:
+    """What `seeds` x `images` can detect, said before a reproduction starts (and in its tables)."""
+    close, independent = stats.detectable_difference(images, 0.1), stats.detectable_difference(images, 0.5)
+    few = (f" With {seeds} seed{'s' if seeds != 1 else ''} the seed-to-seed part has {seeds - 1} degree"
+           f"{'s' if seeds != 2 else ''} of freedom" + (": no finding can be decided." if seeds < 2 else
+                                                        f" (t quantile {stats.t_quantile(seeds - 1):.1f})."))
+    return (f"Power: {seeds} seed{'s' if seeds != 1 else ''} x {images} test images. Every seed scores the same images, "
+            f"so more seeds cannot shrink their sampling noise: two models that differ by less than {close:.1f} "
+            f"(if they disagree on 10 % of the images) to {independent:.1f} points (independent errors at 50 % "
+            f"accuracy) cannot be told apart (80 % power, 5 % level), before any seed-to-seed variation.{few}")
+
+
+FINDINGS_METHOD = (
+    "Each finding compares two models trained from the same seeds and scored on the same test images, at the 5 % "
+    "level. Where the results carry per-image outcomes it pairs them per seed and per image (seeds x images: "
+    "seed-to-seed variation and the sampling of the test images both widen the interval); older results fall back "
+    "to a paired t-test over seeds. \"undecided\" says why no test can decide: too few seeds, every seed giving "
+    "the same difference, or every model at 0 % or 100 %.")
+
+
 def render(results: pd.DataFrame, dataset: str, header: str = "") -> str:
     seeds = sorted(results["seed"].unique())
     parts = [header] if header else []
@@ -332,12 +392,13 @@ def render(results: pd.DataFrame, dataset: str, header: str = "") -> str:
         strong = (f"The strong-PGD row is ours only: alpha = 2.5 eps / {steps} steps, {restarts} random "
                   f"start{'s' if restarts > 1 else ''}; ")
     parts += [f"Seeds: {', '.join(map(str, seeds))}. Ours: mean ± 95 % CI half-width over seeds (t distribution), "
-              "accuracy (%) on the test split at the paper's attack parameters; white-box, worst case over iterates. "
+              "accuracy (%) on the test split at the paper's attack parameters; white-box, worst case over iterates; "
+              f"{SAME_IN_EVERY_SEED}: every seed scored the same (no spread over seeds, which is not certainty). "
               f"{strong}`patchtune audit` adds AutoAttack and the masking checks.", "",
               f"## Table 1 ({dataset})", "", tables.markdown(table1(results, dataset)), "",
               "## Table 2: adversarial training vs the proposed fine-tuning", "", tables.markdown(table2(results, dataset)), "",
               "## PGD-10 under each evaluation setting", "", tables.markdown(settings_table(results, dataset)), "",
-              "## Findings", "", *[f"- {s}" for s in findings(results, dataset)], ""]
+              "## Findings", "", FINDINGS_METHOD, "", *[f"- {s}" for s in findings(results, dataset)], ""]
     if grid.robust_cells(results):
         _, measure = robust_measure(results)
         parts += ["## Robust fine-tuning: does the optimizer matter?", "",

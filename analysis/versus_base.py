@@ -19,15 +19,17 @@ SPLIT_WORDS = {"val": "validation", "test": "test"}
 
 def compare(trial: Sequence[float], base: Sequence[float], *, split: str, measure: str) -> dict[str, Any]:
     """The record of one comparison: both accuracies, the difference in points with its 95 % interval, the
-    test's p and name, and the verdict ("better" only when the test says so at the 5 % level)."""
-    c, test = stats.per_sample(trial, base, scale=100.0)
+    test's p and name, and the verdict ("better" only when the test says so at the 5 % level; "undecided"
+    with the reason when no test can decide, e.g. both at 0 % on every image)."""
+    c = stats.per_sample(trial, base, scale=100.0)
     word = stats.verdict(c.diff, c.p)
     return {
         "split": split, "measure": measure, "n": c.n,
         "trial": 100 * float(np.mean(trial)) if len(trial) else None,
         "base": 100 * float(np.mean(base)) if len(base) else None,
-        "diff": c.diff, "lo": c.lo, "hi": c.hi, "p": c.p, "test": test,
-        "verdict": {"yes": "better", "no": "worse"}.get(word, "not better"),
+        "diff": c.diff, "lo": c.lo, "hi": c.hi, "p": c.p, "test": c.test,
+        "verdict": "undecided" if c.refusal else {"yes": "better", "no": "worse"}.get(word, "not better"),
+        "refusal": c.refusal,
     }
 
 
@@ -40,6 +42,9 @@ def sentence(record: Mapping[str, Any], who: str = "The best trial") -> str:
     where = f"on {r['n']} {SPLIT_WORDS.get(r['split'], r['split'])} images"
     if not r["n"]:
         return f"{who}: no comparison with its base {r['measure']} (no images)."
+    if r.get("refusal"):
+        return (f"{who} is not better than its base {r['measure']} {where}: {r['trial']:.1f} % vs {r['base']:.1f} %; "
+                f"no test can decide ({r['refusal']}).")
     return (f"{who} is {word} {r['measure']} {where}: {r['trial']:.1f} % vs {r['base']:.1f} %, "
             f"{r['diff']:+.1f} pt [{r['lo']:+.1f}, {r['hi']:+.1f}], {r['test']} p={r['p']:.2g}.")
 

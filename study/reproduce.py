@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.reproduction import render
+from analysis.reproduction import power_statement, render
 from study.cluster import gpus_for_task, ray_session
 from study.grid import OPTIMIZERS, ROBUST_METHODS, GridPart, reproduction_grid
 from study.preflight import StudyError
@@ -140,6 +140,8 @@ def reproduce(spec: ReproSpec, storage: Path, *, name: str | None = None, addres
     data = load_data(data_cfg)
     grid_cells = reproduction_grid(tuple(Method(m) for m in spec.robust_methods),
                                    tuple(Optimizer(o) for o in spec.optimizers), GridPart(spec.grid))
+    power = power_statement(spec.seeds, len(data.test))
+    print(power, flush=True)
     started = time.perf_counter()
     with ray_session(address, dashboard=False):
         seeds = list(range(spec.seeds))
@@ -190,7 +192,7 @@ def reproduce(spec: ReproSpec, storage: Path, *, name: str | None = None, addres
         cell = cells[config["cell"]["method"]]
         rows.append({"seed": config["seed"], **cell.columns(), "strong_steps": spec.strong_steps,
                      "strong_restarts": spec.strong_restarts,
-                     **{k: v for k, v in result.metrics.items() if "/" in k or k in ("clean", "train_s", "eval_s")
+                     **{k: v for k, v in result.metrics.items() if "/" in k or k in ("clean", "train_s", "eval_s", "per_image")
                         or k.startswith("cost_")}})
     results = pd.DataFrame(rows).sort_values(["method", "seed"]).reset_index(drop=True)
     with atomic_open(out / "results.parquet", "wb") as f:
@@ -204,7 +206,7 @@ def reproduce(spec: ReproSpec, storage: Path, *, name: str | None = None, addres
               f"{spec.patch_size} px (all five ops), adversarial training "
               f"{'from scratch' if spec.at_from_scratch else 'from the base'}; robust fine-tuning "
               f"{', '.join(spec.robust_methods) or 'none'} x {', '.join(spec.optimizers)} at eps {paper_eps(dataset):g}; "
-              f"wall time {elapsed / 60:.1f} min.\n")
+              f"wall time {elapsed / 60:.1f} min.\n\n{power}\n")
     text = render(results, spec.dataset, header)
     atomic_write_text(out / "tables.md", text)
     print(text)

@@ -129,8 +129,18 @@ def test_reproduce_end_to_end_tiny(tiny_repro_dir: Path) -> None:
     assert (results["strong/pgd"] <= results["whitebox/pgd"] + 0.1).all()
     for key in [c for c in results.columns if "/" in c and not c.startswith("ttt")]:
         assert (results[key] <= results["clean"] + 1e-9).all(), key
+    # per-image outcomes, in test-split order, for the findings' seeds x images comparisons
+    for row in results.to_dict("records"):
+        per_image = json.loads(row["per_image"])
+        assert set(per_image) == {k for k in results.columns if "/" in k and not k.startswith("cost")} | {"clean"}
+        for key, outcome in per_image.items():
+            assert len(outcome) == 10 and outcome.count("1") / 10 == pytest.approx(row[key]), key
     text = (out / "tables.md").read_text()
     assert "53.72" in text and "RMSProp beats Adam under PGD-10 on F-MNIST" in text
+    assert "Power: 2 seeds x 10 test images." in text
+    findings = [line for line in text.splitlines() if line.startswith("- ")]
+    assert all("(seeds x images, n=2 seeds x 10 images)" in f or ": undecided (" in f for f in findings
+               if "beats" in f or "raises" in f or "overstates" in f), findings
     assert "strong PGD-20 x2 (ours only)" in text and "The paper's PGD-10 overstates the robustness of" in text
     assert "alpha = 2.5 eps / 20 steps, 2 random starts" in text
     # robust fine-tuning x optimizers, with its training compute: PGD-5 costs 6 passes per image, patch 2 images

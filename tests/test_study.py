@@ -116,7 +116,9 @@ def test_driver_killed_then_ctrl_c_then_resumed(tmp_path: Path, base_ckpt: Path,
     # 2. Resume on a running cluster, and press Ctrl-C (SIGINT to the driver's group) once one more trial has finished.
     log = tmp_path / "resume.log"
     proc = _launch(["resume", str(study_dir), "--address", ray.get_runtime_context().gcs_address], tmp_path, log)
-    _wait_for(proc, log, lambda: _count(db, "COMPLETE") > len(finished_before), "one more finished trial")
+    # SIGINT as soon as the next trial starts: its whole run is the margin before the study could end on its own
+    _wait_for(proc, log, lambda: _count(db, "COMPLETE") > len(finished_before) and _count(db, "RUNNING") >= 1,
+              "one more finished trial and the next one started")
     os.killpg(proc.pid, signal.SIGINT)
     proc.wait(timeout=120)
     output = log.read_text()

@@ -29,9 +29,9 @@ def test_paired_comparison() -> None:
     c = stats.paired(a, b, scale=100)
     assert c.n == 3 and c.diff == pytest.approx(29 / 3) and c.lo < c.diff < c.hi
     assert c.p == pytest.approx(sps.ttest_rel(a[:3], b[:3]).pvalue)
-    constant = stats.paired([0.5, 0.75], [0.25, 0.5], scale=100)  # exact in binary
-    assert constant.p == 0.0 and constant.half == 0.0
-    assert stats.paired([0.5, 0.75], [0.5, 0.75]).p == 1.0
+    constant = stats.paired([0.5, 0.75], [0.25, 0.5], scale=100)  # exact in binary: no variance, no verdict
+    assert constant.diff == 25.0 and constant.refusal and math.isnan(constant.p) and math.isnan(constant.half)
+    assert stats.paired([0.5, 0.75], [0.5, 0.75]).refusal == "every seed gives the same difference (+0.0 pt): no variance to test"
     single = stats.paired([0.3], [0.2], scale=100)
     assert single.n == 1 and single.diff == pytest.approx(10.0) and math.isnan(single.p)
 
@@ -56,7 +56,23 @@ def test_verdict_sentences() -> None:
         ", Welch p=0.0012 (n=4 vs 3).")
     one = stats.Comparison(diff=2.0, lo=math.nan, hi=math.nan, half=math.nan, p=math.nan, n=1)
     assert stats.verdict_sentence("A beats B", one, detail="-") == (
-        "A beats B: undecided (n=1 seed; difference +2.0 pt, no test possible).")
+        "A beats B: undecided (n=1 seed, no test possible; difference +2.0 pt).")
+
+
+def test_degenerate_seed_tests_refuse_in_words() -> None:
+    """The issue's case: two seeds whose differences are both +1.4 pt (500 images move accuracy in 0.2 pt steps)
+    once gave "yes, p=1.6e-16". A t-test over seeds with no variance, every model at 0 %, or one seed: refused."""
+    shared = stats.paired([0.514, 0.620], [0.500, 0.606], scale=100)
+    assert shared.refusal == "every seed gives the same difference (+1.4 pt): no variance to test" and math.isnan(shared.p)
+    assert stats.verdict_sentence("RMSProp beats Adam", shared, detail="-") == (
+        "RMSProp beats Adam: undecided (every seed gives the same difference (+1.4 pt): no variance to test; "
+        "difference +1.4 pt).")
+    zeros = stats.paired([0.0, 0.0, 0.0], [0.0, 0.0, 0.0], scale=100)
+    assert zeros.refusal == "every model scores 0 % on every seed"
+    assert stats.paired([0.5], [0.4], scale=100).refusal == "too few seeds (n=1) for a paired t over seeds"
+    assert stats.welch([3.0, 3.0], [3.0, 3.0]).refusal == "every model scores 3 on every trial"
+    fine = stats.paired([0.5, 0.62, 0.55], [0.48, 0.6, 0.5], scale=100)
+    assert fine.refusal == "" and fine.p == pytest.approx(sps.ttest_rel([0.5, 0.62, 0.55], [0.48, 0.6, 0.5]).pvalue)
 
 
 def test_markdown_escapes_pipes_and_prints_nan_as_a_dash() -> None:
@@ -100,20 +116,27 @@ def test_per_sample_comparison_is_mcnemar_with_the_agresti_min_interval() -> Non
     # 100 images: 30 only the trial gets right, 10 only the base, 20 both, 40 neither
     trial = [1] * 30 + [0] * 10 + [1] * 20 + [0] * 40
     base = [0] * 30 + [1] * 10 + [1] * 20 + [0] * 40
-    c, test = stats.per_sample(trial, base)
-    assert test == "McNemar exact" and c.n == 100 and c.diff == pytest.approx(20.0)
+    c = stats.per_sample(trial, base)
+    assert c.test == "McNemar exact" and c.n == 100 and c.diff == pytest.approx(20.0)
     assert c.p == pytest.approx(sps.binomtest(30, 40, 0.5).pvalue) and c.p < 0.01
     # Agresti & Min (2005): Wald on the table with 1/2 added to each cell
     centre, half = (30.5 - 10.5) / 102, 1.959964 * math.sqrt(41 - 20**2 / 102) / 102
     assert (c.lo, c.hi) == pytest.approx((100 * (centre - half), 100 * (centre + half)), abs=1e-4)
-    same, _ = stats.per_sample([1, 0, 1], [1, 0, 1])
+    same = stats.per_sample([1, 0, 1], [1, 0, 1])
     assert same.diff == 0.0 and same.p == 1.0 and same.lo < 0 < same.hi  # no discordant pair: no evidence
-    flipped, _ = stats.per_sample(base, trial)
+    flipped = stats.per_sample(base, trial)
     assert flipped.diff == pytest.approx(-20.0) and flipped.p == pytest.approx(c.p)
-    graded, name = stats.per_sample([0.5, 1.0, 0.25], [0.0, 0.5, 0.25])  # fractions of an eps grid
-    assert name == "paired t over samples" and graded.p == pytest.approx(sps.ttest_rel([0.5, 1.0, 0.25], [0.0, 0.5, 0.25]).pvalue)
+    graded = stats.per_sample([0.5, 1.0, 0.25], [0.0, 0.5, 0.25])  # fractions of an eps grid
+    assert graded.test == "paired t over samples" and graded.p == pytest.approx(sps.ttest_rel([0.5, 1.0, 0.25], [0.0, 0.5, 0.25]).pvalue)
     with pytest.raises(ValueError, match="aligned"):
         stats.per_sample([1, 0], [1])
+    # both models at 0 % on every image: no test can decide, and the record says so instead of "not better"
+    zero = stats.per_sample([0] * 50, [0] * 50)
+    assert zero.refusal == "every model scores 0 % on every sample" and math.isnan(zero.p)
+    from analysis import versus_base
+
+    record = versus_base.compare([0] * 50, [0] * 50, split="test", measure="under PGD-100")
+    assert record["verdict"] == "undecided" and "no test can decide (every model scores 0 %" in versus_base.sentence(record)
 
 
 def test_better_than_the_base_in_words() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 import socket
 import tempfile
@@ -23,12 +24,12 @@ from ray import tune
 
 from trainables.config import AttackCfg, AugCfg, MethodCfg, TrainCfg
 from trainables.data import DatasetInfo, Split, place
-from trainables.engine import configure_backends, fit, pick_device, robust_accuracy
+from trainables.engine import configure_backends, fit, pick_device, robust_masks
 from trainables.methods import Adversary, adversary_of, passes_per_image
 from trainables.models import InputSpec, build_model
 from trainables.perf import prepare_model
 from trainables.pipeline import TrialSetup, TrialState, run_trial
-from trainables.variants import evaluate_variants
+from trainables.variants import variant_masks
 
 
 def finetune_trial(config: dict[str, Any], setup: TrialSetup) -> None:
@@ -117,9 +118,15 @@ def reproduce_trial(config: dict[str, Any], setup: ReproSetup) -> None:
         cost = {"cost_device_s": 0.0, "cost_fwd_passes": 0, "cost_bwd_passes": 0}
     train_s = time.perf_counter() - t0
     test = place(setup.test, device)
-    scores = evaluate_variants(model, base, test, setup.attacks, aug=setup.aug,
-                               pixel_std=sum(i.std) / len(i.std), device=device, seed=seed, eot_draws=setup.eot_draws)
+    masks = variant_masks(model, base, test, setup.attacks, aug=setup.aug,
+                          pixel_std=sum(i.std) / len(i.std), device=device, seed=seed, eot_draws=setup.eot_draws)
     if setup.strong is not None:
-        strong = robust_accuracy(model, test, {"pgd": setup.strong}, device=device, seed=seed, autocast=autocast)
-        scores["strong/pgd"] = strong["pgd"]
-    tune.report({**scores, **cost, "train_s": train_s, "eval_s": time.perf_counter() - t0 - train_s, **_where(device)})
+        strong = robust_masks(model, test, {"pgd": setup.strong}, device=device, seed=seed, autocast=autocast)
+        masks["strong/pgd"] = strong["pgd"].cpu()
+    n = max(len(setup.test), 1)
+    scores = {k: int(m.sum()) / n for k, m in masks.items()}
+    # Every seed scores the same test images, so findings can pair per image as well as per seed
+    # (analysis.stats.seeds_x_images): one "0101..." string per key, in test-split order, as one JSON metric.
+    per_image = json.dumps({k: "".join("1" if v else "0" for v in m.tolist()) for k, m in masks.items()})
+    tune.report({**scores, **cost, "per_image": per_image, "train_s": train_s,
+                 "eval_s": time.perf_counter() - t0 - train_s, **_where(device)})

@@ -19,6 +19,7 @@ the plain model in eval mode, or for ttt/ttt_eot the model behind a fresh random
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +83,7 @@ def _crafters(model: nn.Module, base: nn.Module, aug: AugCfg, generator: torch.G
     }
 
 
-def evaluate_variants(
+def variant_masks(
     model: nn.Module,
     base: nn.Module,
     data: Split,
@@ -94,8 +95,9 @@ def evaluate_variants(
     batch_size: int = 250,
     seed: int = 0,
     eot_draws: int = 8,
-) -> dict[str, float]:
-    """Accuracy in [0, 1] under every (setting, attack): keys `clean`, `ttt/clean` and `<setting>/<attack>`.
+) -> dict[str, torch.Tensor]:
+    """Per sample (bool, on the CPU, in data order), whether the model gets it right under every (setting,
+    attack): keys `clean`, `ttt/clean` and `<setting>/<attack>`.
 
     `whitebox` counts the worst case over iterates (as everywhere else); the other settings score the
     deployed model on the crafted examples' last iterate. A sample counts as robust only if the deployed
@@ -104,19 +106,19 @@ def evaluate_variants(
     generator = make_generator(seed, device)
     crafters = _crafters(model, base, aug, generator, eot_draws)
     deployed_ttt = RandomPatchModel(model, aug, make_generator(seed + 1, device), 1)
-    counts: dict[str, int] = {"clean": 0, "ttt/clean": 0}
-    counts.update({f"{v}/{a.name.value}": 0 for v in VARIANTS for a in attacks})
+    keys = ["clean", "ttt/clean", *(f"{v}/{a.name.value}" for v in VARIANTS for a in attacks)]
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     with eval_mode(model), eval_mode(base):
         for x, y in iterate_batches(data, batch_size, device):
             with torch.no_grad():
                 ok = model(x).argmax(1) == y
                 ok_ttt = deployed_ttt(x).argmax(1) == y
-            counts["clean"] += int(ok.sum())
-            counts["ttt/clean"] += int(ok_ttt.sum())
+            parts["clean"].append(ok.cpu())
+            parts["ttt/clean"].append(ok_ttt.cpu())
             for attack in attacks:
                 name = attack.name.value
                 fooled = run_attack(model, x, y, attack, generator=generator).fooled
-                counts[f"whitebox/{name}"] += int((ok & ~fooled).sum())
+                parts[f"whitebox/{name}"].append((ok & ~fooled).cpu())
                 for variant, crafter in crafters.items():
                     cfg = dataclasses.replace(attack, last_iterate=True)
                     if variant == "normeps":
@@ -128,6 +130,11 @@ def evaluate_variants(
                             robust = ok_ttt & (deployed_ttt(x_adv).argmax(1) == y)
                         else:
                             robust = ok & (model(x_adv).argmax(1) == y)
-                    counts[f"{variant}/{name}"] += int(robust.sum())
+                    parts[f"{variant}/{name}"].append(robust.cpu())
+    return {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.bool) for k, v in parts.items()}
+
+
+def evaluate_variants(model: nn.Module, base: nn.Module, data: Split, attacks: list[AttackCfg], **kw: Any) -> dict[str, float]:
+    """Accuracy in [0, 1] under every (setting, attack): the means of `variant_masks` (same arguments)."""
     n = max(len(data), 1)
-    return {k: v / n for k, v in counts.items()}
+    return {k: int(m.sum()) / n for k, m in variant_masks(model, base, data, attacks, **kw).items()}

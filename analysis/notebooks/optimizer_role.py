@@ -63,7 +63,7 @@ if study.best:
 #
 # The patch fine-tunes beside robust fine-tuning methods, each with Adam, RMSProp and SGD at the paper's lr (one lr
 # for every optimizer, as the paper compared them; the study below tunes lr per optimizer) and the patch
-# fine-tunes' epochs, judged by a PGD that reaches the paper's eps. Paired t-tests over seeds.
+# fine-tunes' epochs, judged by a PGD that reaches the paper's eps. Each pair compared per seed and per image.
 
 # %%
 if repro is not None and grid.robust_cells(repro):
