@@ -201,11 +201,12 @@ def reproduce(spec: ReproSpec, storage: Path, *, name: str | None = None, addres
     atomic_write_text(out / "reproduction.json", json.dumps(
         {**dataclasses.asdict(spec), "train_images": len(data.train), "test_images": len(data.test),
          "seconds": round(elapsed, 1)}, indent=2))
+    robust = ("none" if not spec.robust_methods else "none (--grid paper)" if spec.grid == GridPart.PAPER.value
+              else f"{', '.join(spec.robust_methods)} x {', '.join(spec.optimizers)} at eps {paper_eps(dataset):g}")
     header = (f"# Reproduction: {spec.dataset}, {spec.arch}\n\n{len(data.train)} fine-tuning images, {len(data.test)} test "
               f"images, {spec.epochs} fine-tuning epochs ({spec.long_epochs} for the long cells), lr {spec.lr:g}, patch "
               f"{spec.patch_size} px (all five ops), adversarial training "
-              f"{'from scratch' if spec.at_from_scratch else 'from the base'}; robust fine-tuning "
-              f"{', '.join(spec.robust_methods) or 'none'} x {', '.join(spec.optimizers)} at eps {paper_eps(dataset):g}; "
+              f"{'from scratch' if spec.at_from_scratch else 'from the base'}; robust fine-tuning {robust}; "
               f"wall time {elapsed / 60:.1f} min.\n\n{power}\n")
     text = render(results, spec.dataset, header)
     atomic_write_text(out / "tables.md", text)

@@ -93,6 +93,7 @@ BAD = [
     (["reproduce", "fmnist", "--optimizers", "adam,adagrad"], "unknown optimizer 'adagrad'"),
     (["reproduce", "fmnist", "--grid", "robust", "--robust-methods", "none"], "no robust fine-tuning cells to train"),
     (["reproduce", "fmnist", "--grid", "some"], "invalid choice: 'some'"),
+    (["reproduce", "fmnist", "--pretrain-limit-eval", "0"], "--pretrain-limit-eval: expected an integer >= 1, got '0'"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ]
 
