@@ -171,20 +171,22 @@ def paired(results: pd.DataFrame, a: str, b: str, key: str) -> Comparison:
     left = results[results.method == a].set_index("seed")[key]
     right = results[results.method == b].set_index("seed")[key]
     common = sorted(left.index.intersection(right.index))
-    x, y = _outcomes(results, a, key, common), _outcomes(results, b, key, common)
-    if x is not None and y is not None and x.shape == y.shape:
-        return stats.seeds_x_images(x, y)
-    return stats.paired(left.loc[common], right.loc[common], scale=100)
+    return _compare(results, (a, key), (b, key), common, left.loc[common], right.loc[common])
 
 
 def paired_keys(results: pd.DataFrame, method: str, a: str, b: str) -> Comparison:
     """Like `paired`, for two metrics of the same method: a - b, in points."""
-    sub = results[results.method == method]
-    seeds = sorted(sub["seed"])
-    x, y = _outcomes(results, method, a, seeds), _outcomes(results, method, b, seeds)
+    sub = results[results.method == method].sort_values("seed")
+    return _compare(results, (method, a), (method, b), list(sub["seed"]), sub[a], sub[b])
+
+
+def _compare(results: pd.DataFrame, a: tuple[str, str], b: tuple[str, str], seeds: list[int],
+             per_seed_a: pd.Series, per_seed_b: pd.Series) -> Comparison:
+    """(method, key) a minus b: per seed and image where both have per-image outcomes, else over seeds."""
+    x, y = _outcomes(results, *a, seeds), _outcomes(results, *b, seeds)
     if x is not None and y is not None and x.shape == y.shape:
         return stats.seeds_x_images(x, y)
-    return stats.paired(sub[a], sub[b], scale=100)
+    return stats.paired(per_seed_a, per_seed_b, scale=100)
 
 
 def test_detail(comparison: Comparison) -> str:
