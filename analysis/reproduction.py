@@ -20,7 +20,7 @@ from analysis.paper import TABLE1, TABLE2
 from analysis.stats import Comparison, Interval
 from analysis.tables import optimizer_label
 from trainables import vocab
-from trainables.vocab import PAPER_ALPHA, PAPER_STEPS, AttackName, Setting, paper_eps, values
+from trainables.vocab import PAPER_ALPHA, PAPER_STEPS, AttackName, Setting, decode_outcomes, paper_eps, values
 
 ATTACKS = tuple(a.value for a in AttackName if a is not AttackName.CLEAN)  # the paper's attacks
 ATTACK_LABELS = {"clean": "Clean", "fgsm": "FGSM", "ifgsm": "IFGSM", "pgd": "PGD-10"}
@@ -162,7 +162,7 @@ def _outcomes(results: pd.DataFrame, method: str, key: str, seeds: list[int]) ->
         strings.append(outcome)
     if len({len(s) for s in strings}) != 1:
         return None
-    return np.array([[c == "1" for c in s] for s in strings], dtype=float)
+    return np.array([decode_outcomes(s) for s in strings], dtype=float)
 
 
 def paired(results: pd.DataFrame, a: str, b: str, key: str) -> Comparison:

@@ -127,7 +127,8 @@ def reproduce(spec: ReproSpec, storage: Path, *, name: str | None = None, addres
     import ray
     from ray import tune
 
-    from trainables.trainable import ReproSetup, reproduce_trial
+    from trainables.cell import ReproSetup
+    from trainables.trainable import reproduce_trial
 
     storage = storage.expanduser().resolve()
     name = name or f"reproduce-{spec.dataset}-{dt.datetime.now():%Y%m%d-%H%M%S}"

@@ -38,7 +38,7 @@ from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import DataCfg, paper_attacks
 from trainables.data import DataBundle, load_data
 from trainables.pipeline import input_spec
-from trainables.vocab import Objective
+from trainables.vocab import Objective, decode_outcomes
 
 log = logging.getLogger("patchtune")
 __all__ = ["StudyError", "preflight", "resume_study", "run_study", "status_table"]
@@ -230,7 +230,8 @@ def audit_best(spec: StudySpec, entries: list[dict[str, Any]], base_path: Path) 
                   f"{100 * next(r['acc'] for r in rep['rows'] if r['name'] == 'paper_pgd10'):.2f} %, worst case "
                   f"{100 * rep['worst_case_acc']:.2f} %, masking checks {rep['verdict']}", flush=True)
         entry.setdefault("vs_base", {})["test"] = [
-            versus_base.compare(_mask(rep), _mask(base_rep), split="test", measure=audit_measure(cfg))
+            versus_base.compare(decode_outcomes(rep["worst_case_mask"]), decode_outcomes(base_rep["worst_case_mask"]),
+                                split="test", measure=audit_measure(cfg))
             for rep, base_rep, cfg in zip(reports, base_reports, cfgs, strict=True)]
         audits.append({"trial_id": entry["trial_id"], "checkpoint": entry["checkpoint"], "audits": reports,
                        "vs_base": entry["vs_base"]["test"]})
@@ -238,10 +239,6 @@ def audit_best(spec: StudySpec, entries: list[dict[str, Any]], base_path: Path) 
     atomic_write_text(path, json.dumps({"study": spec.name, "base": str(base_path), "base_audits": base_reports,
                                         "trials": audits}, indent=2))
     return path
-
-
-def _mask(report: dict[str, Any]) -> list[float]:
-    return [1.0 if c == "1" else 0.0 for c in report["worst_case_mask"]]
 
 
 def _evaluate_remote(arch: str, cfg: DataCfg, state: dict[str, Any], attacks: list[Any], base_state: dict[str, Any],

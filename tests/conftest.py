@@ -128,14 +128,17 @@ def _shutdown_ray_after_each_file() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def base_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small real base checkpoint (cnn3, 1 epoch on 3000 F-MNIST images) for study tests, built once per session."""
-    from trainables.checkpoint import save_checkpoint
-    from trainables.pipeline import pretrain
+    """A small real base checkpoint (cnn3, 1 epoch on 2000 F-MNIST images), made as a user makes one, by
+    `patchtune pretrain` in its own process; built once per session and shared by the CLI and study tests."""
+    import subprocess
+    import sys
 
     def build(path: Path) -> None:
-        cfg = DataCfg(limit_train=3000, limit_val=300, limit_test=300)
-        model, meta = pretrain("cnn3", load_data(cfg), cfg, TrainCfg(epochs=1, lr=2e-3), device=pick_device("cpu"),
-                               progress=False)
-        save_checkpoint(path, model, meta)
+        proc = subprocess.run([sys.executable, "-m", "study.cli", "pretrain", "--dataset", "fmnist", "--epochs", "1",
+                               "--limit-train", "2000", "--limit-val", "200", "--limit-test", "200", "--out", str(path),
+                               "--quiet"], cwd=path.parent, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "PYTHONUNBUFFERED": "1"})
+        assert proc.returncode == 0, proc.stderr
+        assert "test acc" in proc.stderr, proc.stderr  # its summary line
 
     return shared_file(tmp_path_factory, "base_ckpt.pt", build)

@@ -46,14 +46,10 @@ def ray_must_not_start(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("cli")
-    proc = patchtune("pretrain", "--dataset", "fmnist", "--epochs", "1", "--limit-train", "2000", "--limit-val", "200",
-                     "--limit-test", "200", "--out", str(d / "base.pt"), "--quiet", cwd=d)
-    assert proc.returncode == 0, proc.stderr
-    assert "test acc" in proc.stderr
-    return d / "base.pt"
+@pytest.fixture
+def tiny_base(base_ckpt: Path) -> Path:
+    """The session's base checkpoint (conftest.base_ckpt, made by `patchtune pretrain` in a real process)."""
+    return base_ckpt
 
 
 BAD = [
@@ -204,14 +200,14 @@ def test_finetune_adversarial_methods(tmp_path: Path, tiny_base: Path) -> None:
 
 def test_audit_table_json_and_out_file(tmp_path: Path, tiny_base: Path) -> None:
     """`patchtune audit` on a real undefended checkpoint: strong attacks break it, every check passes."""
-    small = ["--limit", "48", "--check-limit", "32", "--steps", "20", "--restarts", "2", "--components", "apgd-ce,square"]
+    small = ["--limit", "32", "--check-limit", "16", "--steps", "20", "--restarts", "2", "--components", "apgd-ce,square"]
     proc = patchtune("audit", str(tiny_base), *small, "--base", str(tiny_base), "--out", "sub/audit.json", "--quiet",
                      cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     payload = json.loads((tmp_path / "sub" / "audit.json").read_text())
     assert [a["eps"] for a in payload["audits"]] == [0.3]  # the paper's eps for the checkpoint's data set
     at3 = payload["audits"][0]
-    assert at3["format"] == "patchtune-audit/1" and at3["n"] == 48
+    assert at3["format"] == "patchtune-audit/1" and at3["n"] == 32
     assert at3["verdict"] == "PASS", [c for c in at3["checks"] if c["status"] != "PASS"]
     rows = {r["name"]: r for r in at3["rows"]}
     assert rows["strong_pgd20x2"]["acc"] <= 0.03 and at3["worst_case_acc"] <= rows["paper_pgd10"]["acc"]

@@ -35,13 +35,13 @@ def tiny_study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     spec = parse_spec({
         "name": "e2e", "dataset": "fmnist", "storage": str(storage),
         "base": {"pretrain": {"epochs": 1, "limit_train": 2000, "limit_eval": 300}},
-        "data": {"limit_train": 800, "limit_test": 200},
+        "data": {"limit_train": 400, "limit_test": 100},
         "search": {"lr": {"adam": [1e-4, 1e-2], "rmsprop": [1e-4, 1e-2]}, "batch_size": [64, 128], "patch_size": [4, 10]},
         "epochs": 2, "objective": {"metric": "robust_auc", "eps_grid": [0.02, 0.05], "steps": 5, "val_limit": 80},
         "num_samples": 4, "max_concurrent": 1,
         "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
         "sampler": {"type": "tpe", "n_startup_trials": 2},
-        "audit": {"enabled": True, "limit": 48, "strong_steps": 10, "strong_restarts": 2, "check_limit": 24,
+        "audit": {"enabled": True, "limit": 32, "strong_steps": 10, "strong_restarts": 2, "check_limit": 16,
                   "components": ["apgd-ce", "square"]},
     })
     return run_study(spec)
@@ -50,13 +50,13 @@ def tiny_study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_repro_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny real `patchtune reproduce fmnist` (2 seeds x the paper's grid and PGD-AT fine-tuning with Adam and
-    RMSProp) on real Ray: bases pretrained on 1000 images and scored on 200, 10 test images, a strong PGD-20 x2 instead of the
+    RMSProp) on real Ray: bases pretrained on 500 images and scored on 100, 10 test images, a strong PGD-20 x2 instead of the
     default PGD-100 x5."""
     from study.reproduce import make_spec, reproduce
 
     ensure_local_ray()
-    spec = make_spec("fmnist", seeds=2, limit_train=200, limit_test=10, limit_val=100, pretrain_epochs=1,
-                     pretrain_limit_train=1000, pretrain_limit_eval=200, epochs=1, eot_draws=2, long_epochs=2, at_from_scratch=True,
+    spec = make_spec("fmnist", seeds=2, limit_train=100, limit_test=10, limit_val=50, pretrain_epochs=1,
+                     pretrain_limit_train=500, pretrain_limit_eval=100, epochs=1, eot_draws=2, long_epochs=2, at_from_scratch=True,
                      strong_steps=20, strong_restarts=2, robust_methods=("pgd_at",),
                      optimizers=("adam", "rmsprop"))
     return reproduce(spec, tmp_path_factory.mktemp("repro"), name="tiny")
@@ -94,7 +94,7 @@ def test_study_end_to_end_with_pretrained_base_asha_and_best_on_test(tiny_study_
     entry = best["trials"][0]
     complete = results[results.status == "COMPLETE"].set_index("trial_id")
     assert complete.loc[entry["trial_id"], "objective"] == complete["objective"].max()  # ties: either is the best
-    assert entry["test"]["n"] == 200 and set(entry["test"]["accuracy"]) == {"clean", "fgsm", "ifgsm", "pgd"}
+    assert entry["test"]["n"] == 100 and set(entry["test"]["accuracy"]) == {"clean", "fgsm", "ifgsm", "pgd"}
     assert entry["test"]["attacks"]["pgd"]["eps"] == 0.3 and entry["test"]["attacks"]["pgd"]["alpha"] == 0.01
     acc = entry["test"]["accuracy"]
     assert all(0 <= v <= acc["clean"] for v in acc.values())
@@ -105,8 +105,8 @@ def test_study_end_to_end_with_pretrained_base_asha_and_best_on_test(tiny_study_
     assert val["trial"] == pytest.approx(100 * complete.loc[entry["trial_id"], "objective"], abs=1e-9)
     assert val["base"] == pytest.approx(100 * base_val["objective"], abs=1e-9)
     assert val["lo"] <= val["diff"] <= val["hi"] and val["verdict"] in {"better", "not better", "worse"}
-    [on_test] = entry["vs_base"]["test"]  # the audit's worst case at eps 0.3, against the base's on the same 48 images
-    assert on_test["n"] == 48 and on_test["test"] == "McNemar exact" and "worst case at eps 0.3" in on_test["measure"]
+    [on_test] = entry["vs_base"]["test"]  # the audit's worst case at eps 0.3, against the base's on the same 32 images
+    assert on_test["n"] == 32 and on_test["test"] == "McNemar exact" and "worst case at eps 0.3" in on_test["measure"]
     ckpt = load_checkpoint(study_dir / "best.pt", arch="cnn3", dataset="fmnist")
     assert ckpt.meta["trial_id"] == entry["trial_id"]
     assert list((study_dir.parent / "_bases").glob("fmnist-cnn3-*.pt")), "the pretrained base is cached for later studies"
@@ -145,8 +145,8 @@ def test_reproduce_end_to_end_tiny(tiny_repro_dir: Path) -> None:
     assert "alpha = 2.5 eps / 20 steps, 2 random starts" in text
     # robust fine-tuning x optimizers, with its training compute: PGD-5 costs 6 passes per image, patch 2 images
     by = results.groupby("method")
-    assert (by["cost_fwd_passes"].first()["pgd_at_rmsprop"] == 200 * 1 * 6 and by["cost_fwd_passes"].first()["patch_adam"]
-            == 200 * 1 * 2 * 1 and by["cost_fwd_passes"].first()["undefended"] == 0)
+    assert (by["cost_fwd_passes"].first()["pgd_at_rmsprop"] == 100 * 1 * 6 and by["cost_fwd_passes"].first()["patch_adam"]
+            == 100 * 1 * 2 * 1 and by["cost_fwd_passes"].first()["undefended"] == 0)
     assert (results.loc[results.method != "undefended", "cost_device_s"] > 0).all()
     assert "## Robust fine-tuning: does the optimizer matter?" in text
     assert "RMSProp beats Adam under PGD-5-AT fine-tuning on F-MNIST at eps 0.3 (PGD-20 x2): " in text
@@ -154,7 +154,7 @@ def test_reproduce_end_to_end_tiny(tiny_repro_dir: Path) -> None:
     bases = sorted((out.parent / "_bases").glob("repro-fmnist-cnn3-s*.pt"))
     assert len(bases) == 2
     meta = load_checkpoint(bases[0], arch="cnn3", dataset="fmnist").meta  # the images it was pretrained and scored on
-    assert (meta["train_size"], meta["val_size"], meta["test_size"]) == (1000, 200, 200)
+    assert (meta["train_size"], meta["val_size"], meta["test_size"]) == (500, 100, 100)
 
 
 # ----------------------------------------------------------------------------------------- notebooks, reports
@@ -225,14 +225,14 @@ def test_report_writes_every_figure(tiny_study_dir: Path, tiny_repro_dir: Path) 
     audit = json.loads((tiny_study_dir / "audit.json").read_text())
     [trial] = audit["trials"]
     [rep] = trial["audits"]
-    assert rep["n"] == 48 and rep["eps"] == 0.3 and {c["name"] for c in rep["checks"]} >= {"budget", "blackbox", "noise"}
+    assert rep["n"] == 32 and rep["eps"] == 0.3 and {c["name"] for c in rep["checks"]} >= {"budget", "blackbox", "noise"}
     assert "## Robustness audit" in text and "PGD-10, alpha 0.01 (paper)" in text and "Worst case" in text
     assert f"### Checks: trial {trial['trial_id']}, eps 0.3" in text and "(audit.png)" in text
     assert (report.parent / "audit.png").stat().st_size > 5000
     from study.runner import status_table
 
     status = status_table(tiny_study_dir).splitlines()
-    assert f"audit of {trial['trial_id']}: eps 0.3, 48 test images" in "\n".join(status)
+    assert f"audit of {trial['trial_id']}: eps 0.3, 32 test images" in "\n".join(status)
     # the verdict leads the status (second line, after the study's name) and the report (after the title)
     headline = status[1]
     assert headline.startswith(("BETTER THAN THE BASE: ", "NO TRIAL IS BETTER THAN THE BASE: ")), headline

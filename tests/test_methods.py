@@ -15,6 +15,7 @@ from trainables.augment import make_generator
 from trainables.config import AttackCfg, AttackName, ConfigError, Method, MethodCfg, TrainCfg
 from trainables.engine import evaluate, fit
 from trainables.methods import Adversary, Passes, adversary_of, batch_loss, passes_per_image
+from trainables.vocab import decode_outcomes
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -145,7 +146,7 @@ def test_positive_control_pgd_at_passes_the_audit_far_above_its_base(trained_cnn
     assert control.worst_case >= base.worst_case + 30, (control.worst_case, base.worst_case)  # 100 images: points
     strong = control.row("strong_pgd10x2").acc
     assert control.row("autoattack").acc <= strong + 0.02 and control.worst_case / 100 <= strong
-    mask = {who: [float(c == "1") for c in r.as_dict()["worst_case_mask"]] for who, r in (("c", control), ("b", base))}
+    mask = {who: decode_outcomes(r.as_dict()["worst_case_mask"]) for who, r in (("c", control), ("b", base))}
     assert versus_base.compare(mask["c"], mask["b"], split="test", measure="at the worst case")["verdict"] == "better"
 
 

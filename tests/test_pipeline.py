@@ -20,7 +20,7 @@ CONFIG = {"optimizer": "rmsprop", "lr": 1e-3, "batch_size": 64, "epochs": 2, "se
 
 
 def _small(data: DataBundle) -> DataBundle:
-    return DataBundle(data.info, data.train.take(slice(0, 640)), data.val.take(slice(0, 40)), data.test, data.source)
+    return DataBundle(data.info, data.train.take(slice(0, 320)), data.val.take(slice(0, 40)), data.test, data.source)
 
 
 # The paper's patch fine-tuning, and FGSM-RS on clean (+) patch-modified images (an adversarial method; the
@@ -56,10 +56,10 @@ def test_cli_finetune_and_a_study_trial_train_identical_weights(method: str, tra
                        objective=ObjectiveCfg(metric="robust_auc", eps_grid=(0.05,), steps=2))
     reports = _trial(setup, config)
     assert [m["epoch"] for m, _ in reports] == [1, 2] and all(m["error"] == "" for m, _ in reports)
-    # training compute: 640 images and their patch-modified copies per epoch; FGSM-RS: one attack step (a forward
+    # training compute: 320 images and their patch-modified copies per epoch; FGSM-RS: one attack step (a forward
     # and an input-backward pass) before the training step's forward and backward
     fwd, bwd = (1, 1) if method == "patch" else (2, 2)
-    assert [(m["cost_fwd_passes"], m["cost_bwd_passes"]) for m, _ in reports] == [(e * 1280 * fwd, e * 1280 * bwd)
+    assert [(m["cost_fwd_passes"], m["cost_bwd_passes"]) for m, _ in reports] == [(e * 640 * fwd, e * 640 * bwd)
                                                                                   for e in (1, 2)]
     assert 0 < reports[0][0]["cost_device_s"] < reports[1][0]["cost_device_s"]
     assert reports[0][0]["method"] == (config.get("method") or "patch")

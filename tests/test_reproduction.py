@@ -3,6 +3,7 @@ tiny end-to-end `patchtune reproduce` is in test_end_to_end.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -29,6 +30,7 @@ from analysis.reproduction import (
 from trainables.augment import make_generator
 from trainables.config import AugCfg, Dataset, paper_attacks
 from trainables.variants import VARIANTS, AlwaysTrainMode, RandomPatchModel, evaluate_variants
+from trainables.vocab import encode_outcomes
 
 
 def frame(seeds: int = 3, rmsprop_gain: float = 0.05) -> pd.DataFrame:
@@ -72,7 +74,7 @@ def test_findings_pair_per_image_where_the_results_carry_it() -> None:
             rms[order[:only_rms]], adam[order[:only_rms]] = True, False
             rms[order[only_rms:only_rms + 23]], adam[order[only_rms:only_rms + 23]] = False, True
             outcomes[("patch_adam", s)], outcomes[("patch_rmsprop", s)] = adam, rms
-        f["per_image"] = [json.dumps({"whitebox/fgsm": "".join("1" if v else "0" for v in outcomes[(m, s)])})
+        f["per_image"] = [json.dumps({"whitebox/fgsm": encode_outcomes(outcomes[(m, s)])})
                           if (m, s) in outcomes else None for m, s in zip(f["method"], f["seed"], strict=True)]
         for (m, s), v in outcomes.items():
             f.loc[(f.method == m) & (f.seed == s), "whitebox/fgsm"] = v.mean()
@@ -207,6 +209,44 @@ def test_evaluation_settings_on_a_real_model(trained_cnn3, fmnist_small) -> None
         assert 0.0 <= value <= limit + 1e-9, key
     # a third of the budget leaves an undefended model far more accurate than the full one
     assert scores["normeps/pgd"] > scores["whitebox/pgd"] + 0.1
+
+
+def test_every_kind_of_cell_runs_without_ray(trained_cnn3, fmnist_small) -> None:
+    """`run_cell`, the body of a reproduction trial, on each kind of cell: the base itself, a long patch fine-tune,
+    the paper's PGD-AT from a fresh init, and a robust fine-tuning method. Scores, per-image outcomes and
+    training compute agree; from-scratch adversarial training ignores the base's weights."""
+    from study.grid import GridPart, reproduction_grid
+    from trainables.cell import ReproSetup, run_cell
+    from trainables.config import AttackCfg, AttackName, Method, Optimizer
+
+    base = {k: v.detach().clone() for k, v in trained_cnn3.state_dict().items()}
+    setup = ReproSetup(arch="cnn3", info=fmnist_small.info, train=fmnist_small.train.take(slice(0, 64)),
+                       val=fmnist_small.val.take(slice(0, 16)), test=fmnist_small.test.take(slice(0, 8)),
+                       bases={0: base}, lr=1e-3, epochs=1,
+                       batch_size=32, aug=AugCfg(patch_size=8), attacks=paper_attacks(Dataset.FMNIST, ["pgd"]), eps=0.3,
+                       eot_draws=2, long_epochs=2, at_from_scratch_epochs=1,
+                       strong=AttackCfg(AttackName.PGD, eps=0.3, steps=3, alpha=0.25))
+    cells = {c.method: c.recipe() for c in reproduction_grid((Method.PGD_AT,), (Optimizer.ADAM,), GridPart.ALL)}
+    cpu = torch.device("cpu")
+    # forward passes per image: none; patch (2 images) x 2 epochs; PGD-10 + 1, 1 epoch; PGD-5 + 1, 1 epoch
+    expected = {"undefended": 0, "patch_adam_long": 64 * 2 * 2, "pgd_at": 64 * 11, "pgd_at_adam": 64 * 6}
+    out = {m: run_cell(0, cells[m], setup, cpu) for m in expected}
+    for method, scores in out.items():
+        assert scores["cost_fwd_passes"] == expected[method], method
+        assert (scores["cost_device_s"] > 0) == (method != "undefended"), method
+        per_image = json.loads(scores["per_image"])
+        assert set(per_image) == {"clean", "ttt/clean", "strong/pgd"} | {f"{v}/pgd" for v in VARIANTS}
+        for key, outcome in per_image.items():
+            assert len(outcome) == 8 and outcome.count("1") / 8 == pytest.approx(scores[key]), (method, key)
+    # the undefended cell is the base: it scores the base's clean accuracy on these images
+    with torch.no_grad():
+        right = trained_cnn3(fmnist_small.test.x[:8]).argmax(1) == fmnist_small.test.y[:8]
+    assert json.loads(out["undefended"]["per_image"])["clean"] == encode_outcomes(right.tolist())
+    # PGD-AT from a fresh init: the same model whatever the seed's base (only `transfer`, crafted on it, differs)
+    zeros = {k: torch.zeros_like(v) for k, v in base.items()}
+    zero_base = run_cell(0, cells["pgd_at"], dataclasses.replace(setup, bases={0: zeros}), cpu)
+    assert json.loads(zero_base["per_image"])["whitebox/pgd"] == json.loads(out["pgd_at"]["per_image"])["whitebox/pgd"]
+    assert zero_base["clean"] == out["pgd_at"]["clean"]
 
 
 def test_wrappers() -> None:

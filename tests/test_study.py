@@ -30,7 +30,7 @@ WORKER_LINE = re.compile(r"(\x1b\[\d+m)?\(\w+ pid=\d+(, ip=[\d.]+)?\)")  # a lin
 def tiny(storage: Path, name: str, **over: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "name": name, "dataset": "fmnist", "storage": str(storage),
-        "data": {"limit_train": 400, "limit_test": 100},
+        "data": {"limit_train": 200, "limit_test": 100},
         "search": {"lr": {"adam": [1e-4, 1e-2], "rmsprop": [1e-4, 1e-2]}, "batch_size": [64, 128], "patch_size": [4, 10]},
         "epochs": 2,
         # PGD-5 on 80 images: scoring, not training, is most of a tiny trial's time
@@ -148,6 +148,7 @@ def test_multi_objective_study_with_diverging_trials(tmp_path: Path, base_ckpt: 
     """NSGA-II over robust accuracy, clean accuracy and training compute: finished trials carry the three values
     and a Pareto front exists; diverging trials (sgd at lr 5-10) end FAIL with their reason, and the study goes on."""
     spec = parse_spec(tiny(tmp_path, "pareto", base={"checkpoint": str(base_ckpt)}, num_samples=3, epochs=1,
+                           max_concurrent=1,
                            search={"lr": {"adam": [1e-3, 1e-3], "sgd": [5.0, 10.0]}, "batch_size": [64],
                                    "patch_size": [4, 8]},
                            objective={"metric": "pgd_acc", "eps": 0.05, "alpha": 0.025, "steps": 5, "val_limit": 80,

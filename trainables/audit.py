@@ -36,7 +36,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from scipy.stats import binomtest
 from torch import nn
 from tqdm import tqdm
 
@@ -45,7 +44,7 @@ from trainables.augment import make_generator
 from trainables.config import AttackCfg, AttackName, ConfigError
 from trainables.data import Split, iterate_batches
 from trainables.strong_attacks import COMPONENTS, AutoAttackCfg, auto_attack
-from trainables.vocab import PAPER_ALPHA, PAPER_STEPS
+from trainables.vocab import PAPER_ALPHA, PAPER_STEPS, encode_outcomes
 
 
 class Status(str, enum.Enum):
@@ -175,7 +174,7 @@ class AuditReport:
             "checks": [c.as_dict() for c in self.checks], "autoattack_broken_by": self.broken_by,
             "config": self.config, "seconds": self.seconds,
             # Per sample, in data order ("1" robust to every row): paired comparisons between models on these images.
-            "worst_case_mask": "".join("1" if w else "0" for w in self.worst_mask),
+            "worst_case_mask": encode_outcomes(self.worst_mask),
         }
 
 
@@ -183,6 +182,9 @@ def wilson(k: int, n: int, confidence_level: float = 0.95) -> tuple[float, float
     """Wilson score interval for a binomial proportion k/n (sensible at 0 % and 100 %); (0, 1) when n == 0."""
     if n == 0:
         return (0.0, 1.0)
+    # imported here: every trial actor imports this module and never calls this
+    from scipy.stats import binomtest
+
     ci = binomtest(k, n).proportion_ci(confidence_level=confidence_level, method="wilson")
     return (max(0.0, float(ci.low)), min(1.0, float(ci.high)))
 

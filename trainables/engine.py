@@ -12,7 +12,7 @@ import dataclasses
 import enum
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -285,10 +285,13 @@ def robust_accuracy(
     progress: bool = False,
 ) -> dict[str, float]:
     """Accuracy in [0, 1] under each named attack, plus `clean` (the means of `robust_masks`)."""
-    masks = robust_masks(model, data, attacks, device=device, batch_size=batch_size, seed=seed, autocast=autocast,
-                         progress=progress)
-    n = max(len(data), 1)
-    return {k: int(m.sum()) / n for k, m in masks.items()}
+    return accuracies(robust_masks(model, data, attacks, device=device, batch_size=batch_size, seed=seed,
+                                   autocast=autocast, progress=progress))
+
+
+def accuracies(masks: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Per key, the fraction of samples whose mask is True (0.0 on an empty split)."""
+    return {k: int(m.sum()) / max(m.numel(), 1) for k, m in masks.items()}
 
 
 def evaluate(

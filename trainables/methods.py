@@ -25,7 +25,7 @@ from torch import nn
 from trainables.attacks import Autocast, eval_mode, pgd, run_attack
 from trainables.config import AttackCfg, AttackName, MethodCfg
 
-__all__ = ["Adversary", "Passes", "adversary_of", "batch_loss", "passes_per_image"]
+__all__ = ["Adversary", "Passes", "adversary_of", "batch_loss", "passes_per_image", "training_cost"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +55,17 @@ class Passes:
 
     forward: int
     backward: int
+
+
+def training_cost(adversary: Adversary | None, train_images: int, *, augment: bool, epochs: int,
+                  device_s: float) -> dict[str, Any]:
+    """A run's training compute as results record it: `cost_device_s` (seconds on the device, training only) and
+    `cost_fwd_passes` / `cost_bwd_passes` over `epochs` epochs of `train_images` (twice that with the patch
+    augmentation, which adds a modified copy of each)."""
+    images = train_images * (2 if augment else 1) * epochs
+    passes = passes_per_image(adversary)
+    return {"cost_device_s": device_s, "cost_fwd_passes": images * passes.forward,
+            "cost_bwd_passes": images * passes.backward}
 
 
 def passes_per_image(adversary: Adversary | None) -> Passes:

@@ -42,7 +42,7 @@ from trainables.engine import (
     score_objective,
     seed_everything,
 )
-from trainables.methods import Adversary, adversary_of, passes_per_image
+from trainables.methods import Adversary, adversary_of, training_cost
 from trainables.models import InputSpec, build_model
 from trainables.perf import prepare_model
 from trainables.vocab import ARCHS, Arch, parse_enum
@@ -163,8 +163,6 @@ def run_trial(config: Mapping[str, Any], setup: TrialSetup, *, report: Report, r
     """
     train_cfg, aug, method = trial_cfgs(config, jitter=setup.jitter)
     adversary = adversary_of(method, setup.objective.eps)
-    passes = passes_per_image(adversary)
-    images = len(setup.train) * (2 if aug is not None else 1)
     device = device or pick_device()
     autocast = configure_backends(device)
     model = build_model(setup.arch, InputSpec.of(setup.info))
@@ -185,9 +183,9 @@ def run_trial(config: Mapping[str, Any], setup: TrialSetup, *, report: Report, r
         t0 = time.perf_counter()
         scores = score_objective(model, val, setup.objective, device=device, seed=train_cfg.seed, autocast=autocast)
         metrics = {**scores, "train_loss": stats.train_loss, "epoch": stats.epoch,
-                   "epoch_time_s": stats.seconds + time.perf_counter() - t0, "cost_device_s": device_s,
-                   "cost_fwd_passes": stats.epoch * images * passes.forward,
-                   "cost_bwd_passes": stats.epoch * images * passes.backward, **extra, "error": ""}
+                   "epoch_time_s": stats.seconds + time.perf_counter() - t0,
+                   **training_cost(adversary, len(setup.train), augment=aug is not None, epochs=stats.epoch,
+                                   device_s=device_s), **extra, "error": ""}
         report(metrics, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": stats.epoch,
                          "device_s": device_s})
 

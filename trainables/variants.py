@@ -29,6 +29,7 @@ from trainables.attacks import eval_mode, run_attack
 from trainables.augment import make_generator, patch_augment
 from trainables.config import AttackCfg, AugCfg
 from trainables.data import Split, iterate_batches
+from trainables.engine import accuracies
 from trainables.vocab import Setting, values
 
 VARIANTS = values(Setting)
@@ -136,5 +137,4 @@ def variant_masks(
 
 def evaluate_variants(model: nn.Module, base: nn.Module, data: Split, attacks: list[AttackCfg], **kw: Any) -> dict[str, float]:
     """Accuracy in [0, 1] under every (setting, attack): the means of `variant_masks` (same arguments)."""
-    n = max(len(data), 1)
-    return {k: int(m.sum()) / n for k, m in variant_masks(model, base, data, attacks, **kw).items()}
+    return accuracies(variant_masks(model, base, data, attacks, **kw))

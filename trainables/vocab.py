@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
 
@@ -244,3 +244,14 @@ def paper_eps(dataset: Dataset | str) -> float:
 def patches_need_jitter(num_patches: int, jitter: int) -> bool:
     """Several patches without jitter would all sit on the centre, one over the other."""
     return num_patches > 1 and jitter <= 0
+
+
+def encode_outcomes(correct: Iterable[bool]) -> str:
+    """Per-sample outcomes in data order as "1" (right) / "0" (wrong): the form audit.json's `worst_case_mask`
+    and the reproduction's `per_image` column store, so paired tests can read them back per image."""
+    return "".join("1" if ok else "0" for ok in correct)
+
+
+def decode_outcomes(text: str) -> list[float]:
+    """`encode_outcomes` read back as 1.0 / 0.0 per sample."""
+    return [1.0 if c == "1" else 0.0 for c in text]
