@@ -16,15 +16,11 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from trainables.vocab import AttackName, Method, Optimizer, values
+from trainables.vocab import AttackName, Defense, Method, Optimizer, at_attack, values
 
 METADATA = ("method_label", "defense", "optimizer", "long", "table1_column", "table2_column")
 OPTIONAL_METADATA = ("finetune", "augment")
-NO_DEFENSE = "none"
-PATCH = "patch"
-ROBUST = "robust"  # robust fine-tuning (FGSM-RS, PGD-AT reaching eps, TRADES): `finetune` says which
 PROPOSED = "proposed"  # the paper's Table 2 column of its own method
-AT_SUFFIX = "_at"  # an adversarial-training defense is "<attack>_at"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +39,7 @@ class Cell:
 
     @property
     def robust(self) -> bool:
-        return self.defense == ROBUST
+        return self.defense == Defense.ROBUST
 
     @property
     def method_name(self) -> str:
@@ -53,26 +49,20 @@ class Cell:
 
     @property
     def undefended(self) -> bool:
-        return self.defense == NO_DEFENSE
+        return self.defense == Defense.NONE
 
     @property
     def patch(self) -> bool:
-        return self.defense == PATCH
+        return self.defense == Defense.PATCH
 
     @property
     def at_attack(self) -> str | None:
         """The attack an adversarially trained cell trained against, None for the other defenses."""
-        if self.defense in (NO_DEFENSE, PATCH, ROBUST) or not self.defense.endswith(AT_SUFFIX):
-            return None
-        return self.defense.removesuffix(AT_SUFFIX)
+        return at_attack(self.defense)
 
     @property
     def proposed(self) -> bool:
         return self.table2_column == PROPOSED
-
-
-def at_defense(attack: AttackName) -> str:
-    return f"{attack.value}{AT_SUFFIX}"
 
 
 def _optional(value: object) -> str | None:

@@ -330,7 +330,7 @@ def _strong_findings(results: pd.DataFrame, proposed: Cell | None, name: str) ->
     """Does PGD-10 overstate robustness? For the proposed fine-tuning and for PGD-AT (the usual strong
     baseline): PGD-10 minus the strong attack, per seed."""
     checked = [(proposed, f"the proposed fine-tuning ({_opt(proposed)})")] if proposed is not None else []
-    pgd_at = grid.at_defense(AttackName.PGD)
+    pgd_at = vocab.at_defense(AttackName.PGD)
     checked += [(c, _at_label(c)) for c in grid.cells(results) if c.defense == pgd_at]
     return [_sentence(f"The paper's PGD-10 overstates the robustness of {label} on {name} "
                       f"(PGD-10 minus strong {strong_name(results)})",

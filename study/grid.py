@@ -15,9 +15,16 @@ import enum
 from typing import Any
 
 from trainables.config import MethodCfg
-from trainables.vocab import METHOD_LABELS, METHOD_PARAMS, OPTIMIZER_LABELS, AttackName, Method, Optimizer
-
-ROBUST = "robust"  # the `defense` of a robust fine-tuning cell; its `finetune` column says which method
+from trainables.vocab import (
+    METHOD_LABELS,
+    METHOD_PARAMS,
+    OPTIMIZER_LABELS,
+    AttackName,
+    Defense,
+    Method,
+    Optimizer,
+    at_defense,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,10 +42,10 @@ class Cell:
     @property
     def defense(self) -> str:
         if self.robust is not None:
-            return ROBUST
+            return Defense.ROBUST.value
         if self.adversarial is not None:
-            return f"{self.adversarial.value}_at"
-        return "patch" if self.augment else "none"
+            return at_defense(self.adversarial)
+        return Defense.PATCH.value if self.augment else Defense.NONE.value
 
     def recipe(self) -> dict[str, Any]:
         """What the trainable needs to build the model (plain values: it travels in Tune's config)."""

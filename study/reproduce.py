@@ -170,13 +170,13 @@ def reproduce(spec: ReproSpec, storage: Path, *, name: str | None = None, addres
                            strong=AttackCfg(AttackName.PGD, eps=paper_eps(dataset), steps=spec.strong_steps,
                                             alpha=min(1.0, 2.5 * paper_eps(dataset) / spec.strong_steps),
                                             restarts=spec.strong_restarts),
-                           eps=paper_eps(dataset))
+                           eps=paper_eps(dataset), cells={c.method: c.recipe() for c in grid_cells})
         trainable = tune.with_resources(tune.with_parameters(reproduce_trial, setup=setup),
                                         {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
         tuner = tune.Tuner(
             trainable,
-            param_space={"seed": tune.grid_search(seeds),
-                         "cell": tune.grid_search([cell.recipe() for cell in grid_cells])},
+            # the method names the cell (Tune's status table shows it); the trainable finds its recipe in the setup
+            param_space={"seed": tune.grid_search(seeds), "method": tune.grid_search([c.method for c in grid_cells])},
             tune_config=tune.TuneConfig(reuse_actors=True),
             run_config=tune.RunConfig(name=name, storage_path=str(storage),
                                       failure_config=tune.FailureConfig(max_failures=1)),
@@ -190,7 +190,7 @@ def reproduce(spec: ReproSpec, storage: Path, *, name: str | None = None, addres
         if result.error or not result.metrics:
             first = str(result.error).splitlines()[0] if result.error else "no result"
             raise StudyError(f"reproduction cell {config} failed ({first}); trial logs in {out}")
-        cell = cells[config["cell"]["method"]]
+        cell = cells[config["method"]]
         rows.append({"seed": config["seed"], **cell.columns(), "strong_steps": spec.strong_steps,
                      "strong_restarts": spec.strong_restarts,
                      **{k: v for k, v in result.metrics.items() if "/" in k or k in ("clean", "train_s", "eval_s", "per_image")

@@ -44,6 +44,7 @@ class ReproSetup:
     aug: AugCfg
     attacks: list[AttackCfg]  # FGSM, IFGSM, PGD-10 at the paper's parameters
     eps: float  # the paper's eps: the robust fine-tuning cells train at it
+    cells: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # method -> the grid's recipe
     eot_draws: int = 8
     long_epochs: int = 10  # the `*_long` cells: the paper fine-tuned for 20 GPU-minutes, far beyond 2 epochs
     at_from_scratch_epochs: int | None = None  # set: adversarial training starts from a fresh init, this long

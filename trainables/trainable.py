@@ -55,6 +55,6 @@ def _where(device: torch.device) -> dict[str, str]:
 
 
 def reproduce_trial(config: dict[str, Any], setup: ReproSetup) -> None:
-    """One (seed, cell) of the reproduction grid (`trainables.cell.run_cell`), reported to Tune."""
+    """One (seed, method) of the reproduction grid (`trainables.cell.run_cell`), reported to Tune."""
     device = pick_device()
-    tune.report({**run_cell(int(config["seed"]), config["cell"], setup, device), **_where(device)})
+    tune.report({**run_cell(int(config["seed"]), setup.cells[config["method"]], setup, device), **_where(device)})

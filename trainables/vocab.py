@@ -86,6 +86,30 @@ DEFAULT_AT_STEPS = 5  # PGD-AT / TRADES attack steps: alpha = 2.5 eps / 5 reache
 DEFAULT_TRADES_BETA = 6.0  # Zhang et al.'s choice for CIFAR-10 and MNIST
 
 
+class Defense(str, enum.Enum):
+    """How a reproduction cell's model is defended (the results' `defense` column): not at all, the paper's
+    patch fine-tuning, or robust fine-tuning (the `finetune` column says which method). The paper's
+    adversarial-training baselines are `at_defense(attack)`, "<attack>_at"."""
+
+    NONE = "none"
+    PATCH = "patch"
+    ROBUST = "robust"
+
+
+AT_SUFFIX = "_at"
+
+
+def at_defense(attack: AttackName) -> str:
+    return f"{attack.value}{AT_SUFFIX}"
+
+
+def at_attack(defense: str) -> str | None:
+    """The attack of an adversarial-training defense ("pgd" of "pgd_at"), None for the other defenses."""
+    if defense in values(Defense) or not defense.endswith(AT_SUFFIX):
+        return None
+    return defense.removesuffix(AT_SUFFIX)
+
+
 class Objective(str, enum.Enum):
     """What a study's trials maximise on the validation split (see `ObjectiveCfg`)."""
 
