@@ -30,7 +30,7 @@ from trainables.strong_attacks import COMPONENTS, AutoAttackCfg, auto_attack, ru
 
 # Small but real: every component runs; AutoAttack at reduced queries/steps only where noted.
 FAST = {"strong_steps": 20, "strong_restarts": 2, "apgd_steps": 25, "square_queries": 300, "sweep_steps": 20,
-        "noise_draws": 20, "check_limit": 64, "batch_size": 128}
+        "noise_draws": 20, "check_limit": 48, "batch_size": 128}
 
 
 class LogitScale(nn.Module):
@@ -158,7 +158,7 @@ def test_component_properties(cnn3_in_train_mode, fmnist_small, device, name: st
 
 
 def test_autoattack_composition_is_a_per_sample_union(trained_cnn3, fmnist_small, device) -> None:
-    x, y = _xy(fmnist_small, 64, device)
+    x, y = _xy(fmnist_small, 40, device)
     cfg = AutoAttackCfg(eps=0.05, apgd_steps=20, fab_steps=20, square_queries=100)
     res = auto_attack(trained_cnn3, x, y, cfg)
     with torch.no_grad():
@@ -182,7 +182,7 @@ def test_apgd_is_stronger_than_paper_pgd_at_small_eps(trained_cnn3, fmnist_small
     from trainables.attacks import run_attack
     from trainables.config import AttackCfg
 
-    x, y = _xy(fmnist_small, 128, device)
+    x, y = _xy(fmnist_small, 64, device)
     pgd = run_attack(trained_cnn3, x, y, AttackCfg(eps=0.05, alpha=0.01, steps=10))
     apgd = run_component("apgd-ce", trained_cnn3, x, y, AutoAttackCfg(eps=0.05))
     assert int(apgd.fooled.sum()) >= int(pgd.fooled.sum()) - 1
@@ -193,7 +193,7 @@ def test_apgd_is_stronger_than_paper_pgd_at_small_eps(trained_cnn3, fmnist_small
 
 def test_audit_of_an_undefended_model_passes_and_reaches_zero(trained_cnn3, fmnist_small, device) -> None:
     torch.manual_seed(0)
-    report = run_audit(trained_cnn3, _split(fmnist_small, 96), AuditCfg(eps=0.3, **FAST), device=device,
+    report = run_audit(trained_cnn3, _split(fmnist_small, 64), AuditCfg(eps=0.3, **FAST), device=device,
                        base=trained_cnn3, progress=False)
     checks = _checks(report)
     assert all(s is Status.PASS for s in checks.values()), {c.name: c.detail for c in report.checks if c.status is not Status.PASS}
@@ -214,7 +214,7 @@ def test_audit_of_an_undefended_model_passes_and_reaches_zero(trained_cnn3, fmni
     assert len(trace) == min(FAST["strong_steps"], 20) + 1 and trace[-1] > trace[0]
     # per sample, for paired comparisons; the attack rows alone (checks off) give the same worst case
     assert len(d["worst_case_mask"]) == report.n and d["worst_case_mask"].count("1") == report.worst_case
-    rows_only = run_audit(trained_cnn3, _split(fmnist_small, 96), AuditCfg(eps=0.3, **FAST, checks=False), device=device,
+    rows_only = run_audit(trained_cnn3, _split(fmnist_small, 64), AuditCfg(eps=0.3, **FAST, checks=False), device=device,
                           progress=False)
     assert rows_only.checks == [] and rows_only.verdict is Status.SKIP
     assert rows_only.as_dict()["worst_case_mask"] == d["worst_case_mask"]
@@ -222,7 +222,7 @@ def test_audit_of_an_undefended_model_passes_and_reaches_zero(trained_cnn3, fmni
 
 def test_audit_flags_a_logit_scaled_model(trained_cnn3, fmnist_small, device) -> None:
     masked = LogitScale(trained_cnn3).eval()
-    report = run_audit(masked, _split(fmnist_small, 96), AuditCfg(eps=0.3, **FAST), device=device,
+    report = run_audit(masked, _split(fmnist_small, 64), AuditCfg(eps=0.3, **FAST), device=device,
                        base=trained_cnn3, progress=False)
     checks = _checks(report)
     assert checks["gradients"] is Status.FAIL
@@ -237,7 +237,7 @@ def test_audit_flags_input_quantisation(trained_cnn3, fmnist_small, device) -> N
     masked = Quantised(trained_cnn3).eval()
     # the targeted components add nothing against a model whose gradients are zero: APGD-CE and Square suffice
     cfg = AuditCfg(eps=0.3, **{**FAST, "components": ("apgd-ce", "square")})
-    report = run_audit(masked, _split(fmnist_small, 96), cfg, device=device,
+    report = run_audit(masked, _split(fmnist_small, 64), cfg, device=device,
                        base=trained_cnn3, progress=False)
     checks = _checks(report)
     assert checks["gradients"] is Status.FAIL
