@@ -43,6 +43,7 @@ from study.cli_args import (
 from trainables.vocab import (
     Component,
     Dataset,
+    UserError,
     dataset_info,
     paper_eps,
     values,
@@ -246,6 +247,13 @@ def _device(name: str) -> Any:
         raise UsageError(f"--device {name!r}: {exc}") from None
 
 
+def _require_files(*paths: str | None) -> None:
+    """Refuses a missing checkpoint before the handler imports torch: a typo is answered at once, not in seconds."""
+    for path in paths:
+        if path is not None and not Path(path).is_file():
+            raise UsageError(f"checkpoint not found: {path}")
+
+
 def _aug_cfg(args: argparse.Namespace, dataset: Any, image_size: int | None) -> Any:
     from trainables.config import AugCfg
     from trainables.vocab import ConfigError
@@ -305,6 +313,7 @@ def _finetune_method(args: argparse.Namespace, aug: Any, eps: float) -> tuple[An
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    _require_files(args.base)
     from trainables.checkpoint import load_checkpoint, save_checkpoint
     from trainables.config import DataCfg
     from trainables.data import load_data
@@ -357,6 +366,7 @@ def _checkpoint_data_cfg(ck: Any, args: argparse.Namespace) -> Any:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    _require_files(*args.checkpoints)
     from analysis.tables import eval_table
     from trainables.checkpoint import load_checkpoint
     from trainables.config import AttackCfg
@@ -406,6 +416,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    _require_files(args.checkpoint, args.base)
     from analysis.audit import render_text
     from trainables.atomic import atomic_write_text
     from trainables.audit import AuditCfg
@@ -446,15 +457,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_show_augment(args: argparse.Namespace) -> int:
-    from trainables.config import DataCfg
-    from trainables.data import load_data
-    from trainables.visualize import augment_grid
-
     dataset = Dataset(args.dataset)
     aug = _aug_cfg(args, dataset, None)
     out = writable_target(args.out, "--out")
     if out.suffix.lower() != ".png":
         raise UsageError(f"--out {args.out!r} must end in .png")
+    from trainables.config import DataCfg  # after the checks: they need neither torch nor the data
+    from trainables.data import load_data
+    from trainables.visualize import augment_grid
+
     data = load_data(DataCfg(dataset=dataset, root=data_root(args.data_root), limit_test=args.n))
     augment_grid(data.test.x[: args.n], aug, seed=args.seed, path=out, title=f"{dataset.value}: patch augmentation, w={aug.patch_size}")
     _say(f"wrote {out}")
@@ -561,14 +572,9 @@ def _say(message: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv))
-    from study.runner import StudyError
-    from trainables.checkpoint import CheckpointError
-    from trainables.config import ConfigError
-    from trainables.data import DataError
-
     try:
         return int(args.run(args))
-    except (UsageError, ConfigError, CheckpointError, DataError, StudyError) as exc:
+    except UserError as exc:  # every kind a user can fix (they all derive from it), caught without importing torch
         print(f"patchtune {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -11,12 +11,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from trainables.vocab import Arch, AttackName, Dataset, Method, Optimizer, PatchOp, SplitName, values
+from trainables.vocab import (
+    Arch,
+    AttackName,
+    Dataset,
+    Method,
+    Optimizer,
+    PatchOp,
+    SplitName,
+    UserError,
+    values,
+)
 
 EXIT_USAGE = 2
 
 
-class UsageError(Exception):
+class UsageError(UserError):
     """A user mistake detected after argument parsing (bad combination, missing file, bad checkpoint...)."""
 
 

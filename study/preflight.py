@@ -20,10 +20,10 @@ from study.spec import StudySpec, parse_spec
 from trainables.checkpoint import CheckpointError, load_checkpoint
 from trainables.config import ConfigError, DataCfg, ObjectiveCfg
 from trainables.data import DataBundle, load_data
-from trainables.vocab import Objective
+from trainables.vocab import Objective, UserError
 
 
-class StudyError(RuntimeError):
+class StudyError(UserError, RuntimeError):
     """A study cannot start or resume (a user-facing, one-line problem)."""
 
 

@@ -20,12 +20,12 @@ from torch import nn
 from trainables.atomic import atomic_open
 from trainables.config import Dataset, as_jsonable
 from trainables.models import InputSpec, build_model
-from trainables.vocab import dataset_info
+from trainables.vocab import UserError, dataset_info
 
 FORMAT = "patchtune-ckpt/1"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, corrupt, or does not fit what was asked for."""
 
 

@@ -27,7 +27,7 @@ import torch
 from trainables import perf
 from trainables.atomic import atomic_open
 from trainables.config import DataCfg, Dataset
-from trainables.vocab import DatasetInfo, SplitName, dataset_info
+from trainables.vocab import DatasetInfo, SplitName, UserError, dataset_info
 
 __all__ = ["DataBundle", "DataError", "DatasetInfo", "Split", "dataset_info", "iterate_batches", "load_data", "place"]
 
@@ -39,7 +39,7 @@ IMAGENETTE_WNIDS = (
 )
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """A data set could not be found or read; the message says where we looked and how to get it."""
 
 

@@ -14,7 +14,13 @@ from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """A problem the user can fix (a bad value, a missing or foreign file, an unreachable cluster), its message
+    naming the culprit: `patchtune` prints it on one line and exits 2. Declared here, in the light vocabulary, so
+    the CLI can catch every kind without importing torch."""
+
+
+class ConfigError(UserError, ValueError):
     """A user-supplied setting is invalid; the message names the setting and the bad value."""
 
 
