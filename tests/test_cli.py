@@ -118,6 +118,12 @@ SUBPROCESS_BAD = [case for case in BAD if case[0] in (["pretrain", "--epochs", "
 def test_bad_input_in_a_real_process(tmp_path: Path, args: list[str], message: str) -> None:
     _assert_one_line_refusal(patchtune(*args, cwd=tmp_path, timeout=120), message)
     assert list(tmp_path.iterdir()) == []
+    # and at once: refused before torch is imported (which alone takes seconds)
+    probe = ("import sys\nfrom study.cli import main\ntry:\n    code = main(sys.argv[1:])\nexcept SystemExit as exc:\n"
+             "    code = exc.code\nprint('torch' in sys.modules)\nsys.exit(code)")
+    proc = subprocess.run([sys.executable, "-c", probe, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**ENV, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert proc.returncode == 2 and proc.stdout.strip() == "False", (proc.stdout, proc.stderr)
 
 
 def test_bad_checkpoints_are_refused(tmp_path: Path, tiny_base: Path) -> None:
