@@ -218,6 +218,7 @@ def test_every_kind_of_cell_runs_without_ray(trained_cnn3, fmnist_small) -> None
     from study.grid import GridPart, reproduction_grid
     from trainables.cell import ReproSetup, run_cell
     from trainables.config import AttackCfg, AttackName, Method, Optimizer
+    from trainables.engine import robust_masks
 
     base = {k: v.detach().clone() for k, v in trained_cnn3.state_dict().items()}
     setup = ReproSetup(arch="cnn3", info=fmnist_small.info, train=fmnist_small.train.take(slice(0, 64)),
@@ -239,8 +240,7 @@ def test_every_kind_of_cell_runs_without_ray(trained_cnn3, fmnist_small) -> None
         for key, outcome in per_image.items():
             assert len(outcome) == 8 and outcome.count("1") / 8 == pytest.approx(scores[key]), (method, key)
     # the undefended cell is the base: it scores the base's clean accuracy on these images
-    with torch.no_grad():
-        right = trained_cnn3(fmnist_small.test.x[:8]).argmax(1) == fmnist_small.test.y[:8]
+    right = robust_masks(trained_cnn3, setup.test, {}, device=cpu)["clean"]
     assert json.loads(out["undefended"]["per_image"])["clean"] == encode_outcomes(right.tolist())
     # PGD-AT from a fresh init: the same model whatever the seed's base (only `transfer`, crafted on it, differs)
     zeros = {k: torch.zeros_like(v) for k, v in base.items()}
