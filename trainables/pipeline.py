@@ -71,22 +71,13 @@ def pretrain(
     """Train `arch` from scratch on the training split with ReduceLROnPlateau on validation loss."""
     seed_everything(cfg.seed)
     model = prepare_model(build_model(arch, input_spec(data)), device)
-    autocast = configure_backends(device)
-    history = fit(model, data.train, data.val, cfg, device=device, schedule=True, autocast=autocast, progress=progress)
-    _, test_acc = evaluate_clean(model, data.test, batch_size=500, device=device, autocast=autocast)
     meta = {
         "kind": "pretrain",
         "arch": arch,
         "dataset": data.info.name.value,
         "image_size": data.info.height if data.info.name is Dataset.IMAGENETTE else None,
         "data": data_meta(data_cfg),
-        "train": as_jsonable(cfg),
-        "val_acc": history[-1].val_acc,
-        "test_acc": test_acc,
-        "train_size": len(data.train),
-        "val_size": len(data.val),  # the images val_acc and test_acc were measured on
-        "test_size": len(data.test),
-        "history": [dataclasses.asdict(h) for h in history],
+        **_train_and_score(model, data, cfg, device=device, progress=progress, schedule=True),
     }
     return model, meta
 
@@ -111,26 +102,28 @@ def finetune(
         aug.check_fits(data.info.height, data.info.width)
     seed_everything(cfg.seed)
     model = prepare_model(base, device)
-    autocast = configure_backends(device)
-    history = fit(model, data.train, data.val, cfg, device=device, augment=aug, adversarial=adversary,
-                  autocast=autocast, progress=progress)
-    _, test_acc = evaluate_clean(model, data.test, batch_size=500, device=device, autocast=autocast)
     meta = {
         **{k: base_meta[k] for k in ("arch", "dataset", "image_size", "data")},
         "kind": "finetune",
         "defense": defense,
-        "train": as_jsonable(cfg),
         "augment": as_jsonable(aug) if aug is not None else None,
         "adversarial": adversary.describe() if adversary else None,
         "base": {k: base_meta.get(k) for k in ("kind", "train", "test_acc", "created")},
-        "val_acc": history[-1].val_acc,
-        "test_acc": test_acc,
-        "train_size": len(data.train),
-        "val_size": len(data.val),  # the images val_acc and test_acc were measured on
-        "test_size": len(data.test),
-        "history": [dataclasses.asdict(h) for h in history],
+        **_train_and_score(model, data, cfg, device=device, progress=progress, augment=aug, adversarial=adversary),
     }
     return model, meta
+
+
+def _train_and_score(model: nn.Module, data: DataBundle, cfg: TrainCfg, *, device: torch.device, progress: bool,
+                     **fit_kwargs: Any) -> dict[str, Any]:
+    """`fit` on the training split, then clean accuracy on the test split: what a checkpoint's metadata records
+    about its training (the config, accuracies, the sizes of the splits they were measured on, the history)."""
+    autocast = configure_backends(device)
+    history = fit(model, data.train, data.val, cfg, device=device, autocast=autocast, progress=progress, **fit_kwargs)
+    _, test_acc = evaluate_clean(model, data.test, batch_size=500, device=device, autocast=autocast)
+    return {"train": as_jsonable(cfg), "val_acc": history[-1].val_acc, "test_acc": test_acc,
+            "train_size": len(data.train), "val_size": len(data.val), "test_size": len(data.test),
+            "history": [dataclasses.asdict(h) for h in history]}
 
 
 @dataclasses.dataclass
