@@ -112,8 +112,14 @@ def status_table(study_dir: Path) -> str:
         lines.append("Optuna states: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
         cols = [c for c in ("optuna_number", "optuna_state", "optuna_value", "param_method", "param_optimizer",
                             "param_batch_size", "param_patch_size", "trial_id", "optuna_error") if c in ot.columns]
+        shown = ot[cols].copy()
+        # an integer parameter only some trials have (patch_size: not every method patches) comes back as floats
+        # with NaN; "-" where the trial has no such parameter
+        for c in ("param_batch_size", "param_patch_size"):
+            if c in shown:
+                shown[c] = shown[c].map(lambda v: "-" if pd.isna(v) else f"{v:g}")
         with pd.option_context("display.width", 160, "display.max_columns", 20, "display.max_colwidth", 40):
-            lines.append(ot[cols].to_string(index=False))
+            lines.append(shown.to_string(index=False, na_rep="-"))
     best = study_dir / "best.json"
     if best.is_file():
         payload = json.loads(best.read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -232,6 +233,9 @@ def test_report_writes_every_figure(tiny_study_dir: Path, tiny_repro_dir: Path) 
     from study.runner import status_table
 
     status = status_table(tiny_study_dir).splitlines()
+    header = next(i for i, line in enumerate(status) if line.split()[:1] == ["optuna_number"])
+    column = status[header].split().index("param_patch_size")
+    assert all(re.fullmatch(r"\d+|-", line.split()[column]) for line in status[header + 1:header + 5])  # not 8.0, NaN
     assert f"audit of {trial['trial_id']}: eps 0.3, 32 test images" in "\n".join(status)
     # the verdict leads the status (second line, after the study's name) and the report (after the title)
     headline = status[1]
