@@ -6,6 +6,8 @@
 - A trial that reports `error` (divergence) or crashes ends FAIL with the reason as user attribute `error`;
   a non-finite objective also ends FAIL instead of leaving the trial RUNNING forever.
 - Each Optuna trial carries its Ray trial id as user attribute `ray_trial_id`, so the two can be joined.
+- The study names its values (`metric_names`): optuna-dashboard and Optuna's plots show "val_pgd_acc", not
+  "Objective 0".
 - After a driver crash, Optuna can hold RUNNING trials that Tune's last experiment snapshot never saw.
   On resume the next suggestions adopt them (same parameters, replayed through the define-by-run space),
   so the study ends with exactly num_samples trials and none left RUNNING.
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
@@ -25,9 +29,13 @@ log = logging.getLogger(__name__)
 
 
 class StudySearch(OptunaSearch):
-    def __init__(self, *args: Any, epochs: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, epochs: int, metric_names: Sequence[str] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # creates (or loads) the Optuna study
         self._epochs = epochs
+        if metric_names and self._ot_study is not None:
+            with warnings.catch_warnings():  # Optuna flags set_metric_names experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._ot_study.set_metric_names(list(metric_names))
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if trial_id not in self._ot_trials and self._ot_study is not None:

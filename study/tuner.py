@@ -15,7 +15,7 @@ from study.preflight import objective_cfg
 from study.spec import StudySpec
 from trainables.checkpoint import load_checkpoint
 from trainables.data import DataBundle
-from trainables.vocab import EXTRA_OBJECTIVE_METRICS, SamplerType, SchedulerType
+from trainables.vocab import EXTRA_OBJECTIVE_METRICS, Objective, SamplerType, SchedulerType
 
 OBJECTIVE = "objective"
 
@@ -61,6 +61,7 @@ def build_searcher(spec: StudySpec) -> Any:
         study_name=spec.name,
         storage=open_optuna_storage(spec.optuna_url()),
         epochs=spec.epochs,
+        metric_names=[f"val_{Objective(spec.objective.metric).value}", *(m for m, _ in extra)],  # the results' columns
     )
 
 

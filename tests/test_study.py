@@ -160,6 +160,7 @@ def test_multi_objective_study_with_diverging_trials(tmp_path: Path, base_ckpt: 
     study_dir = run_study(spec)
     study = optuna.load_study(study_name="pareto", storage=f"sqlite:///{study_dir / 'optuna.db'}")
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MAXIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["val_pgd_acc", "val_clean_acc", "cost_fwd_passes"]  # what optuna-dashboard shows
     results = pd.read_parquet(study_dir / "results.parquet")
     assert len(results) == 3 and set(results["optimizer"]) == {"adam", "sgd"}
     states = optuna_states(study_dir, "pareto")
