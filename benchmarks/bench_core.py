@@ -13,8 +13,12 @@ Rows:
      model and data. Target <= 0.25x the time.
   4. Tune overhead: `patchtune run` vs the same trials in a bare process pool (benchmarks/bench_tune.py).
      Target <= 1.10x the time. Skipped with --no-tune.
-  5. On a GPU only (benchmarks/bench_gpu.py): PGD-10 eval and fine-tuning img/s as a fraction of the limit
-     measured on the same card, the speed switches on vs off, and trial packing (k trials per GPU).
+  5. The quick study phase by phase (benchmarks/bench_study.py): where `make run`'s minutes go, the scoring
+     share of trial time (target <= 20 %) and the trial phase against the trials' own time (<= 1.10x).
+     Skipped with --no-tune.
+  6. On a GPU only (benchmarks/bench_gpu.py): PGD-10 eval and fine-tuning img/s as a fraction of the limit
+     measured on the same card, CUDA graphs and eval batch size, FLOPs against the card's bf16 rate, the
+     speed switches on vs off, torch.compile modes, and trial packing (k trials per GPU).
 
 Timings are medians of interleaved repeats after a warm-up. Results are printed and appended, with the
 machine, to benchmarks/README.md.
@@ -187,6 +191,46 @@ def bench_augment(data: DataBundle, repeats: int) -> list[dict]:
     return rows
 
 
+def bench_curve(models: dict[str, torch.nn.Module], data: DataBundle, device: torch.device, repeats: int,
+                n: int = 300) -> list[dict]:
+    """A trial's per-epoch scoring (the quick preset's objective attacks) with the eps curve as one nested pass
+    vs each eps attacked on its own, at one thread as a 1-CPU Ray trial runs."""
+    import yaml
+
+    from study.preflight import objective_cfg
+    from study.spec import parse_spec
+    from trainables.engine import accuracies, objective_attacks, objective_curve, robust_masks
+
+    preset = Path(__file__).resolve().parents[1] / "study" / "presets" / "quick.yaml"
+    objective = objective_cfg(parse_spec(yaml.safe_load(preset.read_text())))
+    val = place(data.val.take(slice(0, n)), device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows = []
+    try:
+        for name, model in models.items():
+            acc: dict[str, dict[str, float]] = {}
+
+            def score(nested: bool, model: torch.nn.Module = model) -> None:
+                acc["nested" if nested else "per-eps"] = accuracies(robust_masks(
+                    model, val, objective_attacks(objective), device=device, seed=0,
+                    nested=objective_curve(objective) if nested else ()))
+
+            times = interleaved({"per-eps": lambda: score(False), "nested": lambda: score(True)}, repeats)
+            curve = ", ".join(f"{k} {100 * acc['nested'][k]:.1f} vs {100 * acc['per-eps'][k]:.1f} %"
+                              for k in objective_curve(objective))
+            ratio = times["per-eps"] / times["nested"]
+            rows.append({"row": f"trial scoring (quick objective: PGD-10 at eps 0.1, grid 0.03/0.1/0.3, paper PGD-10), {name} cnn3, "
+                                f"{n} val images, 1 thread: eps curve nested vs per-eps",
+                         "ours": f"{times['nested']:.2f} s",
+                         "peer": f"{times['per-eps']:.2f} s (accuracy nested vs per-eps: {curve})",
+                         "ratio": ratio, "measure": "speed-up", "target": ">= 1x, accuracy <= per-eps + noise",
+                         "ok": ratio >= 1.0})
+    finally:
+        torch.set_num_threads(threads)
+    return rows
+
+
 def bench_cost(model: torch.nn.Module, data: DataBundle, device: torch.device, n: int, repeats: int) -> list[dict]:
     """The paper's cost claim: one patch fine-tuning epoch vs one PGD-10 adversarial-training epoch, same
     model (a copy of the undefended cnn3), data, batch size and optimizer."""
@@ -252,27 +296,37 @@ def main() -> None:
     parser.add_argument("--train-n", type=int, default=0, help="training images for the cost row (default 4000 CPU, all on GPU)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data-root", help="directory searched first for the F-MNIST files")
-    parser.add_argument("--no-tune", action="store_true", help="skip the Tune-overhead row (needs Ray; ~3 min)")
+    parser.add_argument("--no-tune", action="store_true",
+                        help="skip the rows that need Ray: Tune overhead (~3 min) and the quick study (~7 min)")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to benchmarks/README.md")
     parser.add_argument("--gpu-rows-on-cpu", action="store_true", help=argparse.SUPPRESS)  # smoke test, tiny sizes
+    parser.add_argument("--gpu-only", metavar="SECTIONS",
+                        help="only these GPU sections, comma-separated (fraction,graphs,vgg,switches,compile,packing)")
     args = parser.parse_args()
 
     device = pick_device(os.environ.get("TORCH_DEVICE", "auto"))
     data = load_data(DataCfg(root=args.data_root))
     started = time.perf_counter()
     models = get_models(data, device, args.base)
-    rows = bench_pgd(models, data, device, args.n or (10000 if device.type == "cuda" else 1000), args.repeats)
-    rows += bench_augment(data, args.repeats)
-    train_n = args.train_n or (len(data.train) if device.type == "cuda" else 4000)
-    rows += bench_cost(models["undefended"], data, device, train_n, args.repeats)
+    rows = []
+    if not args.gpu_only:
+        rows += bench_pgd(models, data, device, args.n or (10000 if device.type == "cuda" else 1000), args.repeats)
+        rows += bench_augment(data, args.repeats)
+        train_n = args.train_n or (len(data.train) if device.type == "cuda" else 4000)
+        rows += bench_cost(models["undefended"], data, device, train_n, args.repeats)
+        rows += bench_curve(models, data, device, args.repeats)
     if device.type == "cuda" or args.gpu_rows_on_cpu:
-        from bench_gpu import gpu_rows
+        from bench_gpu import SECTIONS, gpu_rows
 
-        rows += gpu_rows(models, data, device, args.repeats, root=args.data_root, small=args.gpu_rows_on_cpu)
+        sections = tuple(args.gpu_only.split(",")) if args.gpu_only else SECTIONS
+        rows += gpu_rows(models, data, device, args.repeats, root=args.data_root, small=args.gpu_rows_on_cpu,
+                         sections=sections)
     if not args.no_tune:
+        from bench_study import measure as study_rows
         from bench_tune import measure
 
         rows.append(measure())
+        rows += study_rows()
     stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     header = f"### {stamp} — `make bench` on {device}\n\nMachine: {machine()}. Total {time.perf_counter() - started:.0f} s."
     text = render(rows, header)

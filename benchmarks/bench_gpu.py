@@ -9,6 +9,10 @@
     resident data) on VGG-16 at CIFAR size, and torch.compile on vs off on cnn3.
   - Trial packing: k fine-tuning processes sharing the card (what `resources.gpu: 1/k` does in a study),
     aggregate images/s vs one process alone.
+  - CUDA graphs on vs off for PGD-10 evaluation (trainables/graphs.py) at two batch sizes, against today's
+    eager loop at batch 2000; torch.compile modes for fine-tuning.
+  - The limits as arithmetic: FLOPs per image (counted by torch's FlopCounterMode) times img/s, against the
+    card's bf16 matrix rate measured in the same run, for cnn3 and VGG-16.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from trainables.augment import make_generator
 from trainables.config import AttackCfg, AugCfg, DataCfg, TrainCfg
 from trainables.data import DataBundle, Split, load_data, place
 from trainables.engine import configure_backends, evaluate, make_optimizer, train_one_epoch
+from trainables.graphs import GraphedAttack
 from trainables.models import InputSpec, build_model
 from trainables.perf import Autocast, input_layout, prepare_model
 
@@ -164,38 +169,6 @@ def switches_on_off(device: torch.device, repeats: int, n: int = 10000) -> list[
     return rows
 
 
-def compile_on_off(model: torch.nn.Module, train: Split, device: torch.device, repeats: int) -> dict[str, Any]:
-    rates = {}
-    t_compile = 0.0
-    for mode in ("off", "on"):
-        os.environ["PATCHTUNE_COMPILE"] = "1" if mode == "on" else ""
-        autocast = configure_backends(device)
-        m = prepare_model(copy.deepcopy(model), device)
-        opt = make_optimizer(m.parameters(), TrainCfg(lr=1e-4), device)
-        from trainables.perf import maybe_compile
-
-        step = maybe_compile(m, device)
-        data = place(train, device)
-
-        def epoch(m: torch.nn.Module = m, opt: torch.optim.Optimizer = opt, step: torch.nn.Module = step) -> None:
-            train_one_epoch(m, data, opt, batch_size=256, device=device, generator=torch.Generator().manual_seed(0),
-                            augment=AugCfg(patch_size=8), aug_generator=make_generator(1, device), autocast=autocast,
-                            step_model=step, drop_last=True)
-
-        t0 = time.perf_counter()
-        epoch()  # warm-up (compilation) outside the timing
-        _sync(device)
-        if mode == "on":
-            t_compile = time.perf_counter() - t0
-        rates[mode] = len(train) / device_time(epoch, device, repeats, warmup=0)
-    os.environ["PATCHTUNE_COMPILE"] = ""
-    ratio = rates["on"] / rates["off"]
-    return _row(f"cnn3 fine-tuning, torch.compile on vs off, batch 256+256 [{_card(device)}]",
-                f"{rates['on']:.0f} clean img/s (compile {t_compile:.0f} s, outside the timing)",
-                f"{rates['off']:.0f} clean img/s (eager)", ratio, "speed-up", "> 1x to be worth turning on",
-                ratio > 1.0)
-
-
 def _packed_worker(args: tuple[int, Any, str | None, int, int, str]) -> float:
     rank, barrier, root, n, epochs, device_name = args
     torch.set_num_threads(1)
@@ -243,22 +216,171 @@ def packing(device: torch.device, root: str | None, ks: tuple[int, ...] = (1, 2,
             for k in ks if k > 1]
 
 
-def gpu_rows(models: dict[str, torch.nn.Module], data: DataBundle, device: torch.device, repeats: int,
-             *, root: str | None = None, small: bool = False) -> list[dict[str, Any]]:
-    """Every GPU row; `small` shrinks the sizes (a CPU smoke test of this code)."""
-    n_eval, batch = (200, 100) if small else (10000, 2000)
-    rows = eval_fraction(models, data, device, repeats, n_eval, batch)
-    train = data.train.take(slice(0, 512 if small else len(data.train)))
-    for b in ((64,) if small else (128, 512)):
-        row, _ = finetune_fraction(models["undefended"], train, device, repeats, b,
-                                   f"cnn3, {len(train)} F-MNIST images", AugCfg(patch_size=8))
-        rows.append(row)
-    rows += switches_on_off(device, repeats, n=256 if small else 10000)
+def bf16_peak(device: torch.device) -> float:
+    """The card's dense bf16 matrix rate in FLOP/s (an 8192^3 product on random data; 1024^3 off the GPU)."""
+    n = 8192 if device.type == "cuda" else 1024
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    return 2 * n**3 / device_time(lambda: a @ b, device, repeats=10, warmup=3)
+
+
+def flops_per_image(model: torch.nn.Module, shape: tuple[int, ...], device: torch.device) -> dict[str, float]:
+    """FLOPs per image of one forward pass and of PGD-10's passes (11 fwd + 10 input-bwd), counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.rand(4, *shape, device=device)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    forward = counter.get_total_flops() / 4
+    # An attack's backward pass needs the input gradient only: freeze the weights and count one backward.
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
     try:
-        rows.append(compile_on_off(models["undefended"], train, device, repeats))
-    except Exception as exc:  # compile is optional; record why it could not be measured
-        rows.append(_row("cnn3 fine-tuning, torch.compile on vs off", "-", "-", float("nan"), "speed-up", "> 1x", False,
-                         note=f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"))
+        xa = x.clone().requires_grad_(True)
+        loss = F.cross_entropy(model(xa).float(), torch.zeros(4, dtype=torch.long, device=device))
+        with FlopCounterMode(display=False) as counter:
+            loss.backward()
+        input_backward = counter.get_total_flops() / 4
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return {"forward": forward, "input_backward": input_backward, "pgd10": 11 * forward + 10 * input_backward}
+
+
+def graphs_on_off(model: torch.nn.Module, data: DataBundle, device: torch.device, repeats: int, n: int,
+                  batches: tuple[int, ...], peak: float) -> list[dict[str, Any]]:
+    """cnn3 PGD-10 evaluation (the whole `evaluate`, clean pass included): CUDA graphs off/on per batch size,
+    every rate against today's eager loop at the first batch size."""
+    autocast = configure_backends(device)
+    test = place(data.test.take(slice(0, n)), device)
+    attack = AttackCfg(name="pgd", eps=0.3, alpha=0.01, steps=10)
+    flops = flops_per_image(model, (1, 28, 28), device)["pgd10"]
+    rates: dict[tuple[str, int], tuple[float, float]] = {}
+    for batch in batches:
+        for graphs in ("0", "1"):
+            os.environ["PATCHTUNE_GRAPHS"] = graphs
+            acc: dict[str, float] = {}
+
+            def ours() -> None:
+                acc.update(evaluate(model, test, [attack], device=device, batch_size=batch, seed=0, autocast=autocast))
+
+            rates[(graphs, batch)] = (n / device_time(ours, device, repeats, warmup=1), acc["pgd10"])
+    os.environ["PATCHTUNE_GRAPHS"] = ""
+    today = rates[("0", batches[0])][0]
+    rows = []
+    for (graphs, batch), (rate, acc) in rates.items():
+        if (graphs, batch) == ("0", batches[0]):
+            continue
+        label = "CUDA graphs" if graphs == "1" else "eager"
+        rows.append(_row(f"cnn3 PGD-10 eval (eps 0.3, alpha 0.01), {label}, batch {batch}, vs today's eager loop at batch "
+                         f"{batches[0]}, {n} F-MNIST test images [{_card(device)}]",
+                         f"{rate:.0f} img/s (robust acc {100 * acc:.2f} %; {rate * flops / 1e12:.2f} TFLOP/s = "
+                         f"{rate * flops / peak:.2%} of the card's bf16 rate)",
+                         f"{today:.0f} img/s (robust acc {100 * rates[('0', batches[0])][1]:.2f} %)", rate / today,
+                         "speed-up", ">= 2x", rate / today >= 2))
+    return rows
+
+
+def vgg_pgd(device: torch.device, repeats: int, peak: float, batch: int = 512) -> list[dict[str, Any]]:
+    """VGG-16 PGD-10 at 3x32x32 (random weights and images: every sample is attacked for all 10 steps, the
+    most work an evaluation can do), as a fraction of the card's bf16 matrix rate."""
+    autocast = configure_backends(device)
+    spec = InputSpec(3, 32, 32, 10, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+    torch.manual_seed(0)
+    vgg = prepare_model(build_model("vgg16", spec), device).eval()
+    flops = flops_per_image(vgg, (3, 32, 32), device)
+    x = torch.rand(batch, 3, 32, 32, device=device).contiguous(memory_format=input_layout(device))
+    y = torch.randint(0, 10, (batch,), device=device)
+    attack = AttackCfg(name="pgd", eps=8 / 255, alpha=2 / 255, steps=10, last_iterate=True)
+    rows = []
+    t_bare = device_time(pgd_limit(vgg, x, y, 10, autocast), device, repeats)
+    arms = {"bare passes, eager": batch / t_bare}
     if device.type == "cuda":
-        rows += packing(device, root, n=2000 if small else 20000)
+        graph = GraphedAttack(vgg, attack, x, autocast)
+        arms["whole attack as a CUDA graph"] = batch / device_time(lambda: graph(x, y), device, repeats)
+    for label, rate in arms.items():
+        frac = rate * flops["pgd10"] / peak
+        rows.append(_row(f"VGG-16 PGD-10 at 3x32x32, batch {batch}, {label} [{_card(device)}]",
+                         f"{rate:.0f} img/s x {flops['pgd10'] / 1e9:.1f} GFLOP/img (fwd {flops['forward'] / 1e9:.2f}) "
+                         f"= {rate * flops['pgd10'] / 1e12:.0f} TFLOP/s",
+                         f"card's bf16 matrix rate {peak / 1e12:.0f} TFLOP/s (8192^3 product, same run)", frac,
+                         "fraction of the bf16 rate", "stated", True))
+    return rows
+
+
+def compile_modes(model: torch.nn.Module, train: Split, device: torch.device, repeats: int) -> list[dict[str, Any]]:
+    """cnn3 fine-tuning, batch 256+256, eager vs each torch.compile mode (compile time outside the timing)."""
+    rates, notes = {}, {}
+    for mode in ("", "default", "reduce-overhead"):
+        os.environ["PATCHTUNE_COMPILE"] = mode or "0"
+        try:
+            autocast = configure_backends(device)
+            m = prepare_model(copy.deepcopy(model), device)
+            opt = make_optimizer(m.parameters(), TrainCfg(lr=1e-4), device)
+            from trainables.perf import maybe_compile
+
+            step = maybe_compile(m, device)
+            data = place(train, device)
+
+            def epoch(m: torch.nn.Module = m, opt: torch.optim.Optimizer = opt, step: torch.nn.Module = step) -> None:
+                train_one_epoch(m, data, opt, batch_size=256, device=device, generator=torch.Generator().manual_seed(0),
+                                augment=AugCfg(patch_size=8), aug_generator=make_generator(1, device),
+                                autocast=autocast, step_model=step, drop_last=True)
+
+            t0 = time.perf_counter()
+            epoch()  # warm-up (compilation) outside the timing
+            _sync(device)
+            notes[mode] = f"compile {time.perf_counter() - t0:.0f} s" if mode else ""
+            rates[mode] = len(train) / device_time(epoch, device, repeats, warmup=0)
+        except Exception as exc:  # a mode that fails here is recorded, not fatal
+            notes[mode] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
+    os.environ["PATCHTUNE_COMPILE"] = ""
+    eager = rates.get("", float("nan"))
+    return [_row(f"cnn3 fine-tuning, torch.compile mode={mode} vs eager, batch 256+256 [{_card(device)}]",
+                 f"{rates.get(mode, float('nan')):.0f} clean img/s ({notes[mode]}, outside the timing)",
+                 f"{eager:.0f} clean img/s (eager)", rates.get(mode, float("nan")) / eager, "speed-up",
+                 "> 1x to be worth turning on", rates.get(mode, 0.0) > eager) for mode in ("default", "reduce-overhead")]
+
+
+SECTIONS = ("fraction", "graphs", "vgg", "switches", "compile", "packing")
+
+
+def gpu_rows(models: dict[str, torch.nn.Module], data: DataBundle, device: torch.device, repeats: int,
+             *, root: str | None = None, small: bool = False,
+             sections: tuple[str, ...] = SECTIONS) -> list[dict[str, Any]]:
+    """The GPU rows of `sections`; `small` shrinks the sizes (a CPU smoke test of this code). Each row is
+    printed as it is measured, and a section that fails is recorded as a row, so a run cut short by a lease
+    keeps what it measured."""
+    n_eval, batch = (200, 100) if small else (10000, 2000)
+    train = data.train.take(slice(0, 512 if small else len(data.train)))
+    undefended = models["undefended"]
+    peak = bf16_peak(device)
+    print(f"bf16 matrix rate: {peak / 1e12:.1f} TFLOP/s [{_card(device)}]", flush=True)
+
+    def fraction() -> list[dict[str, Any]]:
+        rows = eval_fraction(models, data, device, repeats, n_eval, batch)
+        for b in ((64,) if small else (128, 512)):
+            rows.append(finetune_fraction(undefended, train, device, repeats, b, f"cnn3, {len(train)} F-MNIST images",
+                                          AugCfg(patch_size=8))[0])
+        return rows
+
+    run = {
+        "fraction": fraction,
+        "graphs": lambda: graphs_on_off(undefended, data, device, repeats, n_eval, (batch, 5 * batch // 2, 5 * batch), peak),
+        "vgg": lambda: vgg_pgd(device, repeats, peak, batch=8 if small else 512),
+        "switches": lambda: switches_on_off(device, repeats, n=256 if small else 10000),
+        "compile": lambda: compile_modes(undefended, train, device, repeats),
+        "packing": lambda: packing(device, root, n=2000 if small else 20000) if device.type == "cuda" else [],
+    }
+    rows: list[dict[str, Any]] = []
+    for name in sections:
+        try:
+            new = run[name]()
+        except Exception as exc:  # record why a section could not be measured, and go on
+            new = [_row(f"GPU section {name!r}", "-", "-", float("nan"), "-", "-", False,
+                        note=f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")]
+        for r in new:
+            print(f"ROW | {r['row']} | {r['ours']} | {r['peer']} | {r['ratio']:.2f}x {r['note']}", flush=True)
+        rows += new
     return rows

@@ -1,23 +1,59 @@
 #!/usr/bin/env bash
-# GPU checks and GPU benchmark rows in one call (for a lent GPU machine without internet):
-#   - the suite's device-agnostic tests on CUDA (TORCH_DEVICE=cuda; GPU-only tests no longer skip),
-#   - `benchmarks/bench_core.py` with its GPU rows (Tune row skipped: Ray is not installed there).
+# One lent-GPU session (no internet, no Ray there), in stages; each keeps what it measured under $OUT even when
+# a later one runs out of time. STAGES picks them (default: all, in this order):
+#   tests     the GPU-only and device-agnostic tests named in $TESTS, with TORCH_DEVICE=cuda
+#   pretrain  an undefended cnn3 base on all 54k F-MNIST training images ($OUT/base.pt)
+#   bench     `make bench`'s GPU sections $GPU_SECTIONS on that base (Tune rows skipped: no Ray)
+#   control   the audit's positive control: `make control`'s commands at $CONTROL_EPOCHS x $CONTROL_TRAIN
 # Expects F-MNIST under $PATCHTUNE_CACHE/data/fashion-mnist and torchattacks as a wheel in .whl/; prepare both
 # where there is internet (neither is committed):
 #   mkdir -p .devcache/data/fashion-mnist && cp /usr/share/datasets/fashion-mnist/*.gz .devcache/data/fashion-mnist/
-#   .venv/bin/pip download --no-deps torchattacks==3.5.1 -d .whl      # and `echo /.devcache/ >> .git/info/exclude`
-# Writes gpu.txt, tests.txt and bench.txt under ${OUT:-/tmp/gpu-out}.
+#   .venv/bin/pip download --no-deps torchattacks==3.5.1 -d .whl
+#   printf '/.devcache/\n/.whl/\n' >> .git/info/exclude       # then carry [".devcache", ".whl"]
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
+STAGES=${STAGES:-tests pretrain bench control}
 mkdir -p "$OUT"
 if ! python3 -c "import torchattacks" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PATCHTUNE_CACHE=${PATCHTUNE_CACHE:-$PWD/.devcache} PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))" | tee -a "$OUT/gpu.txt"
-# optuna/ray are not needed by these tests; their warning filter would not import without optuna.
-TORCH_DEVICE=cuda timeout "${TEST_TIMEOUT:-200}" python3 -m pytest -q -p no:cacheprovider -o "filterwarnings=ignore::DeprecationWarning" \
-  ${TESTS:-tests/test_perf.py tests/test_attacks.py tests/test_audit.py tests/test_engine.py tests/test_augment.py} 2>&1 | tail -25 | tee "$OUT/tests.txt"
-timeout "${BENCH_TIMEOUT:-330}" python3 benchmarks/bench_core.py --no-tune --no-record --repeats 3 2>&1 | tee "$OUT/bench.txt" | grep -v "^\s*$" | tail -40
+LOG=$OUT/log.txt  # everything, in order (at most 8 files come back from a lease: keep them few)
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv 2>&1 | tee -a "$LOG"
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))" 2>&1 | tee -a "$LOG"
+if ! command -v patchtune >/dev/null; then  # not pip-installed there: an executable shim (timeout runs no functions)
+  mkdir -p /tmp/patchtune-bin
+  printf '#!/bin/sh\nexec python3 -c "import sys; from study.cli import main; sys.argv[0] = \x27patchtune\x27; sys.exit(main())" "$@"\n' \
+    > /tmp/patchtune-bin/patchtune
+  chmod +x /tmp/patchtune-bin/patchtune
+  export PATH=/tmp/patchtune-bin:$PATH
+fi
+stamp() { echo "== $(date +%T) $*" | tee -a "$LOG"; }
+C=$OUT/control
+
+for stage in $STAGES; do
+  stamp "start $stage"
+  case $stage in
+    tests)  # optuna/ray are not needed by these tests; their warning filter would not import without optuna
+      TORCH_DEVICE=cuda timeout "${TEST_TIMEOUT:-60}" python3 -m pytest -q -p no:cacheprovider \
+        -o "filterwarnings=ignore::DeprecationWarning" ${TESTS:-tests/test_attacks.py} 2>&1 | tail -15 | tee -a "$LOG" ;;
+    pretrain)
+      timeout "${PRETRAIN_TIMEOUT:-60}" patchtune pretrain --out "$OUT/base.pt" --batch-size 256 ${PRETRAIN_ARGS:-} --quiet 2>&1 | tee -a "$LOG" ;;
+    bench)
+      base=(); [ -f "${BENCH_BASE:-$OUT/base.pt}" ] && base=(--base "${BENCH_BASE:-$OUT/base.pt}")
+      (cd benchmarks && timeout "${BENCH_TIMEOUT:-170}" python3 bench_core.py --no-tune --no-record --repeats 3 "${base[@]}" \
+        --gpu-only "${GPU_SECTIONS:-graphs,vgg,switches,compile}") 2>&1 | grep -v "^\s*$" | tee "$OUT/bench.txt" | grep -E "^(ROW|bf16)" | tee -a "$LOG" ;;
+    control)
+      mkdir -p "$C"
+      SECONDS=0
+      timeout "${FINETUNE_TIMEOUT:-160}" patchtune finetune --base "$OUT/base.pt" \
+        --method pgd_at --train-eps 0.3 --at-steps 5 --epochs "${CONTROL_EPOCHS:-30}" --batch-size 256 \
+        ${CONTROL_ARGS:-} --limit-train "${CONTROL_TRAIN:-54000}" --out "$C/pgd_at.pt" --quiet 2>&1 | tee -a "$LOG"
+      echo "finetune wall $SECONDS s" | tee -a "$LOG"; SECONDS=0
+      timeout "${AUDIT_TIMEOUT:-170}" patchtune audit "$C/pgd_at.pt" --base "$OUT/base.pt" \
+        --eps 0.3 --limit "${AUDIT_LIMIT:-1000}" ${AUDIT_ARGS:-} --out "$OUT/audit.json" --quiet 2>&1 | tee -a "$LOG" | tail -30
+      echo "audit wall $SECONDS s" | tee -a "$LOG" ;;
+  esac
+  stamp "end $stage"
+done

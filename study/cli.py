@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--last-iterate", action="store_true", help="count only the final iterate (classic number)")
     p.add_argument("--split", choices=SPLITS, default="test", help="split to evaluate (default test)")
     p.add_argument("--limit", type=positive_int, help="evaluate only the first N images of the split")
-    p.add_argument("--batch-size", type=positive_int, default=500, help="images per attack batch (default 500)")
+    p.add_argument("--batch-size", type=positive_int,
+                   help="images per attack batch (default 500 on CPU; on GPU up to 10000, by image size)")
     p.add_argument("--seed", type=any_int, default=0, help="seed of the PGD random starts")
     p.add_argument("--data-root", help="directory searched first for the data set files")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")

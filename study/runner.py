@@ -8,13 +8,17 @@ The pieces live beside it: `preflight` (everything a user can get wrong, checked
     base.json          which base checkpoint      results.parquet   one row per trial (config, metrics, states)
     epochs.parquet     one row per trial-epoch    best.json         best trial(s) on the test split
     best.pt            the best trial's weights   <Tune files>      tuner.pkl, trial dirs, TensorBoard events
+    timings.json       wall seconds per phase of the last run or resume (where a user's minutes went)
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,26 +91,54 @@ def score_base(spec: StudySpec, data: DataBundle, base_path: Path) -> dict[str, 
     return score_objective(model, data.val, objective_cfg(spec), device=pick_device("cpu"), seed=spec.seed)
 
 
+class Phases:
+    """Wall seconds per phase of a study run, in the order they ran."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t0 = time.perf_counter()
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+    def write(self, study_dir: Path) -> None:
+        payload = {"phases_s": {k: round(v, 2) for k, v in self.seconds.items()},
+                   "total_s": round(time.perf_counter() - self._t0, 2)}
+        atomic_write_text(study_dir / "timings.json", json.dumps(payload, indent=2))
+
+
 def run_study(spec: StudySpec, *, address: str | None = None, dashboard: bool = False,
               dashboard_host: str = "127.0.0.1") -> Path:
-    prep = preflight(spec)
+    phases = Phases()
+    with phases("preflight"):  # data loading included
+        prep = preflight(spec)
     # Connect before writing anything: a wrong --address must not leave a half-made study directory behind.
-    with ray_session(address, dashboard, dashboard_host):
+    with contextlib.ExitStack() as stack:
+        with phases("ray_start"):
+            stack.enter_context(ray_session(address, dashboard, dashboard_host))
         study_dir = spec.study_dir()
         study_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(study_dir / "spec.yaml", spec.to_yaml())
-        base_path = ensure_base(prep)
-        atomic_write_text(study_dir / "base.json", json.dumps(
-            {"path": str(base_path), "val": score_base(spec, prep.data, base_path)}, indent=2))
+        with phases("base"):  # pretrained now or read from the cache, and scored on the validation subset
+            base_path = ensure_base(prep)
+            atomic_write_text(study_dir / "base.json", json.dumps(
+                {"path": str(base_path), "val": score_base(spec, prep.data, base_path)}, indent=2))
         tuner = build_tuner(spec, build_trainable(spec, prep.data, base_path))
         _print_watch_hints(spec)
-        grid = tuner.fit()
-        return finalize(spec, grid, base_path)
+        with phases("trials"):
+            grid = tuner.fit()
+        return finalize(spec, grid, base_path, phases)
 
 
 def resume_study(study_dir: Path, *, address: str | None = None, dashboard: bool = False) -> Path:
     from ray import tune
 
+    phases = Phases()
     study_dir = study_dir.expanduser().resolve()
     spec = load_study_spec(study_dir)
     if not tune.Tuner.can_restore(str(study_dir)):
@@ -116,12 +148,17 @@ def resume_study(study_dir: Path, *, address: str | None = None, dashboard: bool
     if base_path is None or not base_path.is_file():
         raise StudyError(f"the base checkpoint of {study_dir} is missing ({base_path}); the study cannot resume")
     check_optuna_storage(spec, fresh=False)
-    data = load_data(data_cfg(spec))
-    with ray_session(address, dashboard):
+    with phases("preflight"):
+        data = load_data(data_cfg(spec))
+    with contextlib.ExitStack() as stack:
+        with phases("ray_start"):
+            stack.enter_context(ray_session(address, dashboard))
         tuner = tune.Tuner.restore(str(study_dir), trainable=build_trainable(spec, data, base_path),
                                    resume_unfinished=True, resume_errored=True)
         _print_watch_hints(spec)
-        return finalize(spec, tuner.fit(), base_path)
+        with phases("trials"):
+            grid = tuner.fit()
+        return finalize(spec, grid, base_path, phases)
 
 
 def _print_watch_hints(spec: StudySpec) -> None:
@@ -130,12 +167,22 @@ def _print_watch_hints(spec: StudySpec) -> None:
           f"  optuna-dashboard: optuna-dashboard {spec.optuna_url()}", flush=True)
 
 
-def finalize(spec: StudySpec, grid: Any, base_path: Path) -> Path:
-    """Write results.parquet / epochs.parquet, evaluate the best trial(s) on the test split, write best.json."""
+def finalize(spec: StudySpec, grid: Any, base_path: Path, phases: Phases | None = None) -> Path:
+    """Write results.parquet / epochs.parquet, evaluate the best trial(s) on the test split, write best.json
+    (and timings.json, the wall time of each phase)."""
+    phases = phases or Phases()
+    try:
+        return _finalize(spec, grid, base_path, phases)
+    finally:
+        phases.write(spec.study_dir())
+
+
+def _finalize(spec: StudySpec, grid: Any, base_path: Path, phases: Phases) -> Path:
     study_dir = spec.study_dir()
-    results, epochs = collect_results(spec, grid)
-    write_parquet(results, study_dir / "results.parquet")
-    write_parquet(epochs, study_dir / "epochs.parquet")
+    with phases("collect"):
+        results, epochs = collect_results(spec, grid)
+        write_parquet(results, study_dir / "results.parquet")
+        write_parquet(epochs, study_dir / "epochs.parquet")
     finished = results[results["status"] == "COMPLETE"] if len(results) else results
     if len(results) < spec.num_samples or (len(results) and (results["status"] == "INCOMPLETE").any()):
         print(f"study incomplete: {int((results['status'] != 'INCOMPLETE').sum()) if len(results) else 0} of "
@@ -145,7 +192,8 @@ def finalize(spec: StudySpec, grid: Any, base_path: Path) -> Path:
         print("no trial completed its fine-tuning budget; nothing to evaluate on the test split", flush=True)
         return study_dir
     best = finished.sort_values("objective", ascending=False).head(spec.best_trials)
-    entries = [evaluate_trial_on_test(spec, row, base_path, rank) for rank, row in enumerate(best.to_dict("records"))]
+    with phases("test_eval"):
+        entries = [evaluate_trial_on_test(spec, row, base_path, rank) for rank, row in enumerate(best.to_dict("records"))]
     payload = {
         "study": spec.name,
         "dataset": spec.dataset,
@@ -156,7 +204,8 @@ def finalize(spec: StudySpec, grid: Any, base_path: Path) -> Path:
     }
     atomic_write_text(study_dir / "best.json", json.dumps(payload, indent=2, default=str))
     if spec.audit.enabled:
-        audit_best(spec, entries, base_path)  # adds each trial's test-split comparison with the base
+        with phases("audit"):
+            audit_best(spec, entries, base_path)  # adds each trial's test-split comparison with the base
         atomic_write_text(study_dir / "best.json", json.dumps(payload, indent=2, default=str))
     return study_dir
 

@@ -8,7 +8,7 @@ import torch
 import torchattacks
 from torch import nn
 
-from trainables.attacks import eval_mode, pgd, project, run_attack
+from trainables.attacks import eval_mode, pgd, project, random_start, run_attack
 from trainables.augment import make_generator
 from trainables.config import AttackCfg, AttackName, ConfigError
 
@@ -155,11 +155,12 @@ def test_labels() -> None:
 
 @pytest.mark.parametrize("name", ["ifgsm", "pgd"])
 def test_compaction_interval_does_not_change_the_result(trained_cnn3, fmnist_small, device, name: str) -> None:
-    """GPU runs compact every 4 steps to save host syncs; the examples and verdicts must be the same."""
+    """GPU runs compact every 4 steps to save host syncs, and CUDA graphs never (0); the examples and verdicts
+    must be the same."""
     x, y = _xy(fmnist_small, 64, device)
     cfg = AttackCfg(name=name, eps=0.1, alpha=0.01, steps=12)
     outs = [pgd(trained_cnn3, x, y, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, random_init=name == "pgd",
-                generator=make_generator(3, device), compact_every=k) for k in (1, 4, 5, 1000)]
+                generator=make_generator(3, device), compact_every=k) for k in (1, 4, 5, 1000, 0)]
     assert 0 < int(outs[0].fooled.sum()) < 64
     for out in outs[1:]:
         assert torch.equal(out.fooled, outs[0].fooled)
@@ -241,3 +242,42 @@ def test_run_attack_on_step_maps_restarts_back_to_rows_of_x() -> None:
     assert torch.equal(starts[0], torch.arange(12))
     assert torch.equal(starts[1], (~first.fooled).nonzero().squeeze(1))
     assert (out.fooled | ~first.fooled).all()
+
+
+def test_a_given_start_replaces_the_random_draw(trained_cnn3, fmnist_small, device) -> None:
+    x, y = _xy(fmnist_small, 64, device)
+    start = random_start(x, 0.1, make_generator(5, device))
+    drawn = pgd(trained_cnn3, x, y, eps=0.1, alpha=0.02, steps=5, generator=make_generator(5, device))
+    given = pgd(trained_cnn3, x, y, eps=0.1, alpha=0.02, steps=5, random_init=False, start=start)
+    assert torch.equal(drawn.fooled, given.fooled) and torch.allclose(drawn.x_adv, given.x_adv)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("name", ["fgsm", "ifgsm", "pgd"])
+def test_graphed_evaluation_matches_the_eager_loop(trained_cnn3, fmnist_small, name: str, monkeypatch) -> None:
+    """The replayed graph attacks full batches whole; its verdicts must be the eager loop's (up to bf16 kernels
+    that differ with the batch size), and it must follow the model's weights as they change in place."""
+    from trainables.engine import configure_backends, robust_masks
+    from trainables.graphs import graphed
+
+    cuda = torch.device("cuda")
+    model = copy.deepcopy(trained_cnn3).to(cuda)
+    autocast = configure_backends(cuda)
+    # A converging attack (alpha x steps = 2.5 eps), so verdicts hardly depend on the random start: the two
+    # paths draw their starts for different rows (the eager loop attacks only clean-correct samples).
+    attacks = {"a": AttackCfg(name=name, eps=0.05, alpha=0.0125, steps=10, restarts=2 if name == "pgd" else 1)}
+    runs = {}
+    for graphs in ("1", "0"):
+        monkeypatch.setenv("PATCHTUNE_GRAPHS", graphs)
+        runs[graphs] = robust_masks(model, fmnist_small.test, attacks, device=cuda, batch_size=100, autocast=autocast)
+    assert torch.equal(runs["1"]["clean"], runs["0"]["clean"])
+    assert 0.05 < runs["0"]["a"].float().mean() < runs["0"]["clean"].float().mean()
+    assert (runs["1"]["a"] != runs["0"]["a"]).float().mean() <= 0.04
+    x, y = _xy(fmnist_small, 100, cuda)
+    graph = graphed(model, attacks["a"], x, autocast)
+    before = graph(x, y, make_generator(0, cuda)).clone()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.0)  # a constant model: every prediction the same class
+    after = graph(x, y, make_generator(0, cuda))
+    assert not torch.equal(before, after) and after.float().mean() > 0.8

@@ -91,6 +91,12 @@ def test_study_end_to_end_with_pretrained_base_asha_and_best_on_test(tiny_study_
     assert len(epochs) == results["epochs_done"].sum()
     assert {"val_clean_acc", "val_pgd_acc", "val_robust_auc", "val_pgd_acc_eps0.02", "epoch_time_s", "node_id",
             "device"} <= set(epochs.columns)
+    assert (epochs["train_time_s"] > 0).all() and (epochs["score_time_s"] > 0).all()
+    assert (epochs["train_time_s"] + epochs["score_time_s"] <= epochs["epoch_time_s"] + 1e-6).all()
+    timings = json.loads((study_dir / "timings.json").read_text())  # where the minutes went, phase by phase
+    assert list(timings["phases_s"]) == ["preflight", "ray_start", "base", "trials", "collect", "test_eval", "audit"]
+    assert timings["phases_s"]["trials"] >= epochs["train_time_s"].sum()  # one trial at a time
+    assert sum(timings["phases_s"].values()) <= timings["total_s"] + 1e-6
     best = json.loads((study_dir / "best.json").read_text())
     entry = best["trials"][0]
     complete = results[results.status == "COMPLETE"].set_index("trial_id")

@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from conftest import spec_of
 from trainables.config import AttackCfg, AugCfg, Optimizer, TrainCfg, paper_attacks
 from trainables.engine import (
     DivergedError,
+    accuracies,
     evaluate,
     fit,
     make_optimizer,
@@ -83,3 +85,38 @@ def test_per_sample_objective_is_the_trials_objective_sample_by_sample(trained_c
     masks = robust_masks(trained_cnn3, val, {"weak": AttackCfg(name="pgd", eps=0.02, alpha=0.01, steps=2)}, device=device)
     assert masks["clean"].dtype == torch.bool and masks["clean"].shape == (64,)
     assert not (masks["weak"] & ~masks["clean"]).any(), "robust only where clean-correct"
+
+
+def _counting(model: nn.Module) -> tuple[nn.Module, list[int]]:
+    """`model` behind a counter of the images each forward pass sees."""
+    seen: list[int] = []
+
+    class Counted(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x.shape[0])
+            return self.inner(x)
+
+    return Counted(), seen
+
+
+def test_nested_eps_curve_attacks_only_survivors_and_is_never_weaker(trained_cnn3, fmnist_small, device) -> None:
+    """The eps grid in one pass: samples broken at a smaller eps are not attacked again at a larger one. The
+    curve is the worst case over the chain, so it is never above per-eps PGD beyond sampling noise, is
+    non-increasing in eps, and costs fewer forward passes."""
+    val = fmnist_small.val.take(slice(0, 200))
+    attacks = {f"eps{e:g}": AttackCfg(name="pgd", eps=e, alpha=2.5 * e / 5, steps=5) for e in (0.1, 0.02, 0.05)}
+    runs = {}
+    for nested in ((), tuple(attacks)):
+        counted, seen = _counting(trained_cnn3)
+        runs[bool(nested)] = accuracies(robust_masks(counted, val, attacks, device=device, seed=2, nested=nested)), sum(seen)
+    (fast, fast_passes), (slow, slow_passes) = runs[True], runs[False]
+    assert fast["eps0.02"] >= fast["eps0.05"] >= fast["eps0.1"]
+    for key in attacks:
+        assert fast[key] <= slow[key] + 0.03, (key, fast, slow)  # 200 images: a few flips of random starts
+    assert slow["eps0.05"] > 0 and fast_passes < slow_passes, (fast_passes, slow_passes)
+    with pytest.raises(ValueError, match="eps9"):
+        robust_masks(trained_cnn3, val, attacks, device=device, nested=("eps9",))

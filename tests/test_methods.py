@@ -123,19 +123,26 @@ def test_each_adversarial_method_buys_robustness(method: Method, trained_cnn3, f
     assert after["pgd20"] > before + 0.15 and after["clean"] > 0.5, (before, after)
 
 
-def test_positive_control_pgd_at_passes_the_audit_far_above_its_base(trained_cnn3, fmnist_small, device) -> None:
-    """The audit's positive control, small: PGD-3 adversarial fine-tuning at eps 0.1 (alpha x steps = 2.5 eps) on
-    all 4000 training images, two epochs. Audited at eps 0.1 on 100 test images (paper attacks, PGD-10 x2, APGD-CE
-    and APGD-T of 10 steps, a 100-query Square, every masking check on 24 images), its worst case is >= 30 points
+@pytest.fixture(scope="module")
+def pgd_at_cnn3(trained_cnn3, fmnist_small, device) -> nn.Module:
+    """The audit's positive control, small: PGD-3 adversarial fine-tuning at eps 0.1 (alpha x steps = 2.5 eps) of
+    the base on all 4000 training images, two epochs."""
+    model = copy.deepcopy(trained_cnn3)
+    fit(model, fmnist_small.train, fmnist_small.val.take(slice(0, 100)), TrainCfg(epochs=2, lr=1e-3, batch_size=64),
+        device=device, adversarial=adversary_of(MethodCfg(Method.PGD_AT, augment=False, steps=3), 0.1), progress=False)
+    return model.eval()
+
+
+def test_positive_control_pgd_at_passes_the_audit_far_above_its_base(pgd_at_cnn3, trained_cnn3, fmnist_small,
+                                                                     device) -> None:
+    """Audited at eps 0.1 on 100 test images (paper attacks, PGD-10 x2, APGD-CE and APGD-T of 10 steps, a
+    100-query Square, every masking check on 24 images), the positive control's worst case is >= 30 points
     above the base's, every check passes, and the paired comparison calls it better than the base."""
     from analysis import versus_base
     from trainables.audit import AuditCfg, Status, run_audit
     from trainables.data import Split
 
-    model = copy.deepcopy(trained_cnn3)
-    fit(model, fmnist_small.train, fmnist_small.val.take(slice(0, 100)), TrainCfg(epochs=2, lr=1e-3, batch_size=64),
-        device=device, adversarial=adversary_of(MethodCfg(Method.PGD_AT, augment=False, steps=3), 0.1), progress=False)
-    model.eval()
+    model = pgd_at_cnn3
     test = Split(fmnist_small.test.x[:100], fmnist_small.test.y[:100])
     cfg = AuditCfg(eps=0.1, strong_steps=10, strong_restarts=2, components=("apgd-ce", "apgd-t", "square"), apgd_steps=10,
                    square_queries=100, sweep_steps=10, noise_draws=10, check_limit=24, batch_size=128)
@@ -177,3 +184,18 @@ def test_adversarial_examples_are_built_from_clean_and_patch_modified_images(tra
     for x in model.seen:
         clean, modified = x.split(32)
         assert (modified - clean).abs().amax() > 2 * eps + 0.1  # the occluded patches
+
+
+def test_nested_eps_curve_is_never_weaker_on_an_adversarially_fine_tuned_model(pgd_at_cnn3, fmnist_small,
+                                                                              device) -> None:
+    """The one-pass eps curve (engine.robust_masks(nested=...)) against per-eps PGD on a model where many
+    samples survive the small eps: never above it beyond sampling noise, and non-increasing in eps."""
+    from trainables.engine import accuracies, robust_masks
+
+    val = fmnist_small.val.take(slice(0, 200))
+    attacks = {f"eps{e:g}": AttackCfg("pgd", eps=e, alpha=2.5 * e / 5, steps=5) for e in (0.05, 0.1, 0.2)}
+    fast = accuracies(robust_masks(pgd_at_cnn3, val, attacks, device=device, seed=4, nested=tuple(attacks)))
+    slow = accuracies(robust_masks(pgd_at_cnn3, val, attacks, device=device, seed=4))
+    assert fast["eps0.05"] >= fast["eps0.1"] >= fast["eps0.2"] and slow["eps0.1"] > 0.3, (fast, slow)
+    for key in attacks:
+        assert fast[key] <= slow[key] + 0.03, (key, fast, slow)

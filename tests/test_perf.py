@@ -43,7 +43,20 @@ def test_perf_off_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cfg.compact_every_gpu == 1
     monkeypatch.setenv("PATCHTUNE_PERF", "")
     monkeypatch.setenv("PATCHTUNE_COMPILE", "1")
-    assert perf.PerfCfg.from_env().compile and perf.PerfCfg.from_env().bf16
+    assert perf.PerfCfg.from_env().compile == "default" and perf.PerfCfg.from_env().bf16
+    monkeypatch.setenv("PATCHTUNE_COMPILE", "reduce-overhead")
+    assert perf.PerfCfg.from_env().compile == "reduce-overhead"
+    assert not perf.PerfCfg.from_env().cuda_graphs  # opt-in
+    monkeypatch.setenv("PATCHTUNE_GRAPHS", "1")
+    assert perf.use_graphs(torch.device("cuda")) and not perf.use_graphs(torch.device("cpu"))
+
+
+def test_evaluation_batches_grow_on_gpu_with_the_image_size_bounded() -> None:
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert perf.eval_batch(cpu, 28 * 28) == 500
+    assert perf.eval_batch(cuda, 28 * 28) == 10000  # F-MNIST: capped
+    assert perf.eval_batch(cuda, 3 * 32 * 32) == 8_000_000 // 3072  # CIFAR-10
+    assert perf.eval_batch(cuda, 3 * 160 * 160) == 128  # Imagenette-160: floored
 
 
 @cuda

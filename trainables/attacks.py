@@ -93,6 +93,7 @@ def pgd(
     compact_every: int | None = None,
     on_step: StepHook | None = None,
     loss_fn: LossFn | None = None,
+    start: torch.Tensor | None = None,
 ) -> AttackOutput:
     """L-inf PGD with per-sample early stopping; FGSM and IFGSM are special cases (see `run_attack`).
 
@@ -105,17 +106,21 @@ def pgd(
         generator: source of the random start (on x's device), for reproducible evaluations.
         compact_every: drop fooled samples from the batch after steps 1 and 2 and then every this many steps
             (default: 1 on CPU, 4 on GPU; the result is the same, only host syncs and wasted steps trade off).
+            0: never; every sample steps to the end and the loop makes no host sync, so a CUDA graph can
+            capture it (trainables/graphs.py). Still worst case over iterates.
         on_step: called with (step, loss, idx) for each iterate the loop evaluates, steps + 1 of them (see
             `StepHook`); samples leave `idx` once dropped as fooled, and the call for the final iterate is
             skipped if none is left. With last_iterate every sample is there at every step. Costs one extra
             loss on the final forward pass, nothing when None.
         loss_fn: the loss to ascend instead of cross-entropy (see `LossFn`); `on_step` then sees it too.
+        start: the first iterate, drawn by the caller (a captured graph cannot draw it); overrides random_init.
     """
     if compact_every is None:
         compact_every = perf.compact_every(x.device)
     with eval_mode(model), torch.enable_grad():
         x = x.detach()
-        start = random_start(x, eps, generator) if random_init else x.clone()
+        if start is None:
+            start = random_start(x, eps, generator) if random_init else x.clone()
         x_adv = start.clone()
         fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         # Working copies hold only the samples still being attacked (`idx` maps them back). Samples fooled since
@@ -139,7 +144,7 @@ def pgd(
                 hit_so_far = hit_so_far | hit
                 # Most samples an attack breaks fall at the first steps: compact after steps 1 and 2, then every
                 # `compact_every` steps.
-                if (step < 2 or (step + 1) % compact_every == 0) and bool(hit_so_far.any()):
+                if compact_every and (step < 2 or (step + 1) % compact_every == 0) and bool(hit_so_far.any()):
                     fooled[idx[hit_so_far]] = True
                     x_adv[idx[hit_so_far]] = best[hit_so_far]
                     stay = ~hit_so_far

@@ -12,7 +12,7 @@ import dataclasses
 import enum
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -27,6 +27,7 @@ from trainables.attacks import Autocast, eval_mode, run_attack
 from trainables.augment import clean_plus_modified, make_generator
 from trainables.config import AttackCfg, AttackName, AugCfg, ObjectiveCfg, Optimizer, TrainCfg
 from trainables.data import Split, iterate_batches, place
+from trainables.graphs import graphed
 from trainables.methods import Adversary, batch_loss
 from trainables.vocab import PAPER_ALPHA, PAPER_STEPS, Objective
 
@@ -242,18 +243,34 @@ def robust_masks(
     attacks: dict[str, AttackCfg],
     *,
     device: torch.device,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     seed: int = 0,
     autocast: Autocast = nullcontext,
     progress: bool = False,
+    nested: Collection[str] = (),
 ) -> dict[str, torch.Tensor]:
     """Per sample (bool [N], on the CPU): `clean` correct, and robust under each named attack.
 
     Attacks run only on the clean-correct samples: a sample is robust iff it is correct on the clean image
-    and no counted iterate fools the model, so robust <= clean sample by sample.
+    and no counted iterate fools the model, so robust <= clean sample by sample. `batch_size` defaults to
+    `perf.eval_batch` (500 on CPU, thousands on GPU). With CUDA graphs on, full batches are attacked whole by
+    a replayed graph (trainables/graphs.py) and the result ANDed with clean correctness.
+
+    `nested`: keys of L-inf attacks that form one accuracy-vs-eps curve. They run in ascending eps, and a
+    sample broken at a smaller eps counts as broken at every larger one without being attacked again (its
+    adversarial example lies in every larger ball): only the survivors are attacked. Each such mask is then
+    the worst case over its own attack and every smaller-eps one, never weaker than the attack alone.
     """
     generator = make_generator(seed, device)
+    graphs = perf.use_graphs(device)
     data = place(data, device)
+    batch_size = batch_size or perf.eval_batch(device, math.prod(data.x.shape[1:]))
+    unknown = set(nested) - set(attacks)
+    if unknown:
+        raise ValueError(f"nested keys {sorted(unknown)} are not among the attacks {list(attacks)}")
+    # The chain first, smallest eps first; the order also fixes which random starts each attack draws.
+    order = sorted((k for k in attacks if k in nested), key=lambda k: attacks[k].eps)
+    order += [k for k in attacks if k not in nested]
     masks: dict[str, list[torch.Tensor]] = {k: [] for k in ("clean", *attacks)}
     with eval_mode(model):
         total = math.ceil(len(data) / batch_size)
@@ -262,12 +279,20 @@ def robust_masks(
             with torch.no_grad(), autocast():
                 ok = model(x).argmax(1) == y
             masks["clean"].append(ok)
-            keep = ok.nonzero().squeeze(1)
-            xs, ys = x[keep], y[keep]  # the clean-correct samples, gathered once for every attack
-            for key, attack in attacks.items():
-                robust = torch.zeros_like(ok)
-                if keep.numel():
-                    robust[keep] = ~run_attack(model, xs, ys, attack, generator=generator, autocast=autocast).fooled
+            broken = ~ok  # along the chain: clean-wrong, or broken at a smaller eps
+            for key in order:
+                attack, chained = attacks[key], key in nested
+                alive = ok & ~broken if chained else ok
+                if graphs and x.shape[0] == batch_size:
+                    robust = alive & ~graphed(model, attack, x, autocast)(x, y, generator)
+                else:
+                    robust = torch.zeros_like(ok)
+                    rows = alive.nonzero().squeeze(1)
+                    if rows.numel():
+                        robust[rows] = ~run_attack(model, x[rows], y[rows], attack, generator=generator,
+                                                   autocast=autocast).fooled
+                if chained:
+                    broken |= alive & ~robust
                 masks[key].append(robust)
     empty = torch.zeros(0, dtype=torch.bool)
     return {k: torch.cat(v).cpu() if v else empty for k, v in masks.items()}  # one sync, at the end
@@ -279,7 +304,7 @@ def robust_accuracy(
     attacks: dict[str, AttackCfg],
     *,
     device: torch.device,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     seed: int = 0,
     autocast: Autocast = nullcontext,
     progress: bool = False,
@@ -300,7 +325,7 @@ def evaluate(
     attacks: Sequence[AttackCfg],
     *,
     device: torch.device,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     seed: int = 0,
     autocast: Autocast = nullcontext,
     progress: bool = False,
@@ -319,6 +344,12 @@ def objective_attacks(objective: ObjectiveCfg) -> dict[str, AttackCfg]:
     if paper != objective.pgd():
         attacks["paper"] = paper
     return attacks
+
+
+def objective_curve(objective: ObjectiveCfg) -> list[str]:
+    """The keys of `objective_attacks` that form the accuracy-vs-eps curve (scored in one nested pass): the
+    objective's PGD and the grid. The paper's PGD is not among them: it is reported as the paper ran it."""
+    return ["pgd", *(grid_key(objective, a) for a in objective.grid() if grid_key(objective, a) != "pgd")]
 
 
 def grid_key(objective: ObjectiveCfg, attack: AttackCfg) -> str:
@@ -354,7 +385,7 @@ def score_objective(
     objective: ObjectiveCfg,
     *,
     device: torch.device,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     seed: int = 0,
     autocast: Autocast = nullcontext,
 ) -> dict[str, float]:
@@ -364,6 +395,12 @@ def score_objective(
     alpha 0.01: reported beside it, never optimised), val_robust_auc, val_pgd_acc_eps<e> for each grid eps, and
     `objective` (the one Optuna and the scheduler maximise).
     """
-    masks = robust_masks(model, data, objective_attacks(objective), device=device, batch_size=batch_size, seed=seed,
-                         autocast=autocast)
+    masks = objective_masks(model, data, objective, device=device, batch_size=batch_size, seed=seed, autocast=autocast)
     return scores_from_masks(masks, objective)
+
+
+def objective_masks(model: nn.Module, data: Split, objective: ObjectiveCfg, *, device: torch.device,
+                    batch_size: int | None = None, seed: int = 0, autocast: Autocast = nullcontext) -> dict[str, torch.Tensor]:
+    """`robust_masks` under `objective_attacks`, the eps curve in one nested pass: what every trial epoch runs."""
+    return robust_masks(model, data, objective_attacks(objective), device=device, batch_size=batch_size, seed=seed,
+                        autocast=autocast, nested=objective_curve(objective))

@@ -14,8 +14,19 @@
                       Imagenette-160 ~730 MB): a batch is one gather, with no loader workers and no host copy;
                       when it does not fit in `resident_fraction` of free memory, pinned host memory instead,
                       so the per-batch copy is asynchronous.
-    torch.compile     optional (`PATCHTUNE_COMPILE=1`): fuses the small cnn3's elementwise work; its compile
-                      time (tens of seconds) only pays off on long runs, and it is warmed up outside timings.
+    torch.compile     optional (`PATCHTUNE_COMPILE=1`, or a mode such as `reduce-overhead`, which also replays
+                      the step as CUDA graphs): on an H200, cnn3 fine-tuning ran 1.16x faster with
+                      `reduce-overhead` and 0.83x with the default mode; the compile time (5-15 s there)
+                      only pays off on long runs.
+    eval batch        on GPU, evaluation attacks take as many images per batch as ~8 M input values allow
+                      (F-MNIST 10000, CIFAR-10 2604, Imagenette-160 128): at batch 2000 cnn3's PGD is bound
+                      by the host dispatching kernels, not by the card, so bigger batches buy throughput
+                      (H200, undefended cnn3: 1.88x at batch 5000 over batch 2000; benchmarks/README.md).
+    CUDA graphs       opt-in (`PATCHTUNE_GRAPHS=1`): evaluation attacks on full batches replay as one captured
+                      graph (trainables/graphs.py). A graph cannot drop the samples it has already fooled, so
+                      it always does every step's arithmetic and tops out near 75k cnn3 img/s on an H200; the
+                      eager loop, which stops spending compute on fooled samples, is faster from batch 5000 on
+                      an undefended model (graphs 1.15x and 1.21x at batch 2000 and 5000, eager 1.88x at 5000).
     compact_every     PGD drops samples it has already fooled from the batch; finding them needs one
                       device->host sync, so on GPU that happens after steps 1 and 2 (where most samples
                       fall) and then every 4 steps, instead of every step.
@@ -45,15 +56,19 @@ class PerfCfg:
     fused_optimizers: bool = True
     resident_data: bool = True
     resident_fraction: float = 0.5  # at most this share of the device's free memory goes to the data set
-    compile: bool = False
+    compile: str = ""  # a torch.compile mode ("default", "reduce-overhead", ...); "" = eager
+    cuda_graphs: bool = False
+    eval_values: int = 8_000_000  # input values per evaluation batch on GPU
     compact_every_gpu: int = 4
 
     @classmethod
     def from_env(cls) -> PerfCfg:
         if os.environ.get("PATCHTUNE_PERF", "").lower() == "off":
             return cls(bf16=False, tf32=False, cudnn_benchmark=False, channels_last=False, fused_optimizers=False,
-                       resident_data=False, compile=False, compact_every_gpu=1)
-        return cls(compile=os.environ.get("PATCHTUNE_COMPILE", "") == "1")
+                       resident_data=False, compile="", cuda_graphs=False, compact_every_gpu=1)
+        mode = os.environ.get("PATCHTUNE_COMPILE", "")
+        return cls(compile="default" if mode == "1" else "" if mode == "0" else mode,
+                   cuda_graphs=os.environ.get("PATCHTUNE_GRAPHS", "") == "1")
 
 
 def is_cuda(device: torch.device) -> bool:
@@ -70,7 +85,9 @@ def configure(device: torch.device, perf: PerfCfg | None = None) -> Autocast:
     torch.backends.cudnn.allow_tf32 = perf.tf32
     if not perf.bf16:
         return nullcontext
-    return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    # No weight-cast cache: it only lives for one autocast region (one forward) anyway, and a CUDA graph
+    # capture must not keep cached casts across its boundary.
+    return lambda: torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
 
 
 def prepare_model(model: nn.Module, device: torch.device, perf: PerfCfg | None = None) -> nn.Module:
@@ -93,8 +110,22 @@ def maybe_compile(model: nn.Module, device: torch.device, perf: PerfCfg | None =
     keep saving the plain module). Attacks keep the plain module: their shrinking batches would recompile."""
     perf = perf or PerfCfg.from_env()
     if is_cuda(device) and perf.compile:
-        return torch.compile(model)  # type: ignore[return-value]
+        return torch.compile(model, mode=perf.compile)  # type: ignore[return-value]
     return model
+
+
+def use_graphs(device: torch.device, perf: PerfCfg | None = None) -> bool:
+    perf = perf or PerfCfg.from_env()
+    return is_cuda(device) and perf.cuda_graphs
+
+
+def eval_batch(device: torch.device, image_values: int, perf: PerfCfg | None = None) -> int:
+    """Images per evaluation-attack batch: 500 on CPU; on GPU as many as `eval_values` input values allow,
+    between 128 and 10000."""
+    perf = perf or PerfCfg.from_env()
+    if not is_cuda(device):
+        return 500
+    return max(128, min(10000, perf.eval_values // max(image_values, 1)))
 
 
 def optimizer_kwargs(device: torch.device, perf: PerfCfg | None = None) -> dict[str, bool]:

@@ -35,10 +35,9 @@ from trainables.engine import (
     evaluate_clean,
     fit,
     make_optimizer,
-    objective_attacks,
+    objective_masks,
     objective_per_sample,
     pick_device,
-    robust_masks,
     score_objective,
     seed_everything,
 )
@@ -152,7 +151,8 @@ def run_trial(config: Mapping[str, Any], setup: TrialSetup, *, report: Report, r
 
     Every report carries the training compute so far: `cost_device_s` (seconds on the trial's device, training
     only: validation scoring excluded) and `cost_fwd_passes` / `cost_bwd_passes` (passes of one image through the
-    model, attack steps included; trainables/methods.py).
+    model, attack steps included; trainables/methods.py), and the epoch's wall time split into `train_time_s` and
+    `score_time_s` (validation scoring), which show where a trial's time goes.
     """
     train_cfg, aug, method = trial_cfgs(config, jitter=setup.jitter)
     adversary = adversary_of(method, setup.objective.eps)
@@ -175,8 +175,9 @@ def run_trial(config: Mapping[str, Any], setup: TrialSetup, *, report: Report, r
         device_s += stats.train_seconds
         t0 = time.perf_counter()
         scores = score_objective(model, val, setup.objective, device=device, seed=train_cfg.seed, autocast=autocast)
+        score_s = time.perf_counter() - t0
         metrics = {**scores, "train_loss": stats.train_loss, "epoch": stats.epoch,
-                   "epoch_time_s": stats.seconds + time.perf_counter() - t0,
+                   "epoch_time_s": stats.seconds + score_s, "train_time_s": stats.train_seconds, "score_time_s": score_s,
                    **training_cost(adversary, len(setup.train), augment=aug is not None, epochs=stats.epoch,
                                    device_s=device_s), **extra, "error": ""}
         report(metrics, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": stats.epoch,
@@ -193,7 +194,7 @@ def failure_metrics(reason: str, epoch: int, extra: Mapping[str, str]) -> dict[s
     """Every key the searcher and scheduler read, with finite values: NaN would leave Optuna trials RUNNING."""
     return {"objective": 0.0, "val_clean_acc": 0.0, "val_pgd_acc": 0.0, "val_paper_pgd_acc": 0.0, "val_robust_auc": 0.0,
             "cost_fwd_passes": 0.0, "cost_bwd_passes": 0.0, "train_loss": float("inf"), "epoch": epoch + 1,
-            "epoch_time_s": 0.0, **extra, "error": reason}
+            "epoch_time_s": 0.0, "train_time_s": 0.0, "score_time_s": 0.0, **extra, "error": reason}
 
 
 def evaluate_model(
@@ -203,7 +204,7 @@ def evaluate_model(
     attacks: list[AttackCfg],
     *,
     device: torch.device,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, float]:
@@ -217,8 +218,8 @@ def objective_samples(model: nn.Module, split: Split, objective: ObjectiveCfg, *
     """Each image's share of the objective, scored exactly as a trial scores its epochs (same attacks, order and
     seed, so the mean is the trial's objective): the per-sample side of a paired comparison between models."""
     autocast = configure_backends(device)
-    masks = robust_masks(prepare_model(model, device), place(split, device), objective_attacks(objective), device=device,
-                         seed=seed, autocast=autocast)
+    masks = objective_masks(prepare_model(model, device), place(split, device), objective, device=device, seed=seed,
+                            autocast=autocast)
     return [float(v) for v in objective_per_sample(masks, objective).tolist()]
 
 
