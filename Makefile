@@ -13,7 +13,7 @@ setup: $(STAMP) data
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,watch]'
 	@touch $(STAMP)
 
 # Real Fashion-MNIST from Debian where apt-get is available as root; elsewhere the loader downloads it.

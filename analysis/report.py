@@ -1,4 +1,5 @@
-"""`patchtune report DIR`: every plot (PNG + SVG) and a Markdown report in DIR/report/, no Jupyter needed."""
+"""`patchtune report DIR`: every plot (PNG + SVG), a Markdown report and the same as one self-contained HTML
+page (figures embedded) in DIR/report/, no Jupyter needed."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from matplotlib.figure import Figure
 
 from analysis import grid, plots, stats, tables, versus_base
 from analysis.audit import bars_frame, checks_frame, headline, side_by_side
+from analysis.html import render_page
 from analysis.load import StudyData, base_eps_curve, epochs_long, eps_curves, load_study, open_optuna_storage
 from analysis.paper import paper_value
 from analysis.reproduction import SETTING_LABELS, SETTINGS, paper_by_method, render, robust_measure
@@ -130,7 +132,13 @@ def write_study_report(path: str | Path) -> Path:
     md += [tables.markdown(top, floats=MD_FLOATS), "", "## Figures", ""]
     for name, file in images.items():
         md += [f"### {name.replace('_', ' ')}", "", f"![{name}]({file})", ""]
-    atomic_write_bytes(out / "report.md", "\n".join(md).encode())
+    return _write(out, f"Study {data.name}", "\n".join(md))
+
+
+def _write(out: Path, title: str, markdown_text: str) -> Path:
+    """report.md and report.html (the same, figures embedded) in `out`; returns report.md's path."""
+    atomic_write_bytes(out / "report.md", markdown_text.encode())
+    atomic_write_bytes(out / "report.html", render_page(title, markdown_text, out).encode())
     return out / "report.md"
 
 
@@ -180,5 +188,4 @@ def write_reproduction_report(path: str | Path) -> Path:
               f"{meta['test_images']} test images, {meta['epochs']} epochs, lr {meta['lr']:g}; wall time "
               f"{meta['seconds'] / 60:.1f} min.\n")
     text = render(results, dataset, header) + "\n## Figures\n\n" + "\n\n".join(f"![{k}]({v})" for k, v in images.items())
-    atomic_write_bytes(out / "report.md", text.encode())
-    return out / "report.md"
+    return _write(out, f"Reproduction {dataset} {meta['arch']}", text)

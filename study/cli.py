@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     p.set_defaults(run=cmd_reproduce)
 
-    p = sub.add_parser("report", help="write every plot (PNG + SVG) and a Markdown report into DIR/report/")
+    p = sub.add_parser("report", help="write every plot (PNG + SVG), report.md and report.html into DIR/report/")
     p.add_argument("study_dir", metavar="DIR")
     p.set_defaults(run=cmd_report)
 
@@ -555,7 +555,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.study_dir!r} is not a finished patchtune study or reproduction directory (no results.parquet)")
     is_reproduction = (path / "reproduction.json").is_file()
     report = write_reproduction_report(path) if is_reproduction else write_study_report(path)
-    print(f"wrote {report} and its figures")
+    print(f"wrote {report}, {report.with_suffix('.html')} (one page, figures embedded) and the figures")
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -54,6 +55,9 @@ def ray_init(address: str | None, dashboard: bool, dashboard_host: str = "127.0.
     context = ray.init(address="local", include_dashboard=dashboard, dashboard_host=dashboard_host, **kwargs)
     if dashboard:
         print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":  # Ray >= 2.60 turns it on for a local instance
+            print("  token authentication is on: the page asks for a token; paste what `ray get-auth-token` prints "
+                  "(HTTP clients: header 'Authorization: Bearer <token>')", flush=True)
 
 
 def probe(address: str, timeout: float = 5.0) -> None:

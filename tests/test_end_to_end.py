@@ -3,6 +3,7 @@ to end: their result files, both analysis notebooks executed headless (nbclient)
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -228,6 +229,12 @@ def test_report_writes_every_figure(tiny_study_dir: Path, tiny_repro_dir: Path) 
         assert (report.parent / f"{name}.png").stat().st_size > 5000 and (report.parent / f"{name}.svg").is_file()
         assert f"({name}.png)" in text
     assert "## Findings" in text and "| trial |" in text
+    page = report.with_suffix(".html").read_text()  # the same report as one self-contained page
+    images = re.findall(r'<img src="([^"]+)" alt="([^"]+)"', page)
+    assert {alt for _, alt in images} >= {"robust_vs_lr", "learning_curves", "accuracy_vs_eps", "audit"}
+    assert all(src.startswith("data:image/png;base64,") for src, _ in images), "figures embedded, nothing fetched"
+    assert all(base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n" for src, _ in images)
+    assert "<table>" in page and "<th>trial</th>" in page and f"Study <code>{tiny_study_dir.name}</code>" in page
     # the study's `audit:` option audited the best trial: paper vs strong attacks side by side, with the checks
     audit = json.loads((tiny_study_dir / "audit.json").read_text())
     [trial] = audit["trials"]
@@ -254,5 +261,59 @@ def test_report_writes_every_figure(tiny_study_dir: Path, tiny_repro_dir: Path) 
     assert list(base["eps"]) == [0.02, 0.05] and base["accuracy"].between(0, 1).all()
     repro = write_reproduction_report(tiny_repro_dir)
     assert (repro.parent / "method_bars.png").is_file() and "## Table 1 (fmnist)" in repro.read_text()
+    assert '<img src="data:image/png;base64,' in repro.with_suffix(".html").read_text()
     for name in ("optimizer_bars", "robust_vs_cost"):
         assert (repro.parent / f"{name}.png").stat().st_size > 5000 and f"({name}.png)" in repro.read_text()
+
+
+# ----------------------------------------------------------------------------------------- watching a study
+
+
+def test_tensorboard_reads_each_trials_objective(tiny_study_dir: Path) -> None:
+    """TensorBoard's own event reader finds every trial's `objective` scalar, one point per epoch reported,
+    with the values of epochs.parquet: what `tensorboard --logdir <study dir>` plots."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    epochs = pd.read_parquet(tiny_study_dir / "epochs.parquet")
+    for trial_id, rows in epochs.groupby("trial_id"):
+        [events] = tiny_study_dir.glob(f"trial_{trial_id}/events.out.tfevents.*")
+        reader = EventAccumulator(str(events))
+        reader.Reload()
+        points = reader.Scalars("ray/tune/objective")
+        assert [p.step for p in points] == sorted(rows["epoch"])
+        assert [p.value for p in points] == pytest.approx(list(rows.sort_values("epoch")["objective"]), abs=1e-6)
+
+
+def test_optuna_dashboard_serves_the_study(tiny_study_dir: Path) -> None:
+    """The real optuna-dashboard server, started as the README says (bound to 127.0.0.1), lists the study and
+    its trials with their named objective."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = Path(sys.executable).with_name("optuna-dashboard")
+    server = subprocess.Popen([str(exe), f"sqlite:///{tiny_study_dir / 'optuna.db'}", "--host", "127.0.0.1",
+                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, studies = time.monotonic() + 60, None
+        while studies is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
+                    studies = json.loads(r.read())["study_summaries"]
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "optuna-dashboard did not start"
+                time.sleep(0.5)
+        [study] = studies
+        assert study["study_name"] == "e2e" and study["directions"] == ["maximize"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study['study_id']}?after=0", timeout=30) as r:
+            detail = json.loads(r.read())
+        assert detail["name"] == "e2e" and len(detail["trials"]) == 4
+        assert detail["objective_names"] == ["val_robust_auc"], "the value is named, not 'Objective 0'"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

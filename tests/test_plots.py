@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import re
 import subprocess
 import sys
 
@@ -236,3 +238,19 @@ def test_robust_vs_cost_per_method(results: pd.DataFrame) -> None:
     assert legend[:4] == ["fgsm_rs", "patch", "pgd_at", "pgd_at+patch"] and "base (8.0 %)" in legend
     assert {"adam", "rmsprop", "sgd"} <= set(legend)
     assert plots.method_label("pgd_at", True) == "pgd_at+patch" and plots.method_label(None, None) == "patch"
+
+
+def test_report_page_embeds_figures_renders_tables_and_escapes_html(tmp_path) -> None:
+    from analysis.html import render_page
+
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(64))
+    (tmp_path / "fig.png").write_bytes(png)
+    md = "# Study `x`\n\n<script>alert(1)</script>\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n![fig](fig.png)\n"
+    page = render_page("Study x <1>", md, tmp_path)
+    assert "<title>Study x &lt;1&gt;</title>" in page and "<h1>Study <code>x</code></h1>" in page
+    assert "<th>a</th>" in page and "<td>2</td>" in page
+    assert "<script>" not in page, "raw HTML in the Markdown is escaped, not run"
+    src = re.search(r'<img src="data:image/png;base64,([^"]+)" alt="fig"', page)
+    assert src is not None and base64.b64decode(src.group(1)) == png
+    with pytest.raises(FileNotFoundError):
+        render_page("t", "![gone](gone.png)", tmp_path)

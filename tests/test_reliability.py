@@ -202,7 +202,14 @@ def test_a_kill_mid_write_leaves_the_old_or_the_new_file(tmp_path: Path) -> None
 
 
 @pytest.mark.ray
-def test_dashboard_binds_to_localhost_by_default() -> None:
+def test_dashboard_binds_to_localhost_and_its_api_answers_with_the_printed_token_hint(capsys) -> None:
+    """The dashboard listens on 127.0.0.1 only; with Ray's token authentication (on by default for a local
+    instance) its HTTP API refuses a request without the token and, given what `ray get-auth-token` prints
+    (the hint `--dashboard` shows), lists the running actors, as a study's trial actors are listed."""
+    import json
+    import urllib.error
+    import urllib.request
+
     import psutil
     import ray
 
@@ -216,6 +223,26 @@ def test_dashboard_binds_to_localhost_by_default() -> None:
         assert host == "127.0.0.1"
         listeners = [c.laddr for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == int(port)]
         assert listeners and all(addr.ip == "127.0.0.1" for addr in listeners), listeners
+        printed = capsys.readouterr().out
+        assert f"Ray dashboard: http://{dashboard}" in printed and "ray get-auth-token" in printed
+
+        @ray.remote(num_cpus=0)
+        class TrialLike:
+            def ping(self) -> str:
+                return "pong"
+
+        actor = TrialLike.remote()  # type: ignore[attr-defined]
+        assert ray.get(actor.ping.remote()) == "pong"
+        url = f"http://{dashboard}/api/v0/actors?limit=100"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=30)
+        assert refused.value.code in (401, 403)
+        token = subprocess.run([str(Path(sys.executable).with_name("ray")), "get-auth-token"], capture_output=True,
+                               text=True, check=True, timeout=60).stdout.strip()
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            actors = json.loads(response.read())["data"]["result"]["result"]
+        assert any(a["class_name"].endswith("TrialLike") and a["state"] == "ALIVE" for a in actors), actors
     finally:
         ray.shutdown()
 
