@@ -107,7 +107,7 @@ def test_nested_eps_curve_attacks_only_survivors_and_is_never_weaker(trained_cnn
     """The eps grid in one pass: samples broken at a smaller eps are not attacked again at a larger one. The
     curve is the worst case over the chain, so it is never above per-eps PGD beyond sampling noise, is
     non-increasing in eps, and costs fewer forward passes."""
-    val = fmnist_small.val.take(slice(0, 200))
+    val = fmnist_small.val.take(slice(0, 150))
     attacks = {f"eps{e:g}": AttackCfg(name="pgd", eps=e, alpha=2.5 * e / 5, steps=5) for e in (0.1, 0.02, 0.05)}
     runs = {}
     for nested in ((), tuple(attacks)):
@@ -116,7 +116,7 @@ def test_nested_eps_curve_attacks_only_survivors_and_is_never_weaker(trained_cnn
     (fast, fast_passes), (slow, slow_passes) = runs[True], runs[False]
     assert fast["eps0.02"] >= fast["eps0.05"] >= fast["eps0.1"]
     for key in attacks:
-        assert fast[key] <= slow[key] + 0.03, (key, fast, slow)  # 200 images: a few flips of random starts
+        assert fast[key] <= slow[key] + 0.04, (key, fast, slow)  # 150 images: a few flips of random starts
     assert slow["eps0.05"] > 0 and fast_passes < slow_passes, (fast_passes, slow_passes)
     with pytest.raises(ValueError, match="eps9"):
         robust_masks(trained_cnn3, val, attacks, device=device, nested=("eps9",))
