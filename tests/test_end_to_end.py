@@ -315,5 +315,5 @@ def test_optuna_dashboard_serves_the_study(tiny_study_dir: Path) -> None:
         assert detail["name"] == "e2e" and len(detail["trials"]) == 4
         assert detail["objective_names"] == ["val_robust_auc"], "the value is named, not 'Objective 0'"
     finally:
-        server.terminate()
+        server.kill()
         server.wait(timeout=30)

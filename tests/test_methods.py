@@ -136,7 +136,7 @@ def pgd_at_cnn3(trained_cnn3, fmnist_small, device) -> nn.Module:
 def test_positive_control_pgd_at_passes_the_audit_far_above_its_base(pgd_at_cnn3, trained_cnn3, fmnist_small,
                                                                      device) -> None:
     """Audited at eps 0.1 on 100 test images (paper attacks, PGD-10 x2, APGD-CE and APGD-T of 10 steps, a
-    100-query Square, every masking check on 24 images), the positive control's worst case is >= 30 points
+    100-query Square, every masking check on 16 images), the positive control's worst case is >= 30 points
     above the base's, every check passes, and the paired comparison calls it better than the base."""
     from analysis import versus_base
     from trainables.audit import AuditCfg, Status, run_audit
@@ -145,7 +145,7 @@ def test_positive_control_pgd_at_passes_the_audit_far_above_its_base(pgd_at_cnn3
     model = pgd_at_cnn3
     test = Split(fmnist_small.test.x[:100], fmnist_small.test.y[:100])
     cfg = AuditCfg(eps=0.1, strong_steps=10, strong_restarts=2, components=("apgd-ce", "apgd-t", "square"), apgd_steps=10,
-                   square_queries=100, sweep_steps=10, noise_draws=10, check_limit=24, batch_size=128)
+                   square_queries=100, sweep_steps=10, noise_draws=10, check_limit=16, batch_size=128)
     control = run_audit(model, test, cfg, device=device, base=trained_cnn3, progress=False)
     base = run_audit(trained_cnn3, test, dataclasses.replace(cfg, checks=False), device=device, progress=False)
     failing = {c.name: c.detail for c in control.checks if c.status is not Status.PASS}
