@@ -123,8 +123,9 @@ def write_study_report(path: str | Path) -> Path:
     md += ["## Findings", "", "- " + optimizer_finding(data)]
     for opt, sub in data.finished().groupby("optimizer"):
         iv = stats.t_interval(100 * sub["objective"])
-        md.append(f"- {opt}: mean objective {iv.mean:.1f} % [95 % CI {iv.lo:.1f}, {iv.hi:.1f}] over {len(sub)} finished "
-                  "trials.")
+        interval = f"[95 % CI {iv.lo:.1f}, {iv.hi:.1f}]" if len(sub) > 1 else "(one trial: no interval)"
+        md.append(f"- {opt}: mean objective {iv.mean:.1f} % {interval} over {len(sub)} finished "
+                  f"trial{'s' if len(sub) > 1 else ''}.")
     md += ["", "## Top trials", ""]
     cols = [c for c in ("trial_id", "status", "optimizer", "lr", "batch_size", "patch_size", "num_patches", "pool",
                         "objective", "val_clean_acc", "val_pgd_acc", "val_robust_auc") if c in r]
@@ -150,8 +151,8 @@ def _audit_section(payload: dict[str, object], out: Path) -> list[str]:
     labels = [str(t["trial_id"]) for t in trials for _ in t["audits"]]
     figure = _save(plots.audit_bars(bars_frame(reports, labels)), out, "audit")
     table = side_by_side(reports, labels)
-    for col in table.columns[1:]:
-        table[col] = table[col].map(lambda v: f"{v:.2f}")
+    for col in table.columns[1:]:  # "-": an attack row that was not run at that eps (its alpha depends on eps)
+        table[col] = table[col].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}")
     md = ["## Robustness audit (test split): paper parameters vs strong attacks", "",
           tables.markdown(table, floats=MD_FLOATS), "",
           "Rows: the paper's FGSM / IFGSM-10 / PGD-10 (alpha 0.01), PGD with alpha = 2.5 eps / steps and restarts, "

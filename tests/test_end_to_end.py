@@ -235,6 +235,7 @@ def test_report_writes_every_figure(tiny_study_dir: Path, tiny_repro_dir: Path) 
     assert all(src.startswith("data:image/png;base64,") for src, _ in images), "figures embedded, nothing fetched"
     assert all(base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n" for src, _ in images)
     assert "<table>" in page and "<th>trial</th>" in page and f"Study <code>{tiny_study_dir.name}</code>" in page
+    assert not re.search(r"\bnan\b", text, re.IGNORECASE), "no NaN cell or interval in the report"
     # the study's `audit:` option audited the best trial: paper vs strong attacks side by side, with the checks
     audit = json.loads((tiny_study_dir / "audit.json").read_text())
     [trial] = audit["trials"]
