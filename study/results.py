@@ -27,7 +27,8 @@ def optuna_trials(spec: StudySpec) -> pd.DataFrame:
     frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "user_attrs"), multi_index=False)
     if frame.empty:
         return frame
-    value = "value" if "value" in frame else "values_0"  # multi-objective studies have values_0, values_1, ...
+    # "value", or with named metrics (set_metric_names) "value_<name>"; multi-objective "values_<name or i>": the first
+    value = next((c for c in frame.columns if c == "value" or c.startswith(("value_", "values_"))), "value")
     def column(name: str) -> pd.Series:  # None where missing, as in the Optuna trial itself (not NaN)
         col = frame[name] if name in frame else pd.Series(None, index=frame.index)
         return col.astype(object).where(col.notna(), None)

@@ -87,6 +87,8 @@ def test_study_end_to_end_with_pretrained_base_asha_and_best_on_test(tiny_study_
         assert t.state.name == expected == row["status"] == row["optuna_state"]
         assert t.params["optimizer"] == row["optimizer"] and 1e-4 <= row["lr"] <= 1e-2
         assert 0.0 <= row["objective"] <= row["val_clean_acc"] <= 1.0
+        if expected == "COMPLETE":  # Optuna's value column is named after the metric (set_metric_names)
+            assert row["optuna_value"] == pytest.approx(row["objective"]), row
     assert (results["status"] == "PRUNED").any(), "with these seeds ASHA stops at least one trial"
     epochs = pd.read_parquet(study_dir / "epochs.parquet")
     assert len(epochs) == results["epochs_done"].sum()
