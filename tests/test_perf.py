@@ -12,6 +12,7 @@ from trainables.config import Optimizer, TrainCfg
 from trainables.data import Split, iterate_batches, place
 from trainables.engine import make_optimizer
 from trainables.models import InputSpec, build_model
+from trainables.vocab import ConfigError
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 SPEC = InputSpec(3, 32, 32, 10, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -46,6 +47,10 @@ def test_perf_off_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     assert perf.PerfCfg.from_env().compile == "default" and perf.PerfCfg.from_env().bf16
     monkeypatch.setenv("PATCHTUNE_COMPILE", "reduce-overhead")
     assert perf.PerfCfg.from_env().compile == "reduce-overhead"
+    monkeypatch.setenv("PATCHTUNE_COMPILE", "fast")
+    with pytest.raises(ConfigError, match="PATCHTUNE_COMPILE='fast'"):
+        perf.PerfCfg.from_env()
+    monkeypatch.setenv("PATCHTUNE_COMPILE", "")
     assert not perf.PerfCfg.from_env().cuda_graphs  # opt-in
     monkeypatch.setenv("PATCHTUNE_GRAPHS", "1")
     assert perf.use_graphs(torch.device("cuda")) and not perf.use_graphs(torch.device("cpu"))

@@ -44,7 +44,10 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from torch import nn
 
+from trainables.vocab import ConfigError
+
 Autocast = Callable[[], AbstractContextManager[object]]
+COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +69,11 @@ class PerfCfg:
         if os.environ.get("PATCHTUNE_PERF", "").lower() == "off":
             return cls(bf16=False, tf32=False, cudnn_benchmark=False, channels_last=False, fused_optimizers=False,
                        resident_data=False, compile="", cuda_graphs=False, compact_every_gpu=1)
-        mode = os.environ.get("PATCHTUNE_COMPILE", "")
-        return cls(compile="default" if mode == "1" else "" if mode == "0" else mode,
+        raw = os.environ.get("PATCHTUNE_COMPILE", "")
+        mode = {"1": "default", "0": ""}.get(raw, raw)
+        if mode not in COMPILE_MODES:
+            raise ConfigError(f"PATCHTUNE_COMPILE={raw!r} is not one of 0, 1, " + ", ".join(m for m in COMPILE_MODES if m))
+        return cls(compile=mode,
                    cuda_graphs=os.environ.get("PATCHTUNE_GRAPHS", "") == "1")
 
 
