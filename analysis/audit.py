@@ -16,8 +16,8 @@ from analysis import tables
 ROW_LABELS = {
     "clean": "Clean",
     "paper_fgsm": "FGSM (paper)",
-    "paper_ifgsm10": "IFGSM-10, alpha 0.01 (paper)",
-    "paper_pgd10": "PGD-10, alpha 0.01 (paper)",
+    "paper_ifgsm10": "IFGSM-10, alpha 0.01 (paper; cannot reach eps > 0.1)",
+    "paper_pgd10": "PGD-10, alpha 0.01 (paper; cannot reach eps > 0.1)",
     "autoattack": "AutoAttack (standard)",
 }
 

@@ -19,7 +19,7 @@ from analysis.load import StudyData, base_eps_curve, epochs_long, eps_curves, lo
 from analysis.paper import paper_value
 from analysis.reproduction import SETTING_LABELS, SETTINGS, paper_by_method, render, robust_measure
 from trainables.atomic import atomic_write_bytes
-from trainables.vocab import paper_eps
+from trainables.vocab import dataset_info, paper_eps
 
 
 def optuna_importances(data: StudyData) -> dict[str, float]:
@@ -102,21 +102,30 @@ def write_study_report(path: str | Path) -> Path:
     verdict = versus_base.lines(data.best["trials"]) if data.best else []
     if verdict:  # the answer first: is the best trial better than the model it started from?
         md += [f"**{verdict[0]}**", "", *(f"- {line.strip()}" for line in verdict[1:]), ""]
-    md += [f"Data set **{data.spec.get('dataset')}**, arch **{data.spec.get('arch')}**, objective **{data.objective}** "
+    dataset = str(data.spec.get("dataset", "fmnist"))
+    arch = data.spec.get("arch") or dataset_info(dataset).default_arch.value
+    md += [f"Data set **{dataset}**, arch **{arch}**, objective **{data.objective}** "
            f"on the validation split; {len(r)} trials: " +
            ", ".join(f"{k} {v}" for k, v in r["status"].value_counts().items()) + ".", ""]
     if data.best:
         md += ["## Best trial(s) on the test split (paper's attack parameters)", ""]
         rows = []
         for entry in data.best["trials"]:
-            opt = entry["config"]["optimizer"]
+            opt, n = entry["config"]["optimizer"], int(entry["test"]["n"])
+            described = entry["test"].get("attacks") or data.best["test_split"].get("attacks") or {}
             for attack, acc in entry["test"]["accuracy"].items():
                 column = "undefended" if attack == "clean" else opt
-                paper = paper_value(str(data.spec.get("dataset")), attack, column)
-                rows.append({"trial": entry["trial_id"], "optimizer": opt, "attack": attack,
-                             "ours (%)": round(100 * acc, 2), "paper (%)": "-" if paper is None else paper})
+                paper = paper_value(dataset, attack, column)
+                lo, hi = stats.wilson(round(acc * n), n)
+                rows.append({"trial": entry["trial_id"], "optimizer": opt,
+                             "attack": attack_text(described.get(attack) or {"name": attack}),
+                             "ours (%) [95 % CI]": f"{100 * acc:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]",
+                             "paper (%)": "-" if paper is None else paper})
         md += [tables.markdown(pd.DataFrame(rows), floats=MD_FLOATS), "",
-               f"n = {data.best['test_split']['n']} test images. The paper's clean number is its undefended model's.", ""]
+               f"n = {data.best['test_split']['n']} test images; intervals are Wilson 95 %. The paper's clean number "
+               "is its undefended model's. An attack flagged \"cannot reach eps\" overstates robustness"
+               + ("; the audit below gives the strong attacks' numbers." if (data.path / "audit.json").is_file()
+                  else ": `patchtune audit` the best checkpoint for a strong attack's number."), ""]
     audit_path = data.path / "audit.json"
     if audit_path.is_file():
         md += _audit_section(json.loads(audit_path.read_text()), out)
@@ -134,6 +143,21 @@ def write_study_report(path: str | Path) -> Path:
     for name, file in images.items():
         md += [f"### {name.replace('_', ' ')}", "", f"![{name}]({file})", ""]
     return _write(out, f"Study {data.name}", "\n".join(md))
+
+
+def attack_text(desc: dict[str, object]) -> str:
+    """An attack as its description in best.json says (name, eps, alpha, steps, restarts), flagged where alpha x
+    steps cannot reach eps."""
+    name = str(desc.get("name", "?"))
+    if name == "clean" or "eps" not in desc:
+        return name
+    eps = float(desc["eps"])  # type: ignore[arg-type]
+    if "steps" not in desc:
+        return f"{name.upper()}, eps {eps:g}"
+    steps, alpha = int(desc["steps"]), float(desc["alpha"])  # type: ignore[call-overload, arg-type]
+    restarts = int(desc.get("restarts") or 1)  # type: ignore[call-overload]
+    text = f"{name.upper()}-{steps}{f' x{restarts}' if restarts > 1 else ''}, eps {eps:g}, alpha {alpha:g}"
+    return text + (f" (cannot reach eps: alpha x steps = {alpha * steps:g})" if alpha * steps < eps - 1e-12 else "")
 
 
 def _write(out: Path, title: str, markdown_text: str) -> Path:

@@ -90,6 +90,14 @@ def t_interval(values: Iterable[float] | pd.Series | np.ndarray, confidence: flo
     return Interval(mean, mean - half, mean + half, half, len(v))
 
 
+def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n (sensible at 0 % and 100 %); (0, 1) when n == 0."""
+    if n == 0:
+        return (0.0, 1.0)
+    ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return (max(0.0, float(ci.low)), min(1.0, float(ci.high)))
+
+
 def paired(a: Iterable[float] | pd.Series | np.ndarray, b: Iterable[float] | pd.Series | np.ndarray, *,
            scale: float = 1.0, confidence: float = 0.95) -> Comparison:
     """Mean of scale * (a - b) over the pairs where both are present, its t interval and the paired t-test p.

@@ -161,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-trial", type=positive_float, help="CPUs per trial")
     p.add_argument("--gpus-per-trial", type=number(float, lambda v: v >= 0, "a number >= 0"), help="GPUs per trial (fractions pack trials)")
     p.add_argument("--optuna-storage", help="SQLAlchemy URL or journal:PATH (default: sqlite in the study directory)")
+    p.add_argument("--mlflow", metavar="URI", help="also log every trial to MLflow at this tracking URI "
+                   "(sqlite:///mlflow.db, file:///abs/dir, http://host:5000; needs the mlflow extra)")
     p.add_argument("--address", help="Ray cluster address (`auto` = the running cluster; default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard on 127.0.0.1 and print its URL")
     p.add_argument("--dashboard-host", default="127.0.0.1",
@@ -418,41 +420,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     _require_files(args.checkpoint, args.base)
-    from analysis.audit import render_text
-    from trainables.atomic import atomic_write_text
-    from trainables.audit import AuditCfg
-    from trainables.checkpoint import load_checkpoint
-    from trainables.data import load_data
-    from trainables.pipeline import audit_model
-
-    ck = load_checkpoint(args.checkpoint)
-    base = load_checkpoint(args.base) if args.base else None
-    if base is not None and (base.dataset is not ck.dataset or base.input_spec() != ck.input_spec()):
-        raise UsageError(f"--base {args.base} is for {base.dataset.value} {base.arch}, but {args.checkpoint} is for "
-                         f"{ck.dataset.value} {ck.arch}")
     out = writable_target(args.out, "--out") if args.out else None
-    eps_list = args.eps or [paper_eps(ck.dataset)]
-    cfgs = [AuditCfg(eps=e, strong_steps=args.steps, strong_restarts=args.restarts, autoattack=not args.no_autoattack,
-                     components=tuple(args.components), check_limit=args.check_limit, batch_size=args.batch_size,
-                     seed=args.seed) for e in eps_list]
-    data_cfg = _checkpoint_data_cfg(ck, args)
-    device = _device(args.device)
-    model = ck.build()
-    data = load_data(data_cfg)
-    if not args.json:
-        _say(f"auditing {args.checkpoint} on {len(data.split(args.split))} {args.split} images on {device} at eps "
-             + ", ".join(f"{e:g}" for e in eps_list))
-    reports = audit_model(model, data, args.split, cfgs, device=device, base=base.build() if base else None,
-                          progress=not (args.quiet or args.json))
-    payload = {"checkpoint": str(args.checkpoint), "base": args.base, "dataset": ck.dataset.value, "arch": ck.arch,
-               "split": args.split, "device": str(device), "audits": reports}
+    from analysis.audit import render_text
+    from study import api
+    from trainables.atomic import atomic_write_text
+
+    result = api.audit(args.checkpoint, eps=args.eps, base=args.base, split=args.split, limit=args.limit,
+                       steps=args.steps, restarts=args.restarts, autoattack=not args.no_autoattack,
+                       components=args.components, check_limit=args.check_limit, batch_size=args.batch_size,
+                       seed=args.seed, data_root=data_root(args.data_root), device=args.device,
+                       progress=not (args.quiet or args.json), log=None if args.json else _say)
+    payload = result.as_dict()
     if out is not None:
         atomic_write_text(out, json.dumps(payload, indent=2))
     if args.json:
         print(json.dumps(payload))
     else:
-        for rep in reports:
-            print(render_text(rep, title=f"{args.checkpoint} ({ck.dataset.value}, {ck.arch}), {args.split} split"))
+        for rep in result.reports:
+            print(render_text(rep, title=f"{args.checkpoint} ({result.dataset}, {result.arch}), {args.split} split"))
             print()
     return 0
 
@@ -473,19 +458,11 @@ def cmd_show_augment(args: argparse.Namespace) -> int:
     return 0
 
 
-_OVERRIDES = {
-    "name": "name", "storage": "storage", "num_samples": "num_samples", "max_concurrent": "max_concurrent",
-    "epochs": "epochs", "seed": "seed", "cpus_per_trial": "resources.cpu", "gpus_per_trial": "resources.gpu",
-    "optuna_storage": "optuna_storage",
-}
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from study.runner import preflight, run_study
-    from study.spec import load_spec
+    from study import api
+    from study.runner import preflight
 
-    overrides = {key: getattr(args, arg) for arg, key in _OVERRIDES.items() if getattr(args, arg) is not None}
-    spec = load_spec(args.spec, overrides)
+    spec = api.load_spec(args.spec, **{k: getattr(args, k) for k in api.OVERRIDES})
     address = args.address or os.environ.get("RAY_ADDRESS") or None
     if args.dry_run:
         prep = preflight(spec)
@@ -498,28 +475,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dashboard_host != "127.0.0.1":
         _say(f"warning: the Ray dashboard will listen on {args.dashboard_host}: anyone who reaches it can run code "
              "on this machine unless RAY_AUTH_MODE=token is set")
-    study_dir = run_study(spec, address=address, dashboard=args.dashboard, dashboard_host=args.dashboard_host)
-    print(_summary(study_dir))
+    study = api.run(spec, address=address, dashboard=args.dashboard, dashboard_host=args.dashboard_host)
+    print(_summary(study.path))
     return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from study.runner import resume_study
+    from study import api
 
-    study_dir = Path(args.study_dir)
-    if not study_dir.is_dir():
-        raise UsageError(f"study directory {args.study_dir!r} does not exist")
     address = args.address or os.environ.get("RAY_ADDRESS") or None
-    print(_summary(resume_study(study_dir, address=address, dashboard=args.dashboard)))
+    print(_summary(api.resume(args.study_dir, address=address, dashboard=args.dashboard).path))
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from study.runner import status_table
+    from study import api
 
-    if not Path(args.study_dir).is_dir():
-        raise UsageError(f"study directory {args.study_dir!r} does not exist")
-    print(status_table(Path(args.study_dir)))
+    print(api.status(args.study_dir).text)
     return 0
 
 
@@ -548,14 +520,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from analysis.report import write_reproduction_report, write_study_report
+    from study import api
 
-    path = Path(args.study_dir)
-    if not (path / "results.parquet").is_file():
-        raise UsageError(f"{args.study_dir!r} is not a finished patchtune study or reproduction directory (no results.parquet)")
-    is_reproduction = (path / "reproduction.json").is_file()
-    report = write_reproduction_report(path) if is_reproduction else write_study_report(path)
-    print(f"wrote {report}, {report.with_suffix('.html')} (one page, figures embedded) and the figures")
+    report = api.report(args.study_dir)
+    print(f"wrote {report.markdown}, {report.html} (one page, figures embedded) and {len(report.figures)} figures")
     return 0
 
 

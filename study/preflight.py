@@ -16,6 +16,7 @@ import optuna
 import yaml
 
 from analysis.load import open_optuna_storage
+from study import tracking
 from study.spec import StudySpec, parse_spec
 from trainables.checkpoint import CheckpointError, load_checkpoint
 from trainables.config import ConfigError, DataCfg, ObjectiveCfg
@@ -101,6 +102,7 @@ def preflight(spec: StudySpec) -> Prepared:
     if spec.data.root is not None and not Path(spec.data.root).is_dir():
         raise StudyError(f"data.root {spec.data.root!r} is not a directory")
     check_optuna_storage(spec, fresh=True)
+    tracking.check(spec)
     base_path = None
     if spec.base.checkpoint is not None:
         base_path = Path(spec.base.checkpoint).expanduser().resolve()
@@ -120,7 +122,13 @@ def load_study_spec(study_dir: Path) -> StudySpec:
     if not path.is_file():
         raise StudyError(f"{study_dir} is not a patchtune study directory (no spec.yaml)")
     try:
-        return parse_spec(yaml.safe_load(path.read_text()))
+        spec = parse_spec(yaml.safe_load(path.read_text()))
     except (yaml.YAMLError, ConfigError) as exc:
         raise StudyError(f"{path} is unreadable: {exc}") from None
+    here = study_dir.expanduser().resolve()
+    if spec.study_dir() != here and here.name == spec.name:
+        # A relative `storage` means the directory it was run from; read from elsewhere (or after a move), the
+        # study is where it is: its default Optuna storage and result files follow it.
+        spec = dataclasses.replace(spec, storage=str(here.parent))
+    return spec
 

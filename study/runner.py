@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis import versus_base
+from study import tracking
 from study.cluster import ray_session, run_where_gpu
 from study.preflight import (
     Prepared,
@@ -148,6 +149,7 @@ def resume_study(study_dir: Path, *, address: str | None = None, dashboard: bool
     if base_path is None or not base_path.is_file():
         raise StudyError(f"the base checkpoint of {study_dir} is missing ({base_path}); the study cannot resume")
     check_optuna_storage(spec, fresh=False)
+    tracking.check(spec)
     with phases("preflight"):
         data = load_data(data_cfg(spec))
     with contextlib.ExitStack() as stack:
@@ -207,6 +209,7 @@ def _finalize(spec: StudySpec, grid: Any, base_path: Path, phases: Phases) -> Pa
         with phases("audit"):
             audit_best(spec, entries, base_path)  # adds each trial's test-split comparison with the base
         atomic_write_text(study_dir / "best.json", json.dumps(payload, indent=2, default=str))
+    tracking.log_best(spec, entries)
     return study_dir
 
 

@@ -307,6 +307,26 @@ class ResourcesSpec:
         _num(self.gpu, f"{path}.gpu", low=0, high=64)
 
 
+_MLFLOW_SCHEMES = ("file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackingSpec:
+    """Experiment tracking beside Tune's own files: every trial as an MLflow run (Tune's MLflowLoggerCallback)."""
+
+    mlflow: str | None = None  # tracking URI: sqlite:///mlflow.db, file:///abs/dir, http://host:5000 (None = off)
+    experiment: str | None = None  # MLflow experiment (default: the study's name)
+
+    def validate(self, path: str) -> None:
+        if self.mlflow is not None:
+            scheme = self.mlflow.split("://", 1)[0] if isinstance(self.mlflow, str) and "://" in self.mlflow else ""
+            if scheme.split("+")[0] not in _MLFLOW_SCHEMES:
+                _fail(f"{path}.mlflow", f"must be an MLflow tracking URI ({', '.join(s + '://' for s in _MLFLOW_SCHEMES)}"
+                                        f"...), got {self.mlflow!r}")
+        if self.experiment is not None and (not isinstance(self.experiment, str) or not self.experiment.strip()):
+            _fail(f"{path}.experiment", f"must be a non-empty name, got {self.experiment!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class AuditSpec:
     """`patchtune audit` of the best trial(s) at the end of the study (strong attacks + masking checks)."""
@@ -359,6 +379,7 @@ class StudySpec:
     max_failures: int = 1  # retries per trial after a crash (node loss), resumed from its last checkpoint
     best_trials: int = 1  # best trials evaluated on the test split at the end
     audit: AuditSpec = dataclasses.field(default_factory=AuditSpec)
+    tracking: TrackingSpec = dataclasses.field(default_factory=TrackingSpec)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -374,6 +395,7 @@ class StudySpec:
         self.scheduler.validate("scheduler")
         self.sampler.validate("sampler")
         self.audit.validate("audit")
+        self.tracking.validate("tracking")
         _num(self.epochs, "epochs", integer=True, low=1)
         _num(self.num_samples, "num_samples", integer=True, low=1)
         _num(self.max_concurrent, "max_concurrent", integer=True, low=1)

@@ -11,6 +11,7 @@ from typing import Any
 import optuna
 
 from analysis.load import open_optuna_storage
+from study import tracking
 from study.preflight import objective_cfg
 from study.spec import StudySpec
 from trainables.checkpoint import load_checkpoint
@@ -81,6 +82,7 @@ def build_tuner(spec: StudySpec, trainable: Any) -> Any:
     # multi-objective searcher's list of metrics with the single one.
     tune_config = tune.TuneConfig(search_alg=build_searcher(spec), scheduler=scheduler, num_samples=spec.num_samples,
                                   max_concurrent_trials=spec.max_concurrent, trial_dirname_creator=trial_dirname,
+                                  trial_name_creator=trial_dirname,
                                   # a finished trial's worker process takes the next trial: no new process,
                                   # torch import and object-store fetch per trial
                                   reuse_actors=True)
@@ -89,11 +91,13 @@ def build_tuner(spec: StudySpec, trainable: Any) -> Any:
         storage_path=str(spec.study_dir().parent),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        callbacks=tracking.callbacks(spec),
     )
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
 
 
 def trial_dirname(trial: Any) -> str:
-    """Short trial directory names (Tune's default packs every parameter into the name)."""
+    """Short trial directory names (Tune's default packs every parameter into the name), and the trials' names
+    (Tune's progress table, MLflow's run names) the same."""
     return f"trial_{trial.trial_id}"
 

@@ -219,7 +219,7 @@ def test_audit_table_json_and_out_file(tmp_path: Path, tiny_base: Path) -> None:
     assert rows["strong_pgd20x2"]["acc"] <= 0.03 and at3["worst_case_acc"] <= rows["paper_pgd10"]["acc"]
     assert rows["autoattack"]["params"]["apgd_steps"] == 100  # the reference, even in a short run
     # table output: the headline, the rows and every check by name
-    for needle in ("masking checks PASS", "PGD-10, alpha 0.01 (paper)", "cannot reach eps", "AutoAttack (standard)", "Worst case",
+    for needle in ("masking checks PASS", "PGD-10, alpha 0.01 (paper; cannot reach eps > 0.1)", "cannot reach eps", "AutoAttack (standard)", "Worst case",
                    "iterative_vs_single", "blackbox", "transfer"):
         assert needle in proc.stdout, needle
     # --json prints what --out writes, one audit per eps; without --base the transfer check is skipped, and says so
@@ -238,7 +238,8 @@ def test_audit_table_json_and_out_file(tmp_path: Path, tiny_base: Path) -> None:
     ck["meta"]["dataset"] = "cifar10"
     torch.save(ck, other)
     proc = patchtune_here("audit", str(tiny_base), "--base", str(other), cwd=tmp_path)
-    assert proc.returncode == 2 and "--base" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert f"base {other} is for cifar10 cnn3, but {tiny_base} is for fmnist cnn3" in proc.stderr
 
 
 def test_show_augment_writes_a_png(tmp_path: Path) -> None:
@@ -284,7 +285,21 @@ def test_run_refuses_bad_input_before_ray_starts(tmp_path: Path, ray_must_not_st
         (["run", "quick", "--storage", str(tmp_path / "st"), "--optuna-storage", "notadb://x"], "cannot be opened"),
         (["resume", str(tmp_path / "nowhere")], "does not exist"),
         (["status", str(tmp_path)], "is not a patchtune study directory"),
+        (["run", "quick", "--storage", str(tmp_path / "st"), "--mlflow", "mlruns"],
+         "tracking.mlflow: must be an MLflow tracking URI"),
+        (["run", "quick", "--storage", str(tmp_path / "st"), "--mlflow", "http://127.0.0.1:9"],
+         "tracking.mlflow 'http://127.0.0.1:9': no MLflow tracking server answers there"),
+        (["report", str(tmp_path)], "is not a finished patchtune study or reproduction directory"),
     ]
+    notdb = tmp_path / "notdb"
+    notdb.mkdir()
+    (notdb / "mlflow.db").write_text("not a database")
+    cases.append((["run", "quick", "--storage", str(tmp_path / "st"), "--mlflow", f"sqlite:///{notdb / 'mlflow.db'}"],
+                  "is not an SQLite database"))
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "results.parquet").write_text("name,value\n")
+    cases.append((["report", str(fake)], "results.parquet is not a readable Parquet file"))
     (tmp_path / "broken.yaml").write_text("name: x\nsearch: [unclosed\n")
     cases.append((["run", str(tmp_path / "broken.yaml")], "is not valid YAML"))
     unknown = tmp_path / "unknown"

@@ -7,12 +7,21 @@ import base64
 import json
 import os
 import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import optuna
 import pandas as pd
 import pytest
+import yaml
 from nbclient import NotebookClient
 from repro_frame import GRID, METHODS
 
@@ -24,29 +33,103 @@ NOTEBOOKS = ROOT / "analysis" / "notebooks"
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def tiny_study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small real study on real Ray, shared by the end-to-end study test, the notebooks and the report: a
-    base pretrained first, TPE + ASHA over 4 trials of 2 epochs (one at a time, so ASHA's decisions do not
-    depend on timing), the best trial on the test split, and the `audit:` option."""
-    from study.runner import run_study
-    from study.spec import parse_spec
+def readme_python_example() -> str:
+    """The README's Python API example, as a user would paste it."""
+    section = (ROOT / "README.md").read_text().split("### Python API", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
 
+
+@pytest.fixture(scope="module")
+def api_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The README's Python API example run as written, in a directory holding a small real `study.yaml`; the
+    names it defines (`study`, `curves`, `report`, ...) are returned. Its study is the one this module checks: a
+    base pretrained first, TPE + ASHA over 4 trials of 2 epochs (one at a time, so ASHA's decisions do not depend
+    on timing), the best trial on the test split, the `audit:` option, and every trial logged to an MLflow file
+    store."""
     ensure_local_ray()
-    storage = tmp_path_factory.mktemp("studies")
-    spec = parse_spec({
-        "name": "e2e", "dataset": "fmnist", "storage": str(storage),
+    work = tmp_path_factory.mktemp("api")
+    (work / "study.yaml").write_text(yaml.safe_dump({
+        "name": "e2e", "dataset": "fmnist", "storage": str(work / "studies"),
         "base": {"pretrain": {"epochs": 1, "limit_train": 2000, "limit_eval": 300}},
         "data": {"limit_train": 400, "limit_test": 100},
         "search": {"lr": {"adam": [1e-4, 1e-2], "rmsprop": [1e-4, 1e-2]}, "batch_size": [64, 128], "patch_size": [4, 10]},
         "epochs": 2, "objective": {"metric": "robust_auc", "eps_grid": [0.02, 0.05], "steps": 5, "val_limit": 80},
-        "num_samples": 4, "max_concurrent": 1,
+        "num_samples": 2, "max_concurrent": 1,  # the example asks for 4
         "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
         "sampler": {"type": "tpe", "n_startup_trials": 2},
         "audit": {"enabled": True, "limit": 32, "strong_steps": 10, "strong_restarts": 2, "check_limit": 16,
                   "components": ["apgd-ce", "square"]},
-    })
-    return run_study(spec)
+        "tracking": {"mlflow": (work / "mlruns").as_uri()},
+    }))
+    names: dict[str, Any] = {}
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        exec(compile(readme_python_example(), "README.md (Python API)", "exec"), names)
+    finally:
+        os.chdir(cwd)
+    return names
+
+
+@pytest.fixture(scope="module")
+def tiny_study_dir(api_run: dict[str, Any]) -> Path:
+    path: Path = api_run["study"].path
+    return path
+
+
+def test_python_api_gives_the_study_files_as_typed_objects(api_run: dict[str, Any], tiny_study_dir: Path) -> None:
+    from study import api
+    from trainables.vocab import UserError
+
+    study = api_run["study"]
+    assert isinstance(study, api.Study) and study.complete and study.spec.tracking.mlflow
+    pd.testing.assert_frame_equal(study.results, pd.read_parquet(tiny_study_dir / "results.parquet"))
+    pd.testing.assert_frame_equal(study.epochs, pd.read_parquet(tiny_study_dir / "epochs.parquet"))
+    pd.testing.assert_frame_equal(api.load(tiny_study_dir).results, study.results)
+    assert set(api_run["curves"].columns) == set(study.results["trial_id"])
+    status = api.status(tiny_study_dir)
+    assert isinstance(status, api.Status) and str(status).splitlines()[1] == study.verdict == status.verdict
+    assert len(status.trials) == 4 and set(status.trials["optuna_state"]) <= {"COMPLETE", "PRUNED"}
+    assert study.best_checkpoint == tiny_study_dir / "best.pt" and study.best_checkpoint.is_file()
+    report = api_run["report"]
+    assert isinstance(report, api.Report) and report.html.is_file() and len(report.figures) >= 8
+    assert study.finished_trials()["objective"].is_monotonic_decreasing
+    with pytest.raises(UserError, match="is not a patchtune study directory"):
+        api.load(tiny_study_dir.parent)
+    with pytest.raises(TypeError, match="unknown override"):
+        api.load_spec("quick", frobnicate=1)
+    audit = api.audit(study.best_checkpoint, eps=0.1, limit=16, steps=5, restarts=1, autoattack=False, check_limit=8)
+    frame = audit.to_frame()
+    assert list(frame["eps"].unique()) == [0.1] and frame["attack"].iloc[-1] == "worst case"
+    assert frame["accuracy"].between(0, 1).all() and (frame["ci95_low"] <= frame["accuracy"]).all()
+
+
+def test_mlflow_holds_every_trial_and_the_best_checkpoint(api_run: dict[str, Any], tmp_path: Path) -> None:
+    """Tune's MLflowLoggerCallback logged each trial as a run (params, every epoch's metrics), and the study its
+    best checkpoint and test scores: read back with MLflow's own client from the real file store."""
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    from mlflow.tracking import MlflowClient
+
+    study = api_run["study"]
+    client = MlflowClient(tracking_uri=study.spec.tracking.mlflow)
+    experiment = client.get_experiment_by_name("e2e")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {f"trial_{t}" for t in study.results["trial_id"]}
+    for row in study.results.to_dict("records"):
+        run = runs[f"trial_{row['trial_id']}"]
+        assert run.data.tags["patchtune.study"] == "e2e" and run.info.status == "FINISHED"
+        assert run.data.params["optimizer"] == row["optimizer"]
+        epochs = study.epochs[study.epochs["trial_id"] == row["trial_id"]].sort_values("training_iteration")
+        history = sorted(client.get_metric_history(run.info.run_id, "objective"), key=lambda m: m.step)
+        assert [m.step for m in history] == list(epochs["training_iteration"])
+        assert [m.value for m in history] == pytest.approx(list(epochs["objective"]), abs=1e-6)
+    best = study.best["trials"][0]
+    run = runs[f"trial_{best['trial_id']}"]
+    assert run.data.tags["patchtune.best_rank"] == "0"
+    assert run.data.metrics["test_clean_acc"] == pytest.approx(best["test"]["accuracy"]["clean"])
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "best")] == ["best/best.pt"]
+    copy = client.download_artifacts(run.info.run_id, "best/best.pt", str(tmp_path))
+    assert Path(copy).read_bytes() == (study.path / "best.pt").read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -221,10 +304,11 @@ def test_adversarial_training_notebook(tiny_repro_dir: Path) -> None:
     assert images >= 2
 
 
-def test_report_writes_every_figure(tiny_study_dir: Path, tiny_repro_dir: Path) -> None:
-    from analysis.report import write_reproduction_report, write_study_report
+def test_report_writes_every_figure(api_run: dict[str, Any], tiny_study_dir: Path, tiny_repro_dir: Path) -> None:
+    from analysis.report import write_reproduction_report
 
-    report = write_study_report(tiny_study_dir)
+    report = api_run["report"].markdown  # the README example's `api.report`
+    assert report == tiny_study_dir / "report" / "report.md"
     text = report.read_text()
     for name in ("robust_vs_lr", "robust_by_optimizer", "optimizer_patch_heatmap", "transform_effect",
                  "clean_vs_robust", "learning_curves", "accuracy_vs_eps"):
@@ -243,7 +327,7 @@ def test_report_writes_every_figure(tiny_study_dir: Path, tiny_repro_dir: Path) 
     [trial] = audit["trials"]
     [rep] = trial["audits"]
     assert rep["n"] == 32 and rep["eps"] == 0.3 and {c["name"] for c in rep["checks"]} >= {"budget", "blackbox", "noise"}
-    assert "## Robustness audit" in text and "PGD-10, alpha 0.01 (paper)" in text and "Worst case" in text
+    assert "## Robustness audit" in text and "PGD-10, alpha 0.01 (paper; cannot reach eps > 0.1)" in text and "Worst case" in text
     assert f"### Checks: trial {trial['trial_id']}, eps 0.3" in text and "(audit.png)" in text
     assert (report.parent / "audit.png").stat().st_size > 5000
     from study.runner import status_table
@@ -287,36 +371,103 @@ def test_tensorboard_reads_each_trials_objective(tiny_study_dir: Path) -> None:
         assert [p.value for p in points] == pytest.approx(list(rows.sort_values("epoch")["objective"]), abs=1e-6)
 
 
-def test_optuna_dashboard_serves_the_study(tiny_study_dir: Path) -> None:
-    """The real optuna-dashboard server, started as the README says (bound to 127.0.0.1), lists the study and
-    its trials with their named objective."""
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
+@pytest.fixture(scope="module")
+def optuna_dashboard(tiny_study_dir: Path) -> Iterator[str]:
+    """The real optuna-dashboard server on the study's storage, started as the README says (bound to 127.0.0.1)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     exe = Path(sys.executable).with_name("optuna-dashboard")
     server = subprocess.Popen([str(exe), f"sqlite:///{tiny_study_dir / 'optuna.db'}", "--host", "127.0.0.1",
                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
     try:
-        deadline, studies = time.monotonic() + 60, None
-        while studies is None:
+        deadline = time.monotonic() + 60
+        while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
-                    studies = json.loads(r.read())["study_summaries"]
+                with urllib.request.urlopen(f"{url}/api/studies", timeout=5):
+                    break
             except OSError:
                 assert server.poll() is None and time.monotonic() < deadline, "optuna-dashboard did not start"
                 time.sleep(0.5)
-        [study] = studies
-        assert study["study_name"] == "e2e" and study["directions"] == ["maximize"]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study['study_id']}?after=0", timeout=30) as r:
-            detail = json.loads(r.read())
-        assert detail["name"] == "e2e" and len(detail["trials"]) == 4
-        assert detail["objective_names"] == ["val_robust_auc"], "the value is named, not 'Objective 0'"
+        yield url
     finally:
         server.kill()
         server.wait(timeout=30)
+
+
+def test_optuna_dashboard_serves_the_study(optuna_dashboard: str) -> None:
+    """Its API lists the study and its trials with their named objective."""
+    with urllib.request.urlopen(f"{optuna_dashboard}/api/studies", timeout=30) as r:
+        [study] = json.loads(r.read())["study_summaries"]
+    assert study["study_name"] == "e2e" and study["directions"] == ["maximize"]
+    with urllib.request.urlopen(f"{optuna_dashboard}/api/studies/{study['study_id']}?after=0", timeout=30) as r:
+        detail = json.loads(r.read())
+    assert detail["name"] == "e2e" and len(detail["trials"]) == 4
+    assert detail["objective_names"] == ["val_robust_auc"], "the value is named, not 'Objective 0'"
+
+
+# ----------------------------------------------------------------------------------------- in a real browser
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's headless Chromium (`make test` installs it where apt-get runs as root), driven by Playwright."""
+    exe = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+    if exe is None:
+        pytest.skip("no Chromium on this machine (`make test` installs Debian's chromium where apt-get runs as root)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (it comes with the dev extra)")
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def open_page(browser: Any, url: str) -> tuple[Any, list[str]]:
+    """A page at `url` (1280 px wide) and the list its console errors and uncaught exceptions go to."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
+    page.goto(url, wait_until="load")
+    return page, errors
+
+
+def test_report_page_in_a_real_browser(browser: Any, api_run: dict[str, Any], tiny_study_dir: Path) -> None:
+    """report.html as a person sees it: the study's name and verdict, the best-trial table, every figure
+    decoded (none broken), no console error. The screenshot stays in the study directory."""
+    page, errors = open_page(browser, api_run["report"].html.as_uri())
+    assert page.inner_text("h1") == f"Study {tiny_study_dir.name}"
+    assert page.locator("p strong").first.inner_text() == api_run["study"].verdict
+    best = page.locator("h2", has_text="Best trial(s) on the test split")
+    assert best.count() == 1
+    table = best.locator("xpath=following-sibling::table[1]")
+    assert table.locator("th").all_inner_texts()[:3] == ["trial", "optimizer", "attack"]
+    attacks = table.locator("td:nth-child(3)").all_inner_texts()
+    assert attacks[:2] == ["clean", "FGSM, eps 0.3"], attacks
+    assert "PGD-10, eps 0.3, alpha 0.01 (cannot reach eps: alpha x steps = 0.1)" in attacks
+    sizes = page.evaluate("Array.from(document.images).map(i => [i.alt, i.complete ? i.naturalWidth : 0])")
+    assert len(sizes) >= 8 and all(width > 100 for _, width in sizes), sizes
+    shot = tiny_study_dir / "screenshots" / "report.png"
+    shot.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 50_000 and errors == []
+
+
+def test_optuna_dashboard_in_a_real_browser(browser: Any, optuna_dashboard: str, tiny_study_dir: Path) -> None:
+    """optuna-dashboard's page for the study renders its history with the named objective and the best trial,
+    with no console error."""
+    page, errors = open_page(browser, f"{optuna_dashboard}/dashboard/")
+    page.get_by_text("e2e").first.wait_for(timeout=30_000)  # the study list
+    page.get_by_text("e2e").first.click()
+    page.get_by_text("Best Trial").first.wait_for(timeout=30_000)
+    page.get_by_text("val_robust_auc").first.wait_for(timeout=30_000)  # the objective's name, on the plots
+    shot = tiny_study_dir / "screenshots" / "optuna-dashboard.png"
+    shot.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 20_000 and errors == []

@@ -117,7 +117,7 @@ def test_audit_bars() -> None:
                     {"name": "strong_pgd100x5", "params": {"steps": 100, "restarts": 5, "alpha": 0.0075}, "acc": 0.02,
                      "ci95": [0.0, 0.05]}]}
     frame = bars_frame([rep, rep], ["a", "b"])
-    assert list(frame["attack"][:4]) == ["Clean", "PGD-10, alpha 0.01 (paper)", "PGD-100 x5 restarts, alpha 0.0075",
+    assert list(frame["attack"][:4]) == ["Clean", "PGD-10, alpha 0.01 (paper; cannot reach eps > 0.1)", "PGD-100 x5 restarts, alpha 0.0075",
                                          "Worst case"]
     fig = audit_bars(frame)
     ax = fig.axes[0]

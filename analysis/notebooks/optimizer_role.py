@@ -35,13 +35,16 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from analysis import grid, plots, tables
-from analysis.load import epochs_long, load_study
+from analysis.load import epochs_long
 from analysis.report import optimizer_finding, optuna_importances
 from analysis.reproduction import findings, robust_findings, robust_measure, robust_table, table1
+from study import api
 from trainables.vocab import paper_eps
 
-study = load_study(STUDY_DIR)
+found = api.load(STUDY_DIR)  # api.Study: the study's files, its verdict
+study = found.analysis()  # the same files as the tidy frames the plots take
 print(f"study {study.name}: {len(study.results)} trials, objective {study.objective}")
+print(found.verdict or "study incomplete: no verdict yet")
 
 # %% [markdown]
 # ## Table 1
