@@ -50,7 +50,7 @@ def api_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     work = tmp_path_factory.mktemp("api")
     (work / "study.yaml").write_text(yaml.safe_dump({
         "name": "e2e", "dataset": "fmnist", "storage": str(work / "studies"),
-        "base": {"pretrain": {"epochs": 1, "limit_train": 2000, "limit_eval": 300}},
+        "base": {"pretrain": {"epochs": 1, "limit_train": 1000, "limit_eval": 150}},
         "data": {"limit_train": 400, "limit_test": 100},
         "search": {"lr": {"adam": [1e-4, 1e-2], "rmsprop": [1e-4, 1e-2]}, "batch_size": [64, 128], "patch_size": [4, 10]},
         "epochs": 2, "objective": {"metric": "robust_auc", "eps_grid": [0.02, 0.05], "steps": 5, "val_limit": 80},
@@ -98,7 +98,7 @@ def test_python_api_gives_the_study_files_as_typed_objects(api_run: dict[str, An
         api.load(tiny_study_dir.parent)
     with pytest.raises(TypeError, match="unknown override"):
         api.load_spec("quick", frobnicate=1)
-    audit = api.audit(study.best_checkpoint, eps=0.1, limit=16, steps=5, restarts=1, autoattack=False, check_limit=8)
+    audit = api.audit(study.best_checkpoint, eps=0.1, limit=8, steps=3, restarts=1, autoattack=False, check_limit=8)
     frame = audit.to_frame()
     assert list(frame["eps"].unique()) == [0.1] and frame["attack"].iloc[-1] == "worst case"
     assert frame["accuracy"].between(0, 1).all() and (frame["ci95_low"] <= frame["accuracy"]).all()
