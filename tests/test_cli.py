@@ -207,8 +207,8 @@ def test_finetune_adversarial_methods(tmp_path: Path, tiny_base: Path) -> None:
 def test_audit_table_json_and_out_file(tmp_path: Path, tiny_base: Path) -> None:
     """`patchtune audit` on a real undefended checkpoint: strong attacks break it, every check passes."""
     small = ["--limit", "32", "--check-limit", "16", "--steps", "20", "--restarts", "2", "--components", "apgd-ce,square"]
-    proc = patchtune("audit", str(tiny_base), *small, "--base", str(tiny_base), "--out", "sub/audit.json", "--quiet",
-                     cwd=tmp_path)
+    proc = patchtune_here("audit", str(tiny_base), *small, "--base", str(tiny_base), "--out", "sub/audit.json", "--quiet",
+                          cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     payload = json.loads((tmp_path / "sub" / "audit.json").read_text())
     assert [a["eps"] for a in payload["audits"]] == [0.3]  # the paper's eps for the checkpoint's data set
