@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from analysis import tables
+from trainables.vocab import Component, values
 
 ROW_LABELS = {
     "clean": "Clean",
@@ -22,7 +23,17 @@ ROW_LABELS = {
 }
 
 
+# AutoAttack's standard version, the reference the audit's labels compare with (trainables.audit.AuditCfg's defaults)
+AUTOATTACK_STANDARD: dict[str, Any] = {"components": list(values(Component)), "square_queries": 5000}
+
+
 def row_label(name: str, params: Mapping[str, Any]) -> str:
+    if name == "autoattack" and params.get("components") is not None:
+        parts = [] if list(params["components"]) == AUTOATTACK_STANDARD["components"] else [", ".join(params["components"])]
+        queries = params.get("square_queries")
+        if "square" in params["components"] and queries not in (None, AUTOATTACK_STANDARD["square_queries"]):
+            parts.append(f"Square {queries} queries")
+        return f"AutoAttack ({'; '.join(parts)})" if parts else ROW_LABELS[name]
     if name in ROW_LABELS:
         return ROW_LABELS[name]
     if name.startswith("strong_pgd"):
@@ -68,11 +79,15 @@ def checks_frame(report: Mapping[str, Any]) -> pd.DataFrame:
 
 def side_by_side(reports: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> pd.DataFrame:
     """Paper-parameter vs strong-attack accuracy (%) of several audited models, one column each."""
-    cols = {}
+    cols, order = {}, []
     for label, rep in zip(labels, reports, strict=True):
         f = rows_frame(rep)
         cols[f"{label} (eps {rep['eps']:g})"] = f.set_index("attack")["accuracy_pct"]
-    return pd.DataFrame(cols).reset_index().rename(columns={"index": "attack"})
+        order += [a for a in f["attack"] if a not in order]
+    # rows in the audit's own order (clean, paper, strong, AutoAttack, worst case), not pandas' sorted union
+    kinds = ("Clean", "(paper", "PGD-", "AutoAttack", "Worst case")
+    order.sort(key=lambda a: next((i for i, k in enumerate(kinds) if a.startswith(k) or k in a), len(kinds)))
+    return pd.DataFrame(cols).reindex(order).reset_index().rename(columns={"index": "attack"})
 
 
 def headline(report: Mapping[str, Any]) -> str:

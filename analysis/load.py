@@ -50,6 +50,18 @@ class StudyData:
         return f"val PGD-{steps}{starts} accuracy, eps {eps:g}, alpha {alpha:g}{short} (%)"
 
     @property
+    def objective_label(self) -> str:
+        """The objective as an axis label: which attack, how strong, on which split."""
+        if self.objective == "pgd_acc":
+            return self.pgd_label
+        o = self.spec.get("objective") or {}
+        grid = ", ".join(f"{float(e):g}" for e in (o.get("eps_grid") or []))
+        steps = int(o.get("steps") or PAPER_STEPS)
+        if self.objective == "robust_auc":
+            return f"val robust AUC (%)\n(mean PGD-{steps} accuracy over eps {grid or 'the grid'}, alpha 2.5 eps / {steps})"
+        return f"val {self.objective} (%)"
+
+    @property
     def optuna_url(self) -> str:
         return optuna_url(self.path, self.spec.get("optuna_storage"))
 

@@ -158,14 +158,16 @@ def transform_effect(results: pd.DataFrame, metric: str = "objective", label: st
     return fig
 
 
-def param_importances(importances: Mapping[str, float]) -> Figure:
-    """Optuna parameter importances (fractions summing to 1) as horizontal bars."""
+def param_importances(importances: Mapping[str, float], trials: int | None = None) -> Figure:
+    """Optuna parameter importances (fractions summing to 1) as horizontal bars; `trials`: how many complete
+    trials they rest on (said in the title: over a handful, they are rough)."""
     items = sorted(importances.items(), key=lambda kv: kv[1])
     fig, ax = plt.subplots(figsize=(5.6, 0.35 * max(len(items), 1) + 1.6))
     ax.barh([k for k, _ in items], [100 * v for _, v in items], color="#4c72b0")
     ax.set_xlabel("importance for the objective (% of total, PED-ANOVA)")
     ax.set_ylabel("hyperparameter")
-    ax.set_title("Optuna parameter importances")
+    ax.set_title("Optuna parameter importances" + (f"\nover {trials} complete trials{' (rough)' if trials < 20 else ''}"
+                                                   if trials else ""))
     fig.tight_layout()
     return fig
 

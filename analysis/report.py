@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,7 +32,11 @@ def optuna_importances(data: StudyData) -> dict[str, float]:
     if len(complete) < 2:
         return {}
     target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
-    return dict(optuna.importance.get_param_importances(study, target=target))
+    with warnings.catch_warnings():
+        # one warning per parameter with a sparse regime: a screenful on every small study; the figure's title
+        # says how many trials the importances rest on instead
+        warnings.filterwarnings("ignore", message="Some regimes for parameter", category=UserWarning)
+        return dict(optuna.importance.get_param_importances(study, target=target))
 
 
 def optimizer_finding(data: StudyData) -> str:
@@ -60,7 +65,7 @@ def _save(fig: Figure, out: Path, name: str) -> str:
 def study_figures(data: StudyData) -> dict[str, Callable[[], Figure]]:
     results = data.results.dropna(subset=["objective"]) if "objective" in data.results else data.results
     results = results[results.get("status", "COMPLETE") != "FAILED"]
-    label = plots.OBJECTIVE_LABELS.get(data.objective)
+    label = data.objective_label
     figures: dict[str, Callable[[], Figure]] = {
         "robust_vs_lr": lambda: plots.robust_vs_lr(results, "objective", label),
         "robust_by_optimizer": lambda: plots.robust_by_optimizer(results, "objective", label),
@@ -71,8 +76,7 @@ def study_figures(data: StudyData) -> dict[str, Callable[[], Figure]]:
     }
     if "cost_device_s" in results and results["cost_device_s"].notna().any():
         base_objective = ((data.base or {}).get("val") or {}).get("objective")
-        robust_label = data.pgd_label if data.objective == "pgd_acc" else label
-        figures["robust_vs_cost"] = lambda: plots.robust_vs_cost(results, "objective", robust_label=robust_label,
+        figures["robust_vs_cost"] = lambda: plots.robust_vs_cost(results, "objective", robust_label=label,
                                                                  base=base_objective)
     curves = eps_curves(data.results, data.epochs)
     if len(curves):
@@ -85,7 +89,7 @@ def study_figures(data: StudyData) -> dict[str, Callable[[], Figure]]:
             figures["accuracy_vs_eps"] = lambda: plots.accuracy_vs_eps(chosen)
     importances = optuna_importances(data)
     if importances:
-        figures["param_importances"] = lambda: plots.param_importances(importances)
+        figures["param_importances"] = lambda: plots.param_importances(importances, len(data.finished()))
     return figures
 
 
@@ -180,7 +184,8 @@ def _audit_section(payload: dict[str, object], out: Path) -> list[str]:
     md = ["## Robustness audit (test split): paper parameters vs strong attacks", "",
           tables.markdown(table, floats=MD_FLOATS), "",
           "Rows: the paper's FGSM / IFGSM-10 / PGD-10 (alpha 0.01), PGD with alpha = 2.5 eps / steps and restarts, "
-          "AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square at the reference parameters), and the per-sample "
+          "AutoAttack (\"standard\": APGD-CE, APGD-T, FAB-T and Square at the reference parameters; otherwise the "
+          "components and Square queries run are named), and the per-sample "
           "worst case over all of them — the number to quote.", ""]
     for label, rep in zip(labels, reports, strict=True):
         md += [f"### Checks: trial {label}, eps {rep['eps']:g}", "", headline(rep), "",

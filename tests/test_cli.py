@@ -219,7 +219,7 @@ def test_audit_table_json_and_out_file(tmp_path: Path, tiny_base: Path) -> None:
     assert rows["strong_pgd20x2"]["acc"] <= 0.03 and at3["worst_case_acc"] <= rows["paper_pgd10"]["acc"]
     assert rows["autoattack"]["params"]["apgd_steps"] == 100  # the reference, even in a short run
     # table output: the headline, the rows and every check by name
-    for needle in ("masking checks PASS", "PGD-10, alpha 0.01 (paper; cannot reach eps > 0.1)", "cannot reach eps", "AutoAttack (standard)", "Worst case",
+    for needle in ("masking checks PASS", "PGD-10, alpha 0.01 (paper; cannot reach eps > 0.1)", "cannot reach eps", "AutoAttack (apgd-ce, square)", "Worst case",
                    "iterative_vs_single", "blackbox", "transfer"):
         assert needle in proc.stdout, needle
     # --json prints what --out writes, one audit per eps; without --base the transfer check is skipped, and says so

@@ -254,3 +254,28 @@ def test_report_page_embeds_figures_renders_tables_and_escapes_html(tmp_path) ->
     assert src is not None and base64.b64decode(src.group(1)) == png
     with pytest.raises(FileNotFoundError):
         render_page("t", "![gone](gone.png)", tmp_path)
+
+
+def test_audit_table_names_what_ran_in_the_audits_order() -> None:
+    """A reduced AutoAttack is named (components, Square queries), never "standard"; rows keep the audit's order
+    (clean, paper, strong PGD, AutoAttack, worst case) across budgets whose strong-PGD alpha differs."""
+    from analysis.audit import side_by_side
+
+    def rep(eps: float, components: list[str], queries: int) -> dict[str, object]:
+        alpha = 2.5 * eps / 50
+        return {"eps": eps, "worst_case_acc": 0.1, "worst_case_ci95": [0.05, 0.2], "seconds": 4, "rows": [
+            {"name": "clean", "params": {}, "acc": 0.9, "ci95": [0.8, 0.95], "max_linf": 0, "seconds": 1},
+            {"name": "paper_pgd10", "params": {}, "acc": 0.5, "ci95": [0.4, 0.6], "max_linf": eps, "seconds": 1},
+            {"name": "strong_pgd50x3", "params": {"steps": 50, "restarts": 3, "alpha": alpha}, "acc": 0.2,
+             "ci95": [0.1, 0.3], "max_linf": eps, "seconds": 1},
+            {"name": "autoattack", "params": {"components": components, "square_queries": queries}, "acc": 0.1,
+             "ci95": [0.05, 0.2], "max_linf": eps, "seconds": 1}]}
+
+    table = side_by_side([rep(0.1, ["apgd-ce", "apgd-t", "square"], 1000), rep(0.3, ["apgd-ce", "apgd-t", "square"], 1000)],
+                         ["t", "t"])
+    assert list(table["attack"]) == ["Clean", "PGD-10, alpha 0.01 (paper; cannot reach eps > 0.1)",
+                                     "PGD-50 x3 restarts, alpha 0.005", "PGD-50 x3 restarts, alpha 0.015",
+                                     "AutoAttack (apgd-ce, apgd-t, square; Square 1000 queries)",
+                                     "Worst case (per sample, all rows)"]
+    standard = side_by_side([rep(0.3, ["apgd-ce", "apgd-t", "fab-t", "square"], 5000)], ["t"])
+    assert "AutoAttack (standard)" in list(standard["attack"])

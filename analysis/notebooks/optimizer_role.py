@@ -86,7 +86,7 @@ else:
 
 # %%
 results = study.results[study.results["status"] != "FAILED"]
-label = plots.OBJECTIVE_LABELS.get(study.objective)
+label = study.objective_label  # which attack, how strong, on which split
 fig = plots.robust_vs_lr(results, "objective", label)
 
 # %%
