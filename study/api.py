@@ -129,6 +129,19 @@ class Audit:
                 "audits": self.reports}
 
 
+@dataclasses.dataclass(frozen=True)
+class Reproduction:
+    """A `patchtune reproduce` directory: the paper's grid (and the robust cells) over seeds."""
+
+    path: Path
+    meta: dict[str, Any]  # reproduction.json: data set, arch, budgets, seeds, the spec
+    results: pd.DataFrame  # results.parquet: one row per (cell, seed), every attack and setting
+
+    @property
+    def dataset(self) -> str:
+        return str(self.meta["dataset"])
+
+
 # ------------------------------------------------------------------------------------------- calls
 
 
@@ -159,6 +172,26 @@ def resume(study_dir: str | Path, *, address: str | None = None, dashboard: bool
     from study.runner import resume_study
 
     return load(resume_study(_study_dir(study_dir), address=address, dashboard=dashboard))
+
+
+def reproduce(dataset: str, *, storage: str | Path = "runs/reproductions", name: str | None = None,
+              address: str | None = None, data_root: str | None = None, **budgets: Any) -> Reproduction:
+    """`patchtune reproduce`: the paper's Table 1 / Table 2 over seeds (`seeds=3`), with the robust fine-tuning
+    cells; `budgets` are `study.reproduce.make_spec`'s keywords (`limit_train`, `epochs`, `robust_methods`, ...)."""
+    from study.reproduce import make_spec
+    from study.reproduce import reproduce as run_grid
+
+    return load_reproduction(run_grid(make_spec(dataset, **budgets), Path(storage), name=name, address=address,
+                                      data_root=data_root))
+
+
+def load_reproduction(path: str | Path) -> Reproduction:
+    where = Path(path).expanduser()
+    meta = _json(where / "reproduction.json")
+    if meta is None or not (where / "results.parquet").is_file():
+        raise _error(f"{str(path)!r} is not a finished `patchtune reproduce` directory (no reproduction.json or "
+                     "results.parquet)")
+    return Reproduction(path=where.resolve(), meta=meta, results=_parquet(where / "results.parquet"))
 
 
 def load(study_dir: str | Path) -> Study:

@@ -137,14 +137,15 @@ def tiny_repro_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny real `patchtune reproduce fmnist` (2 seeds x the paper's grid and PGD-AT fine-tuning with Adam and
     RMSProp) on real Ray: bases pretrained on 500 images and scored on 100, 10 test images, a strong PGD-20 x2 instead of the
     default PGD-100 x5."""
-    from study.reproduce import make_spec, reproduce
+    from study import api
 
     ensure_local_ray()
-    spec = make_spec("fmnist", seeds=2, limit_train=100, limit_test=10, limit_val=50, pretrain_epochs=1,
-                     pretrain_limit_train=500, pretrain_limit_eval=100, epochs=1, eot_draws=2, long_epochs=2, at_from_scratch=True,
-                     strong_steps=20, strong_restarts=2, robust_methods=("pgd_at",),
-                     optimizers=("adam", "rmsprop"))
-    return reproduce(spec, tmp_path_factory.mktemp("repro"), name="tiny")
+    repro = api.reproduce("fmnist", storage=tmp_path_factory.mktemp("repro"), name="tiny", seeds=2, limit_train=100,
+                          limit_test=10, limit_val=50, pretrain_epochs=1, pretrain_limit_train=500,
+                          pretrain_limit_eval=100, epochs=1, eot_draws=2, long_epochs=2, at_from_scratch=True,
+                          strong_steps=20, strong_restarts=2, robust_methods=("pgd_at",), optimizers=("adam", "rmsprop"))
+    assert isinstance(repro, api.Reproduction) and repro.dataset == "fmnist" and repro.results["seed"].nunique() == 2
+    return repro.path
 
 
 # ----------------------------------------------------------------------------------------- result files

@@ -26,18 +26,14 @@ import os
 REPRO_DIR = os.environ.get("PATCHTUNE_REPRO_DIR", "runs/reproductions/latest")
 
 # %%
-import json
-from pathlib import Path
-
-import pandas as pd
 from IPython.display import Markdown, display
 
 from analysis import plots, tables
 from analysis.reproduction import SETTING_LABELS, SETTINGS, findings, paper_by_method, settings_table, table2
+from study import api
 
-results = pd.read_parquet(Path(REPRO_DIR, "results.parquet"))
-meta = json.loads(Path(REPRO_DIR, "reproduction.json").read_text())
-dataset = meta["dataset"]
+repro = api.load_reproduction(REPRO_DIR)  # api.Reproduction: reproduction.json and results.parquet
+results, meta, dataset = repro.results, repro.meta, repro.dataset
 print(f"{dataset}: {results['seed'].nunique()} seeds x {results['method'].nunique()} methods")
 
 # %% [markdown]

@@ -53,7 +53,7 @@ print(found.verdict or "study incomplete: no verdict yet")
 repro = None
 dataset = study.spec.get("dataset", "fmnist")
 if REPRO_DIR and Path(REPRO_DIR, "results.parquet").is_file():
-    repro = pd.read_parquet(Path(REPRO_DIR, "results.parquet"))
+    repro = api.load_reproduction(REPRO_DIR).results
     display(Markdown("### Table 1 (reproduction, mean ± 95 % CI over seeds)\n\n" + tables.markdown(table1(repro, dataset))))
     display(Markdown("\n".join(f"- {s}" for s in findings(repro, dataset))))
 if study.best:
