@@ -325,7 +325,8 @@ def main() -> None:
         from bench_study import measure as study_rows
         from bench_tune import measure
 
-        rows.append(measure())
+        tune = measure()
+        rows += [tune, *tune.pop("breakdown")]
         rows += study_rows()
     stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     header = f"### {stamp} — `make bench` on {device}\n\nMachine: {machine()}. Total {time.perf_counter() - started:.0f} s."
