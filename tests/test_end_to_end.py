@@ -57,7 +57,7 @@ def api_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "num_samples": 2, "max_concurrent": 1,  # the example asks for 4
         "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
         "sampler": {"type": "tpe", "n_startup_trials": 2},
-        "audit": {"enabled": True, "limit": 32, "strong_steps": 10, "strong_restarts": 2, "check_limit": 16,
+        "audit": {"enabled": True, "limit": 16, "strong_steps": 10, "strong_restarts": 2, "check_limit": 8,
                   "components": ["apgd-ce", "square"]},
         "tracking": {"mlflow": (work / "mlruns").as_uri()},
     }))
@@ -199,8 +199,8 @@ def test_study_end_to_end_with_pretrained_base_asha_and_best_on_test(tiny_study_
     assert val["trial"] == pytest.approx(100 * complete.loc[entry["trial_id"], "objective"], abs=1e-9)
     assert val["base"] == pytest.approx(100 * base_val["objective"], abs=1e-9)
     assert val["lo"] <= val["diff"] <= val["hi"] and val["verdict"] in {"better", "not better", "worse"}
-    [on_test] = entry["vs_base"]["test"]  # the audit's worst case at eps 0.3, against the base's on the same 32 images
-    assert on_test["n"] == 32 and on_test["test"] == "McNemar exact" and "worst case at eps 0.3" in on_test["measure"]
+    [on_test] = entry["vs_base"]["test"]  # the audit's worst case at eps 0.3, against the base's on the same 16 images
+    assert on_test["n"] == 16 and on_test["test"] == "McNemar exact" and "worst case at eps 0.3" in on_test["measure"]
     ckpt = load_checkpoint(study_dir / "best.pt", arch="cnn3", dataset="fmnist")
     assert ckpt.meta["trial_id"] == entry["trial_id"]
     assert list((study_dir.parent / "_bases").glob("fmnist-cnn3-*.pt")), "the pretrained base is cached for later studies"
@@ -327,7 +327,7 @@ def test_report_writes_every_figure(api_run: dict[str, Any], tiny_study_dir: Pat
     audit = json.loads((tiny_study_dir / "audit.json").read_text())
     [trial] = audit["trials"]
     [rep] = trial["audits"]
-    assert rep["n"] == 32 and rep["eps"] == 0.3 and {c["name"] for c in rep["checks"]} >= {"budget", "blackbox", "noise"}
+    assert rep["n"] == 16 and rep["eps"] == 0.3 and {c["name"] for c in rep["checks"]} >= {"budget", "blackbox", "noise"}
     assert "## Robustness audit" in text and "PGD-10, alpha 0.01 (paper; cannot reach eps > 0.1)" in text and "Worst case" in text
     assert f"### Checks: trial {trial['trial_id']}, eps 0.3" in text and "(audit.png)" in text
     assert (report.parent / "audit.png").stat().st_size > 5000
@@ -337,7 +337,7 @@ def test_report_writes_every_figure(api_run: dict[str, Any], tiny_study_dir: Pat
     header = next(i for i, line in enumerate(status) if line.split()[:1] == ["optuna_number"])
     column = status[header].split().index("param_patch_size")
     assert all(re.fullmatch(r"\d+|-", line.split()[column]) for line in status[header + 1:header + 5])  # not 8.0, NaN
-    assert f"audit of {trial['trial_id']}: eps 0.3, 32 test images" in "\n".join(status)
+    assert f"audit of {trial['trial_id']}: eps 0.3, 16 test images" in "\n".join(status)
     # the verdict leads the status (second line, after the study's name) and the report (after the title)
     headline = status[1]
     assert headline.startswith(("BETTER THAN THE BASE: ", "NO TRIAL IS BETTER THAN THE BASE: ")), headline
