@@ -227,8 +227,16 @@ def report(study_dir: str | Path) -> Report:
     if not (path / "results.parquet").is_file():
         raise _error(f"{str(study_dir)!r} is not a finished patchtune study or reproduction directory "
                          "(no results.parquet)")
-    _parquet(path / "results.parquet")  # a file that only claims to be one: one line, not a pyarrow traceback
-    md = write_reproduction_report(path) if (path / "reproduction.json").is_file() else write_study_report(path)
+    results = _parquet(path / "results.parquet")  # a file that only claims to be one: one line, not a traceback
+    reproduction = (path / "reproduction.json").is_file()
+    kind, marker, needed = (("reproduction", "reproduction.json", ("method", "seed")) if reproduction
+                            else ("study", "spec.yaml", ("trial_id", "objective", "status")))
+    missing = [c for c in needed if c not in results.columns]
+    if not (path / marker).is_file() or missing:
+        raise _error(f"{str(study_dir)!r} is not a patchtune {kind} directory ("
+                     + (f"no {marker}" if not (path / marker).is_file() else
+                        f"its results.parquet has no {', '.join(missing)} column") + ")")
+    md = write_reproduction_report(path) if reproduction else write_study_report(path)
     return Report(markdown=md, html=md.with_suffix(".html"), figures=tuple(sorted(md.parent.glob("*.png"))))
 
 

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from study.cli import main
@@ -300,6 +301,11 @@ def test_run_refuses_bad_input_before_ray_starts(tmp_path: Path, ray_must_not_st
     fake.mkdir()
     (fake / "results.parquet").write_text("name,value\n")
     cases.append((["report", str(fake)], "results.parquet is not a readable Parquet file"))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    pd.DataFrame({"a": [1, 2]}).to_parquet(foreign / "results.parquet")
+    (foreign / "spec.yaml").write_text("name: foreign\n")
+    cases.append((["report", str(foreign)], "its results.parquet has no trial_id, objective, status column"))
     (tmp_path / "broken.yaml").write_text("name: x\nsearch: [unclosed\n")
     cases.append((["run", str(tmp_path / "broken.yaml")], "is not valid YAML"))
     unknown = tmp_path / "unknown"

@@ -92,13 +92,13 @@ def test_driver_killed_then_ctrl_c_then_resumed(tmp_path: Path, base_ckpt: Path,
     from study.runner import resume_study
 
     spec_file = tmp_path / "spec.yaml"
-    # 300 images: a trial long enough that the kill (which waits for Tune's snapshot) seldom comes after a second
+    # 400 images: a trial long enough that the kill (which waits for Tune's snapshot) seldom comes after a second
     # trial finished; 4 trials, so that even then the resume has two to run and the Ctrl-C comes before the last
     spec_file.write_text(yaml.safe_dump(tiny(tmp_path / "studies", "res", base={"checkpoint": str(base_ckpt)},
-                                             data={"limit_train": 300, "limit_test": 100},
+                                             data={"limit_train": 400, "limit_test": 100},
                                              num_samples=4, max_concurrent=1, epochs=2, scheduler={"type": "fifo"},
                                              sampler={"type": "random"},
-                                             objective={"metric": "pgd_acc", "eps_grid": [0.05], "steps": 5, "val_limit": 40})))
+                                             objective={"metric": "pgd_acc", "eps_grid": [0.05], "steps": 5, "val_limit": 60})))
     study_dir = tmp_path / "studies" / "res"
     db = study_dir / "optuna.db"
 
