@@ -210,11 +210,11 @@ def status(study_dir: str | Path) -> Status:
 
     path = _study_dir(study_dir)
     try:
-        trials = optuna_trials(_spec_of(path))
+        trials: pd.DataFrame | None = optuna_trials(_spec_of(path))
     except Exception:  # noqa: BLE001 - the storage does not exist before the first trial; the text says so
-        trials = pd.DataFrame()
+        trials = None
     best = _json(path / "best.json")
-    return Status(path=path, text=status_table(path), trials=trials,
+    return Status(path=path, text=status_table(path, trials), trials=pd.DataFrame() if trials is None else trials,
                   verdict=versus_base.headline(best["trials"]) if best else None)
 
 
@@ -251,7 +251,6 @@ def audit(checkpoint: str | Path, *, eps: float | Sequence[float] | None = None,
     audited, once every input has been checked and the data loaded."""
     from trainables.audit import AuditCfg
     from trainables.checkpoint import load_checkpoint
-    from trainables.config import DataCfg
     from trainables.data import load_data
     from trainables.engine import pick_device
     from trainables.pipeline import audit_model
@@ -271,10 +270,7 @@ def audit(checkpoint: str | Path, *, eps: float | Sequence[float] | None = None,
     cfgs = [AuditCfg(eps=e, strong_steps=steps, strong_restarts=restarts, autoattack=autoattack,
                      components=tuple(components or values(Component)), check_limit=check_limit,
                      batch_size=batch_size, seed=seed) for e in eps_list]
-    split_meta = ck.meta.get("data") or {}
-    data_cfg = DataCfg(dataset=ck.dataset, root=data_root, val_fraction=split_meta.get("val_fraction", 0.1),
-                       split_seed=split_meta.get("split_seed", 0), image_size=ck.meta.get("image_size"),
-                       limit_test=limit if split == "test" else None, limit_val=limit if split == "val" else None)
+    data_cfg = checkpoint_data_cfg(ck, split, limit, data_root)
     try:
         dev = pick_device(device)
     except (ValueError, RuntimeError) as exc:
@@ -288,6 +284,16 @@ def audit(checkpoint: str | Path, *, eps: float | Sequence[float] | None = None,
                           progress=progress)
     return Audit(checkpoint=Path(checkpoint), base=Path(base) if base is not None else None, dataset=ck.dataset.value,
                  arch=ck.arch, split=split, device=str(dev), reports=reports)
+
+
+def checkpoint_data_cfg(ck: Any, split: str, limit: int | None, data_root: str | None) -> Any:
+    """The data a checkpoint was trained on (its validation split), limited to `limit` images of `split`."""
+    from trainables.config import DataCfg
+
+    split_meta = ck.meta.get("data") or {}
+    return DataCfg(dataset=ck.dataset, root=data_root, val_fraction=split_meta.get("val_fraction", 0.1),
+                   split_seed=split_meta.get("split_seed", 0), image_size=ck.meta.get("image_size"),
+                   limit_test=limit if split == "test" else None, limit_val=limit if split == "val" else None)
 
 
 def _error(message: str) -> Exception:

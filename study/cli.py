@@ -358,19 +358,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checkpoint_data_cfg(ck: Any, args: argparse.Namespace) -> Any:
-    """The data a checkpoint was trained on (same validation split), limited to `--limit` images of `--split`."""
-    from trainables.config import DataCfg
-
-    split_meta = ck.meta.get("data") or {}
-    limit = {"limit_test": args.limit} if args.split == "test" else {"limit_val": args.limit}
-    return DataCfg(dataset=ck.dataset, root=data_root(args.data_root), val_fraction=split_meta.get("val_fraction", 0.1),
-                   split_seed=split_meta.get("split_seed", 0), image_size=ck.meta.get("image_size"), **limit)
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     _require_files(*args.checkpoints)
     from analysis.tables import eval_table
+    from study import api
     from trainables.checkpoint import load_checkpoint
     from trainables.config import AttackCfg
     from trainables.data import load_data
@@ -384,7 +375,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     eps = args.eps if args.eps is not None else paper_eps(first.dataset)
     attacks = [AttackCfg(name=a, eps=eps, alpha=args.alpha, steps=args.steps, restarts=args.restarts,
                          last_iterate=args.last_iterate) for a in args.attacks]
-    data_cfg = _checkpoint_data_cfg(first, args)
+    data_cfg = api.checkpoint_data_cfg(first, args.split, args.limit, data_root(args.data_root))
     device = _device(args.device)
     models = [ck.build() for ck in ckpts]
     data = load_data(data_cfg)

@@ -97,17 +97,20 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> None:
         frame.to_parquet(f, index=False)
 
 
-def status_table(study_dir: Path) -> str:
-    """A one-screen summary from the study's files (works while the study runs)."""
+def status_table(study_dir: Path, trials: pd.DataFrame | None = None) -> str:
+    """A one-screen summary from the study's files (works while the study runs); `trials`: Optuna's trials
+    when the caller has read them already."""
     study_dir = study_dir.expanduser().resolve()
     spec = load_study_spec(study_dir)
     lines = [f"study {spec.name} ({spec.dataset}, {spec.resolved_arch}), objective {spec.objective.metric}, "
              f"{spec.num_samples} trials requested — {study_dir}"]
-    try:
-        ot = optuna_trials(spec)
-    except Exception as exc:  # storage missing while the study has not started
-        ot = pd.DataFrame()
-        lines.append(f"(Optuna storage not readable yet: {str(exc).splitlines()[0][:120]})")
+    ot = trials
+    if ot is None:
+        try:
+            ot = optuna_trials(spec)
+        except Exception as exc:  # storage missing while the study has not started
+            ot = pd.DataFrame()
+            lines.append(f"(Optuna storage not readable yet: {str(exc).splitlines()[0][:120]})")
     if len(ot):
         counts = ot["optuna_state"].value_counts().to_dict()
         lines.append("Optuna states: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
