@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-trial", type=number(float, lambda v: v >= 0, "a number >= 0"), help="GPUs per trial (fractions pack trials)")
     p.add_argument("--optuna-storage", help="SQLAlchemy URL or journal:PATH (default: sqlite in the study directory)")
     p.add_argument("--mlflow", metavar="URI", help="also log every trial to MLflow at this tracking URI "
-                   "(sqlite:///mlflow.db, file:///abs/dir, http://host:5000; needs the mlflow extra)")
+                   "(sqlite:///mlflow.db, file:///abs/dir, http://host:5000; needs MLflow's client: pip install mlflow-skinny)")
     p.add_argument("--address", help="Ray cluster address (`auto` = the running cluster; default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard on 127.0.0.1 and print its URL")
     p.add_argument("--dashboard-host", default="127.0.0.1",
