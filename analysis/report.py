@@ -18,9 +18,16 @@ from analysis.audit import bars_frame, checks_frame, headline, side_by_side
 from analysis.html import render_page
 from analysis.load import StudyData, base_eps_curve, epochs_long, eps_curves, load_study, open_optuna_storage
 from analysis.paper import paper_value
-from analysis.reproduction import SETTING_LABELS, SETTINGS, paper_by_method, render, robust_measure
+from analysis.reproduction import (
+    SETTING_LABELS,
+    SETTINGS,
+    paper_by_method,
+    render,
+    robust_axis_label,
+    robust_measure,
+)
 from trainables.atomic import atomic_write_bytes
-from trainables.vocab import dataset_info, paper_eps
+from trainables.vocab import dataset_info
 
 
 def optuna_importances(data: StudyData) -> dict[str, float]:
@@ -209,13 +216,14 @@ def write_reproduction_report(path: str | Path) -> Path:
             out, "settings_bars"),
     }
     if grid.robust_cells(results):
-        key, measure = robust_measure(results)
-        label = f"{measure} accuracy at eps {paper_eps(dataset):g} (%)"
+        key, label = robust_measure(results)[0], robust_axis_label(results, dataset)
         images["optimizer_bars"] = _save(plots.optimizer_bars(results, key, label), out, "optimizer_bars")
         if "cost_device_s" in results:
             images["robust_vs_cost"] = _save(plots.reproduction_cost(results, key, label), out, "robust_vs_cost")
     header = (f"# Reproduction: {dataset}, {meta['arch']}\n\n{meta['train_images']} fine-tuning images, "
-              f"{meta['test_images']} test images, {meta['epochs']} epochs, lr {meta['lr']:g}; wall time "
-              f"{meta['seconds'] / 60:.1f} min.\n")
+              f"{meta['test_images']} test images, {meta['epochs']} epochs, lr {meta['lr']:g}"
+              + (f"; the robust fine-tunes' eps warmed up over the first {meta['eps_warmup']:.0%} of the steps"
+                 if meta.get("eps_warmup") else "")
+              + f"; wall time {meta['seconds'] / 60:.1f} min.\n")
     text = render(results, dataset, header) + "\n## Figures\n\n" + "\n\n".join(f"![{k}]({v})" for k, v in images.items())
     return _write(out, f"Reproduction {dataset} {meta['arch']}", text)

@@ -229,6 +229,11 @@ def robust_measure(results: pd.DataFrame) -> tuple[str, str]:
     return "whitebox/pgd", "PGD-10"
 
 
+def robust_axis_label(results: pd.DataFrame, dataset: str) -> str:
+    """The figures' axis for the robust fine-tuning cells: split, attack and eps."""
+    return f"test {robust_measure(results)[1]} accuracy at eps {paper_eps(dataset):g} (%)"
+
+
 def robust_table(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """Robust fine-tuning beside the undefended model and the paper's patch fine-tunes: clean, the paper's
     PGD-10, the strong PGD (mean ± 95 % CI over seeds, %) and the training compute (mean over seeds)."""

@@ -48,7 +48,8 @@ for stage in $STAGES; do
       mkdir -p "$C"
       SECONDS=0
       timeout "${FINETUNE_TIMEOUT:-160}" patchtune finetune --base "$OUT/base.pt" \
-        --method pgd_at --train-eps 0.3 --at-steps 5 --epochs "${CONTROL_EPOCHS:-30}" --batch-size 256 \
+        --method pgd_at --train-eps 0.3 --at-steps "${CONTROL_STEPS:-5}" --eps-warmup "${CONTROL_WARMUP:-0.3}" \
+        --epochs "${CONTROL_EPOCHS:-30}" --batch-size 256 \
         ${CONTROL_ARGS:-} --limit-train "${CONTROL_TRAIN:-54000}" --out "$C/pgd_at.pt" --quiet 2>&1 | tee -a "$LOG"
       echo "finetune wall $SECONDS s" | tee -a "$LOG"; SECONDS=0
       timeout "${AUDIT_TIMEOUT:-170}" patchtune audit "$C/pgd_at.pt" --base "$OUT/base.pt" \

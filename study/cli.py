@@ -38,6 +38,7 @@ from study.cli_args import (
     positive_float,
     positive_int,
     unit_float,
+    warmup_float,
     writable_target,
 )
 from trainables.vocab import (
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-eps", type=unit_float,
                    help="adversarial fine-tuning budget (default: the paper's eps for the data set)")
     p.add_argument("--beta", type=positive_float, help="trades: weight of the KL term (default 6)")
+    p.add_argument("--eps-warmup", type=warmup_float,
+                   help="adversarial --method: share of the training steps over which eps grows linearly to "
+                        "--train-eps (default 0; 0.3 keeps eps-0.3 F-MNIST fine-tuning from collapsing)")
     p.add_argument("--defense", choices=DEFENSES, default="patch",
                    help="one of the paper's adversarial-training baselines (at --at-alpha, default 0.01) instead")
     p.add_argument("--at-alpha", type=unit_float, help="--defense: attack step size (default 0.01, the paper's)")
@@ -206,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"none; default {','.join(ROBUST_METHODS)})")
     p.add_argument("--optimizers", type=choice_list(OPTIMIZERS, "optimizer"), default=list(GRID_OPTIMIZERS),
                    help=f"optimizers of the robust fine-tuning cells (default {','.join(GRID_OPTIMIZERS)})")
+    p.add_argument("--eps-warmup", type=warmup_float,
+                   help="robust cells: share of the training steps over which eps grows linearly to the paper's "
+                        "(default 0; 0.3 keeps F-MNIST's eps-0.3 PGD-AT from collapsing)")
     p.add_argument("--grid", type=str.lower, choices=values(grid.GridPart), default=grid.GridPart.ALL.value,
                    help="all (default); paper: the paper's cells only; robust: the robust fine-tuning cells beside the "
                         "undefended model and the paper's two patch fine-tunes")
@@ -302,16 +309,18 @@ def _finetune_method(args: argparse.Namespace, aug: Any, eps: float) -> tuple[An
     from trainables.methods import Adversary, adversary_of
 
     if args.defense != "patch":
-        if args.method != "patch" or args.train_eps is not None or args.beta is not None or args.patch is not None:
+        if (args.method != "patch" or args.train_eps is not None or args.beta is not None or args.patch is not None
+                or args.eps_warmup is not None):
             raise UsageError(f"--defense {args.defense} is the paper's baseline at its own parameters; it takes no "
-                             "--method, --train-eps, --beta or --patch")
+                             "--method, --train-eps, --beta, --eps-warmup or --patch")
         steps = args.at_steps if args.at_steps is not None else 10
         attack = AttackCfg(name=args.defense.removesuffix("-at"), eps=eps,
                            alpha=args.at_alpha if args.at_alpha is not None else 0.01, steps=steps)
         return None, Adversary(attack), args.defense.replace("-", "_")
     if args.at_alpha is not None:
         raise UsageError("--at-alpha belongs to --defense; an adversarial --method sets alpha from eps and steps")
-    method = MethodCfg(args.method, augment=args.patch, eps=args.train_eps, steps=args.at_steps, beta=args.beta)
+    method = MethodCfg(args.method, augment=args.patch, eps=args.train_eps, steps=args.at_steps, beta=args.beta,
+                       warmup=args.eps_warmup)
     return (aug if method.augment else None), adversary_of(method, eps), method.method.value
 
 
@@ -345,7 +354,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     else:
         a = adversary.attack
         what = (f"{defense.replace('_', '-')} examples (eps {a.eps:g}, alpha {a.alpha:g}, {a.steps} steps"
-                + (f", beta {adversary.trades_beta:g}" if adversary.trades_beta is not None else "") + ") of "
+                + (f", beta {adversary.trades_beta:g}" if adversary.trades_beta is not None else "")
+                + (f", eps warmed up over the first {adversary.warmup:.0%} of the steps" if adversary.warmup else "")
+                + ") of "
                 + (patch if aug_or_none is not None else "clean") + " images")
     _say(f"fine-tuning {arch} ({args.base}) on {dataset.value} {what} with {cfg.optimizer.value} lr {cfg.lr:g} for "
          f"{cfg.epochs} epochs on {device}")
@@ -493,6 +504,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         raise UsageError(f"--robust-methods {','.join(args.robust_methods)}: 'none' stands alone")
     if args.grid == grid.GridPart.ROBUST.value and args.robust_methods == ["none"]:
         raise UsageError("--grid robust with --robust-methods none: no robust fine-tuning cells to train")
+    if args.eps_warmup and (args.robust_methods == ["none"] or args.grid == grid.GridPart.PAPER.value):
+        raise UsageError(f"--eps-warmup {args.eps_warmup:g} warms up the robust fine-tuning cells; this grid has none")
     spec = make_spec(args.dataset, seeds=args.seeds, limit_train=args.limit_train, limit_test=args.limit_test,
                      pretrain_epochs=args.pretrain_epochs, pretrain_limit_train=args.pretrain_limit_train,
                      pretrain_limit_eval=args.pretrain_limit_eval,
@@ -500,7 +513,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                      long_epochs=args.long_epochs, at_from_scratch=args.at_from_scratch or None,
                      cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                      robust_methods=() if "none" in args.robust_methods else tuple(args.robust_methods),
-                     optimizers=tuple(args.optimizers), grid=args.grid)
+                     optimizers=tuple(args.optimizers), grid=args.grid, eps_warmup=args.eps_warmup)
     storage = Path(args.storage)
     writable_target(str(storage / (args.name or "x") / "results.parquet"), "--storage")
     if args.name and (storage / args.name).exists():

@@ -55,6 +55,7 @@ def number(kind: Callable[[str], float], cond: Callable[[float], bool], what: st
 positive_float = number(float, lambda v: v > 0, "a number > 0")
 unit_float = number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 open_unit_float = number(float, lambda v: 0 < v < 1, "a number in (0, 1)")
+warmup_float = number(float, lambda v: 0 <= v < 1, "a share of the training steps in [0, 1)")
 positive_int = number(int, lambda v: v >= 1, "an integer >= 1")
 nonneg_int = number(int, lambda v: v >= 0, "an integer >= 0")
 any_int = number(int, lambda v: True, "an integer")

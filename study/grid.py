@@ -98,11 +98,12 @@ def robust_label(method: MethodCfg) -> str:
 
 
 def robust_cells(methods: tuple[Method, ...] = ROBUST_METHODS, optimizers: tuple[Optimizer, ...] = OPTIMIZERS,
-                 augment: bool = False) -> tuple[Cell, ...]:
-    """One cell per (robust method, optimizer), each at its method's default parameters and the paper's lr."""
+                 augment: bool = False, warmup: float = 0.0) -> tuple[Cell, ...]:
+    """One cell per (robust method, optimizer), each at its method's default parameters and the paper's lr,
+    its eps warmed up over the first `warmup` of the training steps."""
     cells = []
     for method in methods:
-        cfg = MethodCfg(method, augment=augment)
+        cfg = MethodCfg(method, augment=augment, warmup=warmup or None)
         for opt in optimizers:
             key = f"{method.value}{'+patch' if augment else ''}_{opt.value}"
             cells.append(Cell(key, f"{robust_label(cfg)} + {OPTIMIZER_LABELS[opt]}", opt, robust=cfg))
@@ -118,11 +119,11 @@ class GridPart(str, enum.Enum):
 
 
 def reproduction_grid(methods: tuple[Method, ...] = ROBUST_METHODS, optimizers: tuple[Optimizer, ...] = OPTIMIZERS,
-                      part: GridPart = GridPart.ALL) -> tuple[Cell, ...]:
+                      part: GridPart = GridPart.ALL, warmup: float = 0.0) -> tuple[Cell, ...]:
     """The paper's cells, then the robust fine-tuning methods x optimizers (see `GridPart`)."""
     if part is GridPart.PAPER:
         return PAPER_GRID
-    robust = robust_cells(methods, optimizers)
+    robust = robust_cells(methods, optimizers, warmup=warmup)
     if part is GridPart.ROBUST:
         return tuple(c for c in PAPER_GRID if c.table1_column is not None and not c.long) + robust
     return PAPER_GRID + robust

@@ -68,6 +68,7 @@ class ReproSpec:
     # robust fine-tuning cells: these methods x these optimizers, at the paper's eps and fine-tuning lr
     robust_methods: tuple[str, ...] = tuple(m.value for m in ROBUST_METHODS)
     optimizers: tuple[str, ...] = tuple(o.value for o in OPTIMIZERS)
+    eps_warmup: float = 0.0  # the robust cells' eps warm-up: share of training steps over which eps grows to its value
     grid: str = GridPart.ALL.value  # which cells (study.grid.GridPart)
 
     def __post_init__(self) -> None:
@@ -81,6 +82,9 @@ class ReproSpec:
             raise ConfigError("robust methods need at least one optimizer")
         if self.grid == GridPart.ROBUST.value and not methods:
             raise ConfigError("grid 'robust' needs at least one robust method")
+        if (not isinstance(self.eps_warmup, (int, float)) or isinstance(self.eps_warmup, bool)
+                or not 0 <= self.eps_warmup < 1):
+            raise ConfigError(f"eps_warmup must be in [0, 1), got {self.eps_warmup!r}")
         for name in ("pretrain_limit_train", "pretrain_limit_eval"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -140,7 +144,8 @@ def reproduce(spec: ReproSpec, storage: Path, *, name: str | None = None, addres
                        limit_val=spec.limit_val)
     data = load_data(data_cfg)
     grid_cells = reproduction_grid(tuple(Method(m) for m in spec.robust_methods),
-                                   tuple(Optimizer(o) for o in spec.optimizers), GridPart(spec.grid))
+                                   tuple(Optimizer(o) for o in spec.optimizers), GridPart(spec.grid),
+                                   warmup=spec.eps_warmup)
     power = power_statement(spec.seeds, len(data.test))
     print(power, flush=True)
     started = time.perf_counter()
@@ -203,7 +208,8 @@ def reproduce(spec: ReproSpec, storage: Path, *, name: str | None = None, addres
         {**dataclasses.asdict(spec), "train_images": len(data.train), "test_images": len(data.test),
          "seconds": round(elapsed, 1)}, indent=2))
     robust = ("none" if not spec.robust_methods else "none (--grid paper)" if spec.grid == GridPart.PAPER.value
-              else f"{', '.join(spec.robust_methods)} x {', '.join(spec.optimizers)} at eps {paper_eps(dataset):g}")
+              else f"{', '.join(spec.robust_methods)} x {', '.join(spec.optimizers)} at eps {paper_eps(dataset):g}"
+              + (f", eps warmed up over the first {spec.eps_warmup:.0%} of the steps" if spec.eps_warmup else ""))
     header = (f"# Reproduction: {spec.dataset}, {spec.arch}\n\n{len(data.train)} fine-tuning images, {len(data.test)} test "
               f"images, {spec.epochs} fine-tuning epochs ({spec.long_epochs} for the long cells), lr {spec.lr:g}, patch "
               f"{spec.patch_size} px (all five ops), adversarial training "

@@ -58,8 +58,8 @@ def collect_results(spec: StudySpec, grid: Any) -> tuple[pd.DataFrame, pd.DataFr
             epochs.append(h)
         rows.append({
             "trial_id": trial_id,
-            **{k: config.get(k) for k in ("method", "augment", "train_eps", "steps", "beta", "optimizer", "lr", "batch_size",
-                                          "patch_size", "num_patches", "pool", "epochs", "seed")},
+            **{k: config.get(k) for k in ("method", "augment", "train_eps", "steps", "beta", "warmup", "optimizer", "lr",
+                                          "batch_size", "patch_size", "num_patches", "pool", "epochs", "seed")},
             **{f"pool_{op}": op in str(config.get("pool", "")).split(",") for op in spec.search.pool},
             "epochs_done": int(metrics.get("training_iteration", 0) or 0),
             **{k: metrics.get(k) for k in ("objective", "val_clean_acc", "val_pgd_acc", "val_paper_pgd_acc", "val_robust_auc",

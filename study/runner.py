@@ -315,7 +315,7 @@ def _evaluate_remote(arch: str, cfg: DataCfg, state: dict[str, Any], attacks: li
              "attacks": {a.name.value: a.describe() for a in attacks}}, val)
 
 
-METHOD_KEYS = ("method", "augment", "train_eps", "steps", "beta")
+METHOD_KEYS = ("method", "augment", "train_eps", "steps", "beta", "warmup")
 
 
 def _plain(value: Any) -> Any:

@@ -37,6 +37,8 @@ def define_space(trial: optuna.Trial, search: SearchSpec, constants: Mapping[str
     out["augment"] = augment
     if search.train_eps is not None and method is not Method.PATCH:
         out["train_eps"] = search.train_eps
+    if search.eps_warmup > 0 and method is not Method.PATCH:
+        out["warmup"] = search.eps_warmup
 
     optimizer = trial.suggest_categorical("optimizer", sorted(search.lr))
     out["lr"] = _float(trial, f"lr_{optimizer}", search.lr[optimizer])

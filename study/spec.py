@@ -50,7 +50,7 @@ def _fail(path: str, message: str) -> typing.NoReturn:
 
 
 def _num(value: Any, path: str, *, low: float | None = None, high: float | None = None, integer: bool = False,
-         low_open: bool = False) -> Any:
+         low_open: bool = False, high_open: bool = False) -> Any:
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok_type:
         _fail(path, f"must be {'an integer' if integer else 'a number'}, got {value!r}")
@@ -58,8 +58,8 @@ def _num(value: Any, path: str, *, low: float | None = None, high: float | None 
         _fail(path, f"must be finite, got {value!r}")
     if low is not None and (value <= low if low_open else value < low):
         _fail(path, f"must be {'>' if low_open else '>='} {low}, got {value!r}")
-    if high is not None and value > high:
-        _fail(path, f"must be <= {high}, got {value!r}")
+    if high is not None and (value >= high if high_open else value > high):
+        _fail(path, f"must be {'<' if high_open else '<='} {high}, got {value!r}")
     return value
 
 
@@ -179,6 +179,9 @@ class SearchSpec:
     # Fine-tuning methods searched, each with its own parameter ranges; the paper's space is patch alone.
     methods: Mapping[str, MethodSearch] = dataclasses.field(default_factory=lambda: {Method.PATCH.value: MethodSearch()})
     train_eps: float | None = None  # the adversarial methods' training budget; None = the objective's eps
+    # The adversarial methods' eps warm-up: the share of a trial's training steps over which eps grows linearly
+    # to train_eps (0 = full eps from the first step; see trainables.vocab.DEFAULT_EPS_WARMUP).
+    eps_warmup: float = 0.0
 
     def validate(self, path: str) -> None:
         if not isinstance(self.lr, Mapping) or not self.lr:
@@ -214,6 +217,7 @@ class SearchSpec:
             method_search.validate(f"{path}.methods.{name}", Method(name))
         if self.train_eps is not None:
             _num(self.train_eps, f"{path}.train_eps", low=0, low_open=True, high=1)
+        _num(self.eps_warmup, f"{path}.eps_warmup", low=0, high=1, high_open=True)
 
     @property
     def ops(self) -> tuple[str, ...]:

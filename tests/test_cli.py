@@ -71,6 +71,8 @@ BAD = [
      "--train-eps: expected a number in (0, 1], got '1.5'"),
     (["finetune", "--base", "x.pt", "--method", "pgd_at", "--train-eps", "0"],
      "--train-eps: expected a number in (0, 1], got '0'"),
+    (["finetune", "--base", "x.pt", "--method", "pgd_at", "--eps-warmup", "1"],
+     "--eps-warmup: expected a share of the training steps in [0, 1), got '1'"),
     (["eval", "missing.pt"], "checkpoint not found: missing.pt"),
     (["eval", "x.pt", "--eps", "0"], "--eps: expected a number in (0, 1], got '0'"),
     (["eval", "x.pt", "--eps", "1.5"], "--eps: expected a number in (0, 1], got '1.5'"),
@@ -90,6 +92,8 @@ BAD = [
     (["reproduce", "fmnist", "--optimizers", "adam,adagrad"], "unknown optimizer 'adagrad'"),
     (["reproduce", "fmnist", "--grid", "robust", "--robust-methods", "none"], "no robust fine-tuning cells to train"),
     (["reproduce", "fmnist", "--grid", "some"], "invalid choice: 'some'"),
+    (["reproduce", "fmnist", "--grid", "paper", "--eps-warmup", "0.3"],
+     "--eps-warmup 0.3 warms up the robust fine-tuning cells; this grid has none"),
     (["reproduce", "fmnist", "--pretrain-limit-eval", "0"], "--pretrain-limit-eval: expected an integer >= 1, got '0'"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ]
@@ -182,20 +186,25 @@ def test_finetune_adversarial_methods(tmp_path: Path, tiny_base: Path) -> None:
     """`--method trades --patch`: TRADES on clean + patch-modified images, its parameters in the checkpoint."""
     out = tmp_path / "trades.pt"
     proc = patchtune_here("finetune", "--base", str(tiny_base), "--method", "trades", "--patch", "--train-eps", "0.1",
-                          "--at-steps", "2", "--beta", "3", "--patch-size", "6", "--epochs", "1", "--limit-train", "300",
+                          "--at-steps", "2", "--beta", "3", "--eps-warmup", "0.5", "--patch-size", "6", "--epochs", "1",
+                          "--limit-train", "300",
                           "--limit-val", "50", "--limit-test", "50", "--out", str(out), "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "trades examples (eps 0.1, alpha 0.125, 2 steps, beta 3) of clean + patch-modified" in proc.stderr
+    assert ("trades examples (eps 0.1, alpha 0.125, 2 steps, beta 3, eps warmed up over the first 50% of the steps) "
+            "of clean + patch-modified") in proc.stderr
     import torch
 
     meta = torch.load(out, weights_only=True)["meta"]
     assert meta["defense"] == "trades" and meta["augment"]["patch_size"] == 6
     assert meta["adversarial"]["trades_beta"] == 3 and meta["adversarial"]["eps"] == 0.1
+    assert meta["adversarial"]["eps_warmup"] == 0.5
     refusals = [
-        (["--method", "fgsm_rs", "--at-steps", "3"], "steps is not a parameter of method fgsm_rs (it takes eps)"),
-        (["--method", "pgd_at", "--beta", "2"], "beta is not a parameter of method pgd_at (it takes eps, steps)"),
+        (["--method", "fgsm_rs", "--at-steps", "3"], "steps is not a parameter of method fgsm_rs (it takes eps, warmup)"),
+        (["--method", "pgd_at", "--beta", "2"], "beta is not a parameter of method pgd_at (it takes eps, steps, warmup)"),
         (["--method", "patch", "--train-eps", "0.1"], "eps is not a parameter of method patch"),
         (["--method", "patch", "--no-patch"], "method patch is the patch augmentation itself"),
+        (["--eps-warmup", "0.3"], "warmup is not a parameter of method patch (it takes none); got warmup 0.3"),
+        (["--defense", "pgd-at", "--eps-warmup", "0.3"], "it takes no --method, --train-eps, --beta, --eps-warmup"),
         (["--defense", "pgd-at", "--method", "trades"], "--defense pgd-at is the paper's baseline at its own parameters"),
         (["--method", "pgd_at", "--at-alpha", "0.1"], "--at-alpha belongs to --defense"),
     ]

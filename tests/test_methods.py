@@ -26,10 +26,13 @@ from trainables.vocab import decode_outcomes
     ({"method": "pgd_at", "steps": 2.5}, "steps must be an integer, got 2.5"),
     ({"method": "pgd_at", "eps": 0.0}, "eps must be in (0, 1], got 0.0"),
     ({"method": "fgsm_rs", "eps": 1.5}, "eps must be in (0, 1], got 1.5"),
-    ({"method": "fgsm_rs", "steps": 3}, "steps is not a parameter of method fgsm_rs (it takes eps); got steps 3"),
-    ({"method": "pgd_at", "beta": 6.0}, "beta is not a parameter of method pgd_at (it takes eps, steps); got beta 6.0"),
+    ({"method": "fgsm_rs", "steps": 3}, "steps is not a parameter of method fgsm_rs (it takes eps, warmup); got steps 3"),
+    ({"method": "pgd_at", "beta": 6.0}, "beta is not a parameter of method pgd_at (it takes eps, steps, warmup); got beta 6.0"),
     ({"method": "patch", "eps": 0.1}, "eps is not a parameter of method patch (it takes none); got eps 0.1"),
     ({"method": "patch", "augment": False}, "method patch is the patch augmentation itself: augment must be true"),
+    ({"method": "pgd_at", "warmup": 1.0}, "warmup must be in [0, 1), got 1.0"),
+    ({"method": "trades", "warmup": -0.5}, "warmup must be in [0, 1), got -0.5"),
+    ({"method": "patch", "warmup": 0.3}, "warmup is not a parameter of method patch (it takes none); got warmup 0.3"),
 ])
 def test_bad_method_configs_name_the_value(kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -48,8 +51,39 @@ def test_defaults_and_step_sizes_reach_twice_eps() -> None:
     assert fgsm.alpha == pytest.approx(1.25 * 0.2)  # Wong et al.: random start, then one step of 1.25 eps
     trades = adversary_of(MethodCfg("trades", steps=10), 0.3)
     assert trades is not None and trades.trades_beta == 6.0 and trades.attack.steps == 10
-    assert MethodCfg("trades").describe() == {"method": "trades", "augment": False, "eps": None, "steps": None, "beta": None}
+    assert MethodCfg("trades").describe() == {"method": "trades", "augment": False, "eps": None, "steps": None, "beta": None,
+                                              "warmup": None}
     assert MethodCfg().augment is True and MethodCfg("pgd_at", augment=True).augment is True
+
+
+def test_eps_warmup_grows_eps_and_alpha_linearly_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With warmup w, the step ending a share p < w of the run attacks at eps * p / w (alpha with it), then at
+    eps: over the run's global steps, so a trial resumed at epoch 2 continues the ramp where it was."""
+    adversary = adversary_of(MethodCfg("pgd_at", steps=4, warmup=0.5), 0.3)
+    assert adversary is not None and adversary.describe()["eps_warmup"] == 0.5
+    assert adversary.at(0.25).attack.eps == pytest.approx(0.15) and adversary.at(0.25).attack.alpha == pytest.approx(0.09375)
+    assert adversary.at(0.5) is adversary and adversary.at(1.0) is adversary
+    assert adversary_of(MethodCfg("pgd_at"), 0.3).at(0.01) == adversary_of(MethodCfg("pgd_at"), 0.3)  # type: ignore[union-attr]
+
+    import trainables.methods as methods
+    seen: list[float] = []
+    real = methods.run_attack
+
+    def spy(model, x, y, attack, **kw):  # type: ignore[no-untyped-def]
+        seen.append(attack.eps)
+        return real(model, x, y, attack, **kw)
+
+    monkeypatch.setattr(methods, "run_attack", spy)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    from trainables.data import Split
+    train = Split((torch.rand(64, 1, 4, 4) * 255).to(torch.uint8), torch.arange(64) % 3)
+    cfg = TrainCfg(lr=1e-3, batch_size=16, epochs=2, plateau_patience=0)
+    fit(model, train, train, cfg, device=torch.device("cpu"), progress=False, adversarial=adversary)
+    assert seen == pytest.approx([0.3 * min(1.0, k / 4) for k in range(1, 9)])  # 8 steps, warm-up over the first 4
+    seen.clear()
+    fit(model, train, train, cfg, device=torch.device("cpu"), progress=False, adversarial=adversary, start_epoch=1)
+    assert seen == pytest.approx([0.3] * 4)  # the second epoch alone: past the ramp
 
 
 def test_passes_per_image() -> None:

@@ -9,6 +9,7 @@ import optuna
 
 from study.spaces import define_space
 from study.spec import SearchSpec, load_spec
+from trainables.config import trial_cfgs
 
 
 def test_space_samples_valid_conditional_configs() -> None:
@@ -57,7 +58,7 @@ def test_bound_space_pickles_with_the_stdlib() -> None:
 def test_each_method_samples_only_its_own_parameters() -> None:
     from study.spec import MethodSearch
 
-    search = SearchSpec(lr={"adam": (1e-4, 1e-2)}, patch_size=(3, 9), train_eps=0.2, methods={
+    search = SearchSpec(lr={"adam": (1e-4, 1e-2)}, patch_size=(3, 9), train_eps=0.2, eps_warmup=0.3, methods={
         "patch": MethodSearch(), "fgsm_rs": MethodSearch(), "pgd_at": MethodSearch(steps=(2, 7), augment=(False, True)),
         "trades": MethodSearch(steps=(3, 3), beta=(1.0, 6.0), augment=(True,))})
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
@@ -71,7 +72,8 @@ def test_each_method_samples_only_its_own_parameters() -> None:
         seen.add((method, config["augment"]))
         assert ("steps" in config) == (method in ("pgd_at", "trades")) and ("beta" in config) == (method == "trades")
         assert ("pgd_at_steps" in trial.params) == (method == "pgd_at") and "trades_steps" not in trial.params  # fixed
-        assert ("train_eps" in config) == (method != "patch")
+        assert ("train_eps" in config) == (method != "patch") and config.get("warmup") == (0.3 if method != "patch" else None)
+        assert trial_cfgs({"optimizer": "adam", "batch_size": 64, **config})[2].warmup == config.get("warmup")
         # patch parameters exist exactly when the augmentation is on
         assert ("patch_size" in config) == ("pool" in config) == config["augment"]
         if method == "pgd_at":

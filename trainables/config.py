@@ -17,6 +17,7 @@ from typing import Any
 from trainables.vocab import (
     DEFAULT_AT_STEPS,
     DEFAULT_EPS_GRID,
+    DEFAULT_EPS_WARMUP,
     DEFAULT_TRADES_BETA,
     METHOD_PARAMS,
     PAPER_ALPHA,
@@ -187,7 +188,7 @@ class MethodCfg:
 
     A parameter the method does not read must stay None (METHOD_PARAMS); None for one it reads means its
     default: eps = the caller's (the study objective's, or the paper's eps), steps = DEFAULT_AT_STEPS,
-    beta = DEFAULT_TRADES_BETA.
+    beta = DEFAULT_TRADES_BETA, warmup = DEFAULT_EPS_WARMUP (eps at full strength from the first step).
     """
 
     method: Method = Method.PATCH
@@ -196,13 +197,14 @@ class MethodCfg:
     eps: float | None = None  # training budget, [0, 1] pixel units
     steps: int | None = None
     beta: float | None = None
+    warmup: float | None = None  # share of the run's training steps over which eps grows linearly to its value
 
     def __post_init__(self) -> None:
         method = parse_enum(Method, self.method, "method")
         object.__setattr__(self, "method", method)
         if self.augment is None:
             object.__setattr__(self, "augment", method is Method.PATCH)
-        for name in ("eps", "steps", "beta"):
+        for name in ("eps", "steps", "beta", "warmup"):
             _check(getattr(self, name) is None or name in METHOD_PARAMS[method],
                    f"{name} {not_a_parameter(method)}; got {name} {getattr(self, name)!r}")
         _check(isinstance(self.augment, bool), f"augment must be true or false, got {self.augment!r}")
@@ -215,6 +217,9 @@ class MethodCfg:
             _positive_int(self.steps, "steps")
         if self.beta is not None:
             _finite_positive(self.beta, "beta")
+        if self.warmup is not None:
+            _check(isinstance(self.warmup, (int, float)) and not isinstance(self.warmup, bool)
+                   and 0.0 <= self.warmup < 1.0, f"warmup must be in [0, 1), got {self.warmup!r}")
 
     @property
     def adversarial(self) -> bool:
@@ -223,7 +228,8 @@ class MethodCfg:
     def resolved(self, default_eps: float) -> MethodCfg:
         """Every parameter the method reads filled in (eps from `default_eps`)."""
         params = METHOD_PARAMS[self.method]
-        defaults: dict[str, Any] = {"eps": default_eps, "steps": DEFAULT_AT_STEPS, "beta": DEFAULT_TRADES_BETA}
+        defaults: dict[str, Any] = {"eps": default_eps, "steps": DEFAULT_AT_STEPS, "beta": DEFAULT_TRADES_BETA,
+                                    "warmup": DEFAULT_EPS_WARMUP}
         return dataclasses.replace(self, **{k: v for k, v in defaults.items() if k in params and getattr(self, k) is None})
 
     def attack(self) -> AttackCfg | None:
@@ -328,7 +334,8 @@ def trial_cfgs(config: Mapping[str, Any], *, jitter: int = 0) -> tuple[TrainCfg,
         train = TrainCfg(optimizer=config["optimizer"], lr=float(config["lr"]), batch_size=int(config["batch_size"]),
                          epochs=int(config["epochs"]), seed=int(config.get("seed", 0)), plateau_patience=0)
         method = MethodCfg(config.get("method", Method.PATCH), augment=config.get("augment"),
-                           eps=config.get("train_eps"), steps=config.get("steps"), beta=config.get("beta"))
+                           eps=config.get("train_eps"), steps=config.get("steps"), beta=config.get("beta"),
+                           warmup=config.get("warmup"))
         aug = None
         if method.augment:
             aug = AugCfg(pool=tuple(parse_enum(PatchOp, op, "pool op") for op in str(config["pool"]).split(",")),

@@ -127,13 +127,15 @@ def train_one_epoch(
     adversarial: Adversary | None = None,
     step_model: nn.Module | None = None,
     drop_last: bool = False,
+    run_steps: tuple[int, int] | None = None,
 ) -> tuple[float, float]:
     """One pass over `data`; returns (mean loss, accuracy). Raises DivergedError on a non-finite loss.
 
     `augment`: the paper's defense (clean (+) patch-modified batches). `adversarial`: adversarial training
     (trainables/methods.py) on the batch, patch-modified copies included when `augment` is set.
     `step_model`: what the training step calls (a compiled view of `model` sharing its parameters); the
-    attacks always use `model`.
+    attacks always use `model`. `run_steps`: (steps taken before this epoch, steps in the whole run), which
+    places each step in an adversary's eps warm-up (a function of the global step, so resuming repeats it).
     """
     model.train()
     loss_sum = torch.zeros((), device=device)
@@ -141,11 +143,13 @@ def train_one_epoch(
     seen = 0
     batches = iterate_batches(data, batch_size, device, shuffle=True, generator=generator, drop_last=drop_last)
     total = math.ceil(len(data) / batch_size)
-    for x, y in tqdm(batches, total=total, desc=desc, unit="batch", leave=False, disable=not progress):
+    done, run_total = run_steps or (0, total)
+    for step, (x, y) in enumerate(tqdm(batches, total=total, desc=desc, unit="batch", leave=False, disable=not progress)):
         if augment is not None:
             assert aug_generator is not None
             x, y = clean_plus_modified(x, y, augment, aug_generator)
-        loss, logits, y = batch_loss(model, step_model or model, x, y, adversarial, generator=aug_generator,
+        adversary = adversarial.at((done + step + 1) / max(run_total, 1)) if adversarial is not None else None
+        loss, logits, y = batch_loss(model, step_model or model, x, y, adversary, generator=aug_generator,
                                      autocast=autocast)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
@@ -211,6 +215,7 @@ def fit(
         else None
     )
     history: list[EpochStats] = []
+    per_epoch = math.ceil(len(train) / cfg.batch_size)
     epochs = range(start_epoch, cfg.epochs)
     bar = tqdm(epochs, desc="epochs", unit="ep", disable=not progress)
     for epoch in bar:
@@ -220,6 +225,7 @@ def fit(
             generator=epoch_generator(cfg.seed, epoch, Stream.BATCH_ORDER),
             augment=augment, aug_generator=epoch_generator(cfg.seed, epoch, Stream.AUGMENT, device),
             autocast=autocast, progress=progress, desc=f"epoch {epoch + 1}", adversarial=adversarial,
+            run_steps=(epoch * per_epoch, cfg.epochs * per_epoch),
         )
         train_seconds = time.perf_counter() - t0
         val_loss, val_acc = evaluate_clean(model, val, batch_size=max(cfg.batch_size, 256), device=device, autocast=autocast)

@@ -4,7 +4,9 @@ An `Adversary` turns a batch into its training loss. Cross-entropy adversarial t
 the paper's FGSM-/IFGSM-/PGD-AT baselines at alpha 0.01) trains on the examples of one attack; TRADES trains
 on CE(clean) + beta * KL(f(x) || f(x_adv)), its examples maximising the KL. Examples are crafted by the one
 attack loop (`attacks.pgd`), against the current weights in eval mode, counting the last iterate. With the
-patch augmentation on, the adversary attacks the clean and the patch-modified halves alike.
+patch augmentation on, the adversary attacks the clean and the patch-modified halves alike. An eps warm-up
+(`Adversary.warmup`) grows the budget linearly over the first share of the run's steps: at a large eps (0.3
+on F-MNIST) full-strength examples from the first step can drive a clean base to a constant prediction.
 
 Cost per training image, in passes through the model (an input-gradient pass counts as a backward pass):
 plain fine-tuning 1 forward + 1 backward; an attack of k steps adds k forward + k backward; TRADES adds one
@@ -32,12 +34,24 @@ __all__ = ["Adversary", "Passes", "adversary_of", "batch_loss", "passes_per_imag
 class Adversary:
     attack: AttackCfg  # crafts the training examples (restarts are ignored: one start, last iterate)
     trades_beta: float | None = None  # TRADES: the weight of the KL term; None = CE on the examples
+    warmup: float = 0.0  # share of the run's steps over which eps and alpha grow linearly to the attack's
 
     def describe(self) -> dict[str, Any]:
         out = self.attack.describe()
         if self.trades_beta is not None:
             out["trades_beta"] = self.trades_beta
+        if self.warmup > 0:
+            out["eps_warmup"] = self.warmup
         return out
+
+    def at(self, progress: float) -> Adversary:
+        """The adversary of the step that ends `progress` (in (0, 1]) of the run: during the warm-up eps and
+        alpha are scaled by progress / warmup, so alpha x steps keeps its ratio to eps."""
+        if self.warmup <= 0 or progress >= self.warmup:
+            return self
+        scale = max(progress, 1e-6) / self.warmup
+        attack = dataclasses.replace(self.attack, eps=self.attack.eps * scale, alpha=self.attack.alpha * scale)
+        return dataclasses.replace(self, attack=attack)
 
 
 def adversary_of(method: MethodCfg, default_eps: float) -> Adversary | None:
@@ -46,7 +60,7 @@ def adversary_of(method: MethodCfg, default_eps: float) -> Adversary | None:
     attack = resolved.attack()
     if attack is None:
         return None
-    return Adversary(attack, trades_beta=resolved.beta)
+    return Adversary(attack, trades_beta=resolved.beta, warmup=float(resolved.warmup or 0.0))
 
 
 @dataclasses.dataclass(frozen=True)

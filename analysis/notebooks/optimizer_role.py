@@ -37,9 +37,15 @@ from IPython.display import Markdown, display
 from analysis import grid, plots, tables
 from analysis.load import epochs_long
 from analysis.report import optimizer_finding, optuna_importances
-from analysis.reproduction import findings, robust_findings, robust_measure, robust_table, table1
+from analysis.reproduction import (
+    findings,
+    robust_axis_label,
+    robust_findings,
+    robust_measure,
+    robust_table,
+    table1,
+)
 from study import api
-from trainables.vocab import paper_eps
 
 found = api.load(STUDY_DIR)  # api.Study: the study's files, its verdict
 study = found.analysis()  # the same files as the tidy frames the plots take
@@ -70,8 +76,7 @@ if study.best:
 
 # %%
 if repro is not None and grid.robust_cells(repro):
-    key, measure = robust_measure(repro)
-    robust_label = f"{measure} accuracy at eps {paper_eps(dataset):g} (%)"
+    key, robust_label = robust_measure(repro)[0], robust_axis_label(repro, dataset)
     display(Markdown(tables.markdown(robust_table(repro, dataset))))
     display(Markdown("\n".join(f"- {s}" for s in robust_findings(repro, dataset))))
     # figures made in a cell are shown once by the inline backend: no display() (it would show them twice)
