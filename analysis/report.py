@@ -27,7 +27,7 @@ from analysis.reproduction import (
     robust_measure,
 )
 from trainables.atomic import atomic_write_bytes
-from trainables.vocab import dataset_info
+from trainables.vocab import dataset_info, warmup_text
 
 
 def optuna_importances(data: StudyData) -> dict[str, float]:
@@ -222,8 +222,7 @@ def write_reproduction_report(path: str | Path) -> Path:
             images["robust_vs_cost"] = _save(plots.reproduction_cost(results, key, label), out, "robust_vs_cost")
     header = (f"# Reproduction: {dataset}, {meta['arch']}\n\n{meta['train_images']} fine-tuning images, "
               f"{meta['test_images']} test images, {meta['epochs']} epochs, lr {meta['lr']:g}"
-              + (f"; the robust fine-tunes' eps warmed up over the first {meta['eps_warmup']:.0%} of the steps"
-                 if meta.get("eps_warmup") else "")
+              + (f"; robust fine-tunes: {warmup_text(meta['eps_warmup'])}" if meta.get("eps_warmup") else "")
               + f"; wall time {meta['seconds'] / 60:.1f} min.\n")
     text = render(results, dataset, header) + "\n## Figures\n\n" + "\n\n".join(f"![{k}]({v})" for k, v in images.items())
     return _write(out, f"Reproduction {dataset} {meta['arch']}", text)

@@ -48,6 +48,7 @@ from trainables.vocab import (
     dataset_info,
     paper_eps,
     values,
+    warmup_text,
 )
 
 ROBUST_METHODS = [m.value for m in grid.ROBUST_METHODS]  # `reproduce`'s robust fine-tuning cells by default
@@ -355,7 +356,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         a = adversary.attack
         what = (f"{defense.replace('_', '-')} examples (eps {a.eps:g}, alpha {a.alpha:g}, {a.steps} steps"
                 + (f", beta {adversary.trades_beta:g}" if adversary.trades_beta is not None else "")
-                + (f", eps warmed up over the first {adversary.warmup:.0%} of the steps" if adversary.warmup else "")
+                + (f", {warmup_text(adversary.warmup)}" if adversary.warmup else "")
                 + ") of "
                 + (patch if aug_or_none is not None else "clean") + " images")
     _say(f"fine-tuning {arch} ({args.base}) on {dataset.value} {what} with {cfg.optimizer.value} lr {cfg.lr:g} for "

@@ -41,7 +41,7 @@ from trainables.config import (
     parse_enum,
 )
 from trainables.data import load_data
-from trainables.vocab import ARCHS, dataset_info, paper_eps
+from trainables.vocab import ARCHS, dataset_info, paper_eps, warmup_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,7 +209,7 @@ def reproduce(spec: ReproSpec, storage: Path, *, name: str | None = None, addres
          "seconds": round(elapsed, 1)}, indent=2))
     robust = ("none" if not spec.robust_methods else "none (--grid paper)" if spec.grid == GridPart.PAPER.value
               else f"{', '.join(spec.robust_methods)} x {', '.join(spec.optimizers)} at eps {paper_eps(dataset):g}"
-              + (f", eps warmed up over the first {spec.eps_warmup:.0%} of the steps" if spec.eps_warmup else ""))
+              + (f", {warmup_text(spec.eps_warmup)}" if spec.eps_warmup else ""))
     header = (f"# Reproduction: {spec.dataset}, {spec.arch}\n\n{len(data.train)} fine-tuning images, {len(data.test)} test "
               f"images, {spec.epochs} fine-tuning epochs ({spec.long_epochs} for the long cells), lr {spec.lr:g}, patch "
               f"{spec.patch_size} px (all five ops), adversarial training "

@@ -96,6 +96,11 @@ DEFAULT_TRADES_BETA = 6.0  # Zhang et al.'s choice for CIFAR-10 and MNIST
 DEFAULT_EPS_WARMUP = 0.0
 
 
+def warmup_text(share: float) -> str:
+    """How the CLI, tables and reports name an eps warm-up."""
+    return f"eps warmed up over the first {share:.0%} of the steps"
+
+
 class Defense(str, enum.Enum):
     """How a reproduction cell's model is defended (the results' `defense` column): not at all, the paper's
     patch fine-tuning, or robust fine-tuning (the `finetune` column says which method). The paper's
