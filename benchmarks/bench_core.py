@@ -289,6 +289,15 @@ def render(rows: list[dict], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def publish(rows: list[dict], script: str, *, record: bool = True) -> None:
+    """Print one script's rows under a dated header naming the machine; append them to benchmarks/README.md."""
+    text = render(rows, f"### {dt.datetime.now():%Y-%m-%d %H:%M} — `benchmarks/{script}`\n\nMachine: {machine()}.")
+    print(text)
+    if record:
+        with README.open("a") as f:
+            f.write("\n" + text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", help="undefended F-MNIST cnn3 checkpoint (default: train one, ~1 min)")
@@ -298,6 +307,8 @@ def main() -> None:
     parser.add_argument("--data-root", help="directory searched first for the F-MNIST files")
     parser.add_argument("--no-tune", action="store_true",
                         help="skip the rows that need Ray: Tune overhead (~3 min) and the quick study (~7 min)")
+    parser.add_argument("--no-before-after", action="store_true",
+                        help="skip issue 14's trials through today's code and an earlier commit's (~6 min)")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to benchmarks/README.md")
     parser.add_argument("--gpu-rows-on-cpu", action="store_true", help=argparse.SUPPRESS)  # smoke test, tiny sizes
     parser.add_argument("--gpu-only", metavar="SECTIONS",
@@ -328,6 +339,11 @@ def main() -> None:
         tune = measure()
         rows += [tune, *tune.pop("breakdown")]
         rows += study_rows()
+    if not args.no_before_after and device.type == "cpu":
+        from bench_before_after import BEFORE
+        from bench_before_after import measure as before_after
+
+        rows += before_after(BEFORE, Path(args.base) if args.base else None)
     stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     header = f"### {stamp} — `make bench` on {device}\n\nMachine: {machine()}. Total {time.perf_counter() - started:.0f} s."
     text = render(rows, header)

@@ -12,7 +12,6 @@ outside both timings. Target: ratio <= 1.10.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import multiprocessing as mp
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_core import machine, render  # noqa: E402
+from bench_core import publish  # noqa: E402
 
 from study.preflight import base_cache_path, data_cfg, objective_cfg  # noqa: E402
 from study.spec import parse_spec  # noqa: E402
@@ -173,11 +172,7 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     row = measure(args.trials, args.concurrency)
-    text = render([row, *row.pop("breakdown")], f"### {dt.datetime.now():%Y-%m-%d %H:%M} — `benchmarks/bench_tune.py`\n\nMachine: {machine()}.")
-    print(text)
-    if not args.no_record:
-        with (ROOT / "benchmarks" / "README.md").open("a") as f:
-            f.write("\n" + text)
+    publish([row, *row.pop("breakdown")], "bench_tune.py", record=not args.no_record)
 
 
 if __name__ == "__main__":

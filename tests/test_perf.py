@@ -31,7 +31,9 @@ def test_cpu_path_has_the_gpu_parts_off() -> None:
     assert place(split, cpu) is split  # no copy when the data already lives there
     model = perf.prepare_model(build_model("vgg16", SPEC), cpu)
     assert model is perf.maybe_compile(model, cpu)
-    assert next(model.parameters()).is_contiguous()  # channels_last is GPU-only
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)  # NHWC on CPU too (oneDNN max-pooling)
+    assert perf.input_layout(cpu) is torch.channels_last
     for name in Optimizer:
         opt = make_optimizer(model.parameters(), TrainCfg(optimizer=name), cpu)
         assert not opt.defaults.get("fused")
@@ -42,6 +44,8 @@ def test_perf_off_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = perf.PerfCfg.from_env()
     assert not (cfg.bf16 or cfg.channels_last or cfg.fused_optimizers or cfg.resident_data or cfg.compile)
     assert cfg.compact_every_gpu == 1
+    conv = perf.prepare_model(build_model("cnn3", SPEC), torch.device("cpu")).get_submodule("1.0")
+    assert conv.weight.is_contiguous() and perf.input_layout(torch.device("cpu")) is torch.contiguous_format
     monkeypatch.setenv("PATCHTUNE_PERF", "")
     monkeypatch.setenv("PATCHTUNE_COMPILE", "1")
     assert perf.PerfCfg.from_env().compile == "default" and perf.PerfCfg.from_env().bf16

@@ -149,7 +149,7 @@ def iterate_batches(
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     order = order.to(split.x.device)
     stop = n - n % batch_size if drop_last else n
-    layout = perf.input_layout(device)  # channels_last on GPU, like the models (a no-op for contiguous_format)
+    layout = perf.input_layout(device)  # channels_last, like the models (a no-op for contiguous_format)
     for start in range(0, stop, batch_size):
         idx = order[start : start + batch_size]
         x = split.x[idx].to(device, non_blocking=True).float().div_(255.0).contiguous(memory_format=layout)
