@@ -118,6 +118,7 @@ def test_driver_killed_then_ctrl_c_then_resumed(tmp_path: Path, base_ckpt: Path,
     proc.wait()
     finished_before, snapshotted = complete(), _snapshotted_terminated(study_dir)
     assert snapshotted and snapshotted <= finished_before, (snapshotted, finished_before)
+    values_before = {k: t.values for k, t in optuna_states(study_dir, "res").items() if k in finished_before}
 
     # 2. Resume on a running cluster, and press Ctrl-C (SIGINT to the driver's group) once one more trial has finished.
     log = tmp_path / "resume.log"
@@ -142,6 +143,7 @@ def test_driver_killed_then_ctrl_c_then_resumed(tmp_path: Path, base_ckpt: Path,
     states = optuna_states(study_dir, "res")
     assert len(results) == 4 and len(states) == 4, "exactly num_samples trials in Tune and in Optuna"
     assert {t.state.name for t in states.values()} == {"COMPLETE"}
+    assert {k: states[k].values for k in finished_before} == values_before, "a finished trial's values changed"
     epochs = pd.read_parquet(study_dir / "epochs.parquet")
     for trial_id, rows in epochs.groupby("trial_id"):
         assert sorted(rows["training_iteration"]) == [1, 2], f"{trial_id} lost or repeated an epoch"
