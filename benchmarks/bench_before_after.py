@@ -81,6 +81,12 @@ run_trial(config, setup, report=report, device=torch.device("cpu"))
 """
 
 
+def available(rev: str) -> bool:
+    """Whether this clone holds `rev` (a shallow clone may not)."""
+    return subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{rev}^{{commit}}"],
+                          capture_output=True).returncode == 0
+
+
 def export(rev: str, into: Path) -> Path:
     """The tree of `rev` (committed files only), without touching this checkout."""
     archive = into / "tree.tar"
@@ -158,6 +164,8 @@ def main() -> None:
     parser.add_argument("--base", type=Path, help="a base checkpoint (default: pretrain the preset's base first)")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
+    if not available(args.before):
+        parser.error(f"--before {args.before!r}: no such commit in this clone (a shallow clone? git fetch --unshallow)")
     publish(measure(args.before, args.base), "bench_before_after.py", record=not args.no_record)
 
 

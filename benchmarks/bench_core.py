@@ -340,10 +340,13 @@ def main() -> None:
         rows += [tune, *tune.pop("breakdown")]
         rows += study_rows()
     if not args.no_before_after and device.type == "cpu":
-        from bench_before_after import BEFORE
+        from bench_before_after import BEFORE, available
         from bench_before_after import measure as before_after
 
-        rows += before_after(BEFORE, Path(args.base) if args.base else None)
+        if available(BEFORE):
+            rows += before_after(BEFORE, Path(args.base) if args.base else None)
+        else:
+            print(f"skipping the before/after row: commit {BEFORE} is not in this clone", file=sys.stderr)
     stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     header = f"### {stamp} — `make bench` on {device}\n\nMachine: {machine()}. Total {time.perf_counter() - started:.0f} s."
     text = render(rows, header)
