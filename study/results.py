@@ -19,6 +19,7 @@ from analysis.load import open_optuna_storage
 from study.preflight import load_study_spec
 from study.spec import StudySpec
 from trainables.atomic import atomic_open
+from trainables.config import TRIAL_CONFIG_KEYS
 
 
 def optuna_trials(spec: StudySpec) -> pd.DataFrame:
@@ -58,8 +59,7 @@ def collect_results(spec: StudySpec, grid: Any) -> tuple[pd.DataFrame, pd.DataFr
             epochs.append(h)
         rows.append({
             "trial_id": trial_id,
-            **{k: config.get(k) for k in ("method", "augment", "train_eps", "steps", "beta", "warmup", "optimizer", "lr",
-                                          "batch_size", "patch_size", "num_patches", "pool", "epochs", "seed")},
+            **{k: config.get(k) for k in TRIAL_CONFIG_KEYS},
             **{f"pool_{op}": op in str(config.get("pool", "")).split(",") for op in spec.search.pool},
             "epochs_done": int(metrics.get("training_iteration", 0) or 0),
             **{k: metrics.get(k) for k in ("objective", "val_clean_acc", "val_pgd_acc", "val_paper_pgd_acc", "val_robust_auc",

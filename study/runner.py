@@ -40,7 +40,7 @@ from study.tuner import build_trainable, build_tuner
 from trainables.atomic import atomic_write_text
 from trainables.audit import AuditCfg
 from trainables.checkpoint import load_checkpoint, save_checkpoint
-from trainables.config import DataCfg, paper_attacks
+from trainables.config import TRIAL_CONFIG_KEYS, TRIAL_METHOD_KEYS, DataCfg, paper_attacks
 from trainables.data import DataBundle, load_data
 from trainables.pipeline import input_spec
 from trainables.vocab import Objective, decode_outcomes
@@ -315,9 +315,6 @@ def _evaluate_remote(arch: str, cfg: DataCfg, state: dict[str, Any], attacks: li
              "attacks": {a.name.value: a.describe() for a in attacks}}, val)
 
 
-METHOD_KEYS = ("method", "augment", "train_eps", "steps", "beta", "warmup")
-
-
 def _plain(value: Any) -> Any:
     """A results cell as JSON: missing (NaN / None) as None, numpy scalars as Python numbers."""
     if value is None or (isinstance(value, float) and value != value):
@@ -347,7 +344,7 @@ def evaluate_trial_on_test(spec: StudySpec, row: dict[str, Any], base_path: Path
         "kind": "finetune", "train": {"optimizer": row["optimizer"], "lr": row["lr"], "batch_size": row["batch_size"],
                                       "epochs": row["epochs"], "seed": row["seed"]},
         "defense": _plain(row.get("method")) or "patch",
-        "method": {k: _plain(row.get(k)) for k in METHOD_KEYS},
+        "method": {k: _plain(row.get(k)) for k in TRIAL_METHOD_KEYS},
         "augment": ({"pool": row["pool"], "patch_size": row["patch_size"], "num_patches": row["num_patches"]}
                     if isinstance(row.get("pool"), str) else None),
         "study": spec.name, "trial_id": row["trial_id"], "test_acc": test["accuracy"]["clean"],
@@ -357,8 +354,7 @@ def evaluate_trial_on_test(spec: StudySpec, row: dict[str, Any], base_path: Path
     return {
         "trial_id": row["trial_id"],
         "optuna_number": row.get("optuna_number"),
-        "config": {k: _plain(row.get(k)) for k in (*METHOD_KEYS, "optimizer", "lr", "batch_size", "patch_size", "num_patches",
-                                                   "pool", "epochs", "seed")},
+        "config": {k: _plain(row.get(k)) for k in TRIAL_CONFIG_KEYS},
         "val": {k: row.get(k) for k in ("objective", "val_clean_acc", "val_pgd_acc", "val_paper_pgd_acc", "val_robust_auc")},
         "test": test,
         "vs_base": {"val": versus_base.compare(val["trial"], val["base"], split="val", measure=objective_measure(spec))},

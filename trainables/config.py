@@ -325,6 +325,13 @@ class ObjectiveCfg:
                 for e in self.eps_grid]
 
 
+# The keys of a Tune trial's config that `trial_cfgs` reads: the method's, then the rest. Results tables and
+# best.json carry exactly these.
+TRIAL_METHOD_KEYS = ("method", "augment", "train_eps", "steps", "beta", "warmup")
+TRIAL_CONFIG_KEYS = (*TRIAL_METHOD_KEYS, "optimizer", "lr", "batch_size", "patch_size", "num_patches", "pool", "epochs",
+                     "seed")
+
+
 def trial_cfgs(config: Mapping[str, Any], *, jitter: int = 0) -> tuple[TrainCfg, AugCfg | None, MethodCfg]:
     """A Tune trial's config dict -> (TrainCfg, AugCfg or None, MethodCfg); errors name the bad key and value.
 
