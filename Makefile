@@ -55,18 +55,21 @@ test: lint browser
 # The audit's positive control: a genuinely robust cnn3 (PGD-AT at the paper's eps 0.3, alpha x steps = 2.5 eps,
 # eps grown over the first CONTROL_WARMUP of the steps, fine-tuned from a pretrained base), audited with the
 # reference strong attacks. The defaults take about 18 min on 2 CPU cores; on a GPU raise CONTROL_EPOCHS /
-# CONTROL_TRAIN / CONTROL_STEPS (README: "A positive control").
+# CONTROL_TRAIN / CONTROL_STEPS. CONTROL_METHOD pgd_at or trades; CONTROL_ARGS goes to `patchtune finetune` as
+# is (e.g. --from-scratch; README: "A positive control").
 CONTROL_DIR ?= runs/control
 CONTROL_EPOCHS ?= 4
 CONTROL_TRAIN ?= 20000
 CONTROL_WARMUP ?= 0.3
 CONTROL_STEPS ?= 5
+CONTROL_METHOD ?= pgd_at
+CONTROL_ARGS ?=
 control: setup
 	@mkdir -p $(CONTROL_DIR)
 	test -f $(CONTROL_DIR)/base.pt || $(BIN)/patchtune pretrain --epochs 4 --limit-train 20000 --out $(CONTROL_DIR)/base.pt --quiet
-	$(BIN)/patchtune finetune --base $(CONTROL_DIR)/base.pt --method pgd_at --train-eps 0.3 --at-steps $(CONTROL_STEPS) \
-		--eps-warmup $(CONTROL_WARMUP) --epochs $(CONTROL_EPOCHS) --limit-train $(CONTROL_TRAIN) --out $(CONTROL_DIR)/pgd_at.pt --quiet
-	$(BIN)/patchtune audit $(CONTROL_DIR)/pgd_at.pt --base $(CONTROL_DIR)/base.pt --eps 0.3 --limit 500 \
+	$(BIN)/patchtune finetune --base $(CONTROL_DIR)/base.pt --method $(CONTROL_METHOD) --train-eps 0.3 --at-steps $(CONTROL_STEPS) \
+		--eps-warmup $(CONTROL_WARMUP) --epochs $(CONTROL_EPOCHS) --limit-train $(CONTROL_TRAIN) $(CONTROL_ARGS) --out $(CONTROL_DIR)/$(CONTROL_METHOD).pt --quiet
+	$(BIN)/patchtune audit $(CONTROL_DIR)/$(CONTROL_METHOD).pt --base $(CONTROL_DIR)/base.pt --eps 0.3 --limit 500 \
 		--out $(CONTROL_DIR)/audit.json
 
 bench: setup

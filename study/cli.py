@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--at-alpha", type=unit_float, help="--defense: attack step size (default 0.01, the paper's)")
     p.add_argument("--at-steps", type=positive_int,
                    help="attack iterations: --defense ifgsm-at/pgd-at (default 10), --method pgd_at/trades (default 5)")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="train a fresh initialisation (from --seed) of the base's architecture, not its weights, as "
+                        "from-scratch robust-training recipes do (raise --epochs); the base stays the comparison")
     p.add_argument("--out", help="checkpoint path (default runs/finetune-OPTIMIZER-sSEED.pt)")
     p.set_defaults(run=cmd_finetune)
 
@@ -359,10 +362,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                 + (f", {warmup_text(adversary.warmup)}" if adversary.warmup else "")
                 + ") of "
                 + (patch if aug_or_none is not None else "clean") + " images")
-    _say(f"fine-tuning {arch} ({args.base}) on {dataset.value} {what} with {cfg.optimizer.value} lr {cfg.lr:g} for "
-         f"{cfg.epochs} epochs on {device}")
+    start = f"a fresh {arch} (seed {cfg.seed}; {args.base} is its comparison)" if args.from_scratch else \
+        f"{arch} ({args.base})"
+    _say(f"{'training' if args.from_scratch else 'fine-tuning'} {start} on {dataset.value} {what} with "
+         f"{cfg.optimizer.value} lr {cfg.lr:g} for {cfg.epochs} epochs on {device}")
     model, meta = finetune(base, ckpt.meta, data, cfg, aug_or_none, device=device, progress=not args.quiet,
-                           adversary=adversary, defense=defense)
+                           adversary=adversary, defense=defense, from_scratch=args.from_scratch)
     meta["seed"] = cfg.seed
     meta["base_path"] = str(args.base)
     save_checkpoint(out, model, meta)

@@ -165,16 +165,20 @@ def test_pretrain_finetune_eval_json(tmp_path: Path, tiny_base: Path) -> None:
 
 
 def test_finetune_adversarial_training_baseline(tmp_path: Path, tiny_base: Path) -> None:
-    """`--defense fgsm-at`: the paper's baseline as a checkpoint, evaluated and labelled as such."""
+    """`--defense fgsm-at --from-scratch`: the paper's baseline, trained from a fresh init, as a checkpoint,
+    evaluated and labelled as such."""
     at = tmp_path / "at.pt"
-    proc = patchtune_here("finetune", "--base", str(tiny_base), "--defense", "fgsm-at", "--epochs", "1", "--limit-train", "600",
-                          "--limit-val", "100", "--limit-test", "100", "--out", str(at), "--quiet", cwd=tmp_path)
+    proc = patchtune_here("finetune", "--base", str(tiny_base), "--defense", "fgsm-at", "--from-scratch", "--epochs", "1",
+                          "--limit-train", "600", "--limit-val", "100", "--limit-test", "100", "--out", str(at), "--quiet",
+                          cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+    assert f"training a fresh cnn3 (seed 0; {tiny_base} is its comparison)" in proc.stderr
     assert "fgsm-at examples (eps 0.3" in proc.stderr
     import torch
 
     meta = torch.load(at, weights_only=True)["meta"]
     assert meta["defense"] == "fgsm_at" and meta["augment"] is None and meta["adversarial"]["eps"] == 0.3
+    assert meta["init"] == "scratch" and meta["base_path"] == str(tiny_base)
     proc = patchtune_here("eval", str(tiny_base), str(at), "--limit", "50", "--attacks", "clean,fgsm", "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "FGSM-AT (ours)" in proc.stdout and "Undefended (ours)" in proc.stdout

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+from conftest import spec_of
 from trainables.config import AugCfg, MethodCfg, ObjectiveCfg
 from trainables.data import DataBundle
 from trainables.engine import Stream, epoch_generator
@@ -79,6 +80,30 @@ def test_cli_finetune_and_a_study_trial_train_identical_weights(method: str, tra
     assert resumed[-1][0]["objective"] == reports[-1][0]["objective"]
     assert resumed[-1][0]["cost_fwd_passes"] == reports[-1][0]["cost_fwd_passes"]
     assert resumed[-1][0]["cost_device_s"] > reports[0][0]["cost_device_s"]  # counted from the checkpoint on
+
+
+@pytest.mark.parametrize("from_scratch", [False, True])
+def test_finetune_starts_from_the_base_or_from_a_seeded_fresh_init(from_scratch: bool, trained_cnn3: torch.nn.Module,
+                                                                  fmnist_small: DataBundle) -> None:
+    """`patchtune finetune --from-scratch`: the base's architecture, re-initialised from the run's seed (so the
+    same as building it afresh under that seed), not its weights; a tiny lr keeps the weights where they started."""
+    from trainables.models import build_model
+
+    data = DataBundle(fmnist_small.info, fmnist_small.train.take(slice(0, 64)), fmnist_small.val.take(slice(0, 20)),
+                      fmnist_small.test.take(slice(0, 20)), fmnist_small.source)
+    cfg = default_train_cfg("cnn3", finetune=True, lr=1e-12, batch_size=64, epochs=1, seed=5)
+    base_state = {k: v.detach().cpu().clone() for k, v in trained_cnn3.state_dict().items()}
+    model, meta = finetune(copy.deepcopy(trained_cnn3).cpu(), {"arch": "cnn3", "dataset": "fmnist", "image_size": None,
+                                                               "data": {}}, data, cfg, None, device=torch.device("cpu"),
+                           progress=False, from_scratch=from_scratch)
+    torch.manual_seed(5)
+    fresh = build_model("cnn3", spec_of(data)).state_dict()
+    expected = fresh if from_scratch else base_state
+    other = base_state if from_scratch else fresh
+    got = {k: v.cpu() for k, v in model.state_dict().items()}
+    assert all(torch.allclose(got[k], v, atol=1e-6) for k, v in expected.items())
+    assert not any(torch.allclose(got[k], v, atol=1e-3) for k, v in other.items() if k.endswith("weight"))
+    assert meta["init"] == ("scratch" if from_scratch else "base")
 
 
 def test_epoch_streams_are_independent_and_reproducible() -> None:

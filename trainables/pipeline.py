@@ -92,18 +92,27 @@ def finetune(
     progress: bool = True,
     adversary: Adversary | None = None,
     defense: str = "patch",
+    from_scratch: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Fine-tune `base` at a fixed learning rate: on clean (+) patch-modified images (`aug`, the paper's defense),
     on adversarial examples (`adversary`: FGSM-RS, PGD-AT, TRADES, or the paper's AT baselines), or on
     adversarial examples of clean (+) patch-modified images (both). `defense` names the method in the metadata.
+    `from_scratch`: train a fresh initialisation (drawn from `cfg.seed`) of `base`'s architecture instead of its
+    weights, as robust-training recipes that start from nothing do; `base` still names the model it is compared to.
     """
     if aug is not None:
         aug.check_fits(data.info.height, data.info.width)
     seed_everything(cfg.seed)
+    if from_scratch:
+        for module in base.modules():
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
     model = prepare_model(base, device)
     meta = {
         **{k: base_meta[k] for k in ("arch", "dataset", "image_size", "data")},
         "kind": "finetune",
+        "init": "scratch" if from_scratch else "base",
         "defense": defense,
         "augment": as_jsonable(aug) if aug is not None else None,
         "adversarial": adversary.describe() if adversary else None,
