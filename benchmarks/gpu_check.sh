@@ -5,7 +5,7 @@
 #   pretrain  an undefended cnn3 base on all 54k F-MNIST training images ($OUT/base.pt)
 #   bench     `make bench`'s GPU sections $GPU_SECTIONS on that base (Tune rows skipped: no Ray)
 #   control   the audit's positive control: `make control`'s commands at $CONTROL_EPOCHS x $CONTROL_TRAIN
-#             ($CONTROL_METHOD, $CONTROL_STEPS, $CONTROL_WARMUP; $CONTROL_ARGS e.g. --from-scratch)
+#             (from scratch unless CONTROL_ARGS is set, e.g. to ""; $CONTROL_METHOD, $CONTROL_STEPS, $CONTROL_WARMUP)
 # Expects F-MNIST under $PATCHTUNE_CACHE/data/fashion-mnist and torchattacks as a wheel in .whl/; prepare both
 # where there is internet (neither is committed):
 #   mkdir -p .devcache/data/fashion-mnist && cp /usr/share/datasets/fashion-mnist/*.gz .devcache/data/fashion-mnist/
@@ -49,9 +49,9 @@ for stage in $STAGES; do
       mkdir -p "$C"
       SECONDS=0
       timeout "${FINETUNE_TIMEOUT:-160}" patchtune finetune --base "$OUT/base.pt" \
-        --method "${CONTROL_METHOD:-pgd_at}" --train-eps 0.3 --at-steps "${CONTROL_STEPS:-5}" --eps-warmup "${CONTROL_WARMUP:-0.3}" \
-        --epochs "${CONTROL_EPOCHS:-30}" --batch-size 256 \
-        ${CONTROL_ARGS:-} --limit-train "${CONTROL_TRAIN:-54000}" --out "$C/control.pt" --quiet 2>&1 | tee -a "$LOG"
+        --method "${CONTROL_METHOD:-pgd_at}" --train-eps 0.3 --at-steps "${CONTROL_STEPS:-10}" --eps-warmup "${CONTROL_WARMUP:-0.3}" \
+        --epochs "${CONTROL_EPOCHS:-20}" --batch-size 256 \
+        ${CONTROL_ARGS---from-scratch} --limit-train "${CONTROL_TRAIN:-54000}" --out "$C/control.pt" --quiet 2>&1 | tee -a "$LOG"
       echo "finetune wall $SECONDS s" | tee -a "$LOG"; SECONDS=0
       timeout "${AUDIT_TIMEOUT:-170}" patchtune audit "$C/control.pt" --base "$OUT/base.pt" \
         --eps 0.3 --limit "${AUDIT_LIMIT:-1000}" ${AUDIT_ARGS:-} --out "$OUT/audit.json" --quiet 2>&1 | tee -a "$LOG" | tail -30
