@@ -210,6 +210,7 @@ def test_audit_of_an_undefended_model_passes_and_reaches_zero(trained_cnn3, fmni
                                                "chance_at_large_eps", "blackbox", "transfer", "noise", "loss_rises",
                                                "gradients", "loss_diversity"}
     assert [c["name"] for c in d["checks"]][:2] == ["budget", "iterative_vs_single"]
+    assert "pgd_from_image" not in next(c for c in d["checks"] if c["name"] == "blackbox")["values"]  # nothing to re-find
     trace = next(c for c in d["checks"] if c["name"] == "loss_rises")["values"]["trace"]
     assert len(trace) == min(FAST["strong_steps"], 20) + 1 and trace[-1] > trace[0]
     # per sample, for paired comparisons; the attack rows alone (checks off) give the same worst case
@@ -242,5 +243,10 @@ def test_audit_flags_input_quantisation(trained_cnn3, fmnist_small, device) -> N
     checks = _checks(report)
     assert checks["gradients"] is Status.FAIL
     assert checks["blackbox"] is Status.FAIL  # Square breaks what every gradient attack left
+    # ...and PGD, with nothing but zero gradients to follow, cannot walk from the image to any of them
+    blackbox = next(c for c in report.checks if c.name == "blackbox")
+    assert blackbox.values["pgd_from_image"] == 0
+    assert 0 <= blackbox.values["pgd_from_halfway"] <= blackbox.values["square_breaks_whitebox_survivors"]
+    assert f"PGD-{FAST['strong_steps']} re-finds 0 of them from the image" in blackbox.detail
     assert Status.FAIL in (checks["noise"], checks["transfer"], checks["chance_at_large_eps"])
     assert report.row("paper_pgd10").acc > report.worst_case / report.n

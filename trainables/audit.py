@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from trainables.attacks import Autocast, eval_mode, random_start, run_attack
+from trainables.attacks import Autocast, eval_mode, pgd, random_start, run_attack
 from trainables.augment import make_generator
 from trainables.config import AttackCfg, AttackName, ConfigError
 from trainables.data import Split, iterate_batches
@@ -339,6 +339,7 @@ def run_audit(
 
     broken_by: dict[str, int] = {}
     aa_stats: dict[str, dict[str, float]] = {}
+    square_found: dict[int, torch.Tensor] = {}  # sample -> Square's example, where only Square broke it
     if cfg.autoattack:
         bar.set_postfix_str("autoattack")
         t0 = time.perf_counter()
@@ -350,8 +351,10 @@ def run_audit(
             b = idx[sl]
             res = auto_attack(model, x[b], y[b], aa_cfg, n_classes=n_classes)
             aa_robust[b] = ~res.fooled
-            for i, who in zip(b.tolist(), res.broken_by, strict=True):
+            for j, (i, who) in enumerate(zip(b.tolist(), res.broken_by, strict=True)):
                 aa_by[i] = who
+                if who == "square":
+                    square_found[i] = res.x_adv[j]
             for comp, st in res.stats.items():
                 agg = aa_stats.setdefault(comp, {"attacked": 0, "broken": 0, "raw_max_linf": 0.0, "nonfinite": 0,
                                                  "seconds": 0.0})
@@ -372,7 +375,7 @@ def run_audit(
         worst &= mask
 
     checks = _checks(_CheckInputs(model, cfg, x, y, ok, robust, rows, strong_name, base, aa_stats, broken_by,
-                                  n_classes, gen, autocast)) if cfg.checks else []
+                                  n_classes, gen, autocast, square_found)) if cfg.checks else []
     config = {**dataclasses.asdict(cfg), "grid": list(cfg.grid()), "autoattack_cfg": cfg.autoattack_cfg().describe()}
     return AuditReport(cfg.eps, n, int(ok.sum()), rows, checks, int(worst.sum()), config,
                        time.perf_counter() - t_start, broken_by, worst.cpu().tolist())
@@ -398,6 +401,7 @@ class _CheckInputs:
     n_classes: int
     gen: torch.Generator
     autocast: Autocast
+    square_found: Mapping[int, torch.Tensor]  # sample -> Square's example, for the samples only Square broke
 
     @property
     def n(self) -> int:
@@ -569,8 +573,35 @@ def _check_blackbox(inp: _CheckInputs) -> Check:
     values = {"square_breaks_whitebox_survivors": sq, "square_attacked": attacked, "n": n}
     tol = tolerance(sq / max(n, 1), n)
     status = Status.FAIL if sq / max(n, 1) > tol else (Status.WARN if sq else Status.PASS)
-    return Check("blackbox", status, f"Square broke {sq} of {attacked} samples the gradient attacks left"
-                 + (": black-box beats white-box, suspect gradient masking" if sq else ""), values)
+    detail = f"Square broke {sq} of {attacked} samples the gradient attacks left"
+    if sq:
+        detail += ": black-box beats white-box, suspect gradient masking"
+    if inp.square_found:
+        from_image, from_halfway = _pgd_towards_square(inp)
+        values.update(pgd_from_image=from_image, pgd_from_halfway=from_halfway)
+        detail += (f"; PGD-{inp.cfg.strong_steps} re-finds {from_image} of them from the image, {from_halfway} from "
+                   "halfway along Square's perturbation"
+                   + (" (they are there, but gradient ascent does not lead to them)" if from_halfway > from_image
+                      else ""))
+    return Check("blackbox", status, detail, values)
+
+
+def _pgd_towards_square(inp: _CheckInputs) -> tuple[int, int]:
+    """How many of Square's extra examples one PGD run finds when started at the clean image and when started
+    halfway along Square's perturbation: far more from halfway means the loss surface hides them from gradient
+    ascent (masking), not that PGD had too few steps."""
+    order = sorted(inp.square_found)
+    strong = inp.cfg.strong_pgd(restarts=1)
+    counts = [0, 0]
+    for sl in _batches(len(order), inp.cfg.batch_size):
+        idx = torch.tensor(order[sl], device=inp.x.device)
+        x, y = inp.x[idx], inp.y[idx]
+        found = torch.stack([inp.square_found[i] for i in order[sl]])
+        for k, start in enumerate((x, x + 0.5 * (found - x))):
+            out = pgd(inp.model, x, y, eps=strong.eps, alpha=strong.alpha, steps=strong.steps, start=start,
+                      autocast=inp.autocast)
+            counts[k] += int(out.fooled.sum())
+    return counts[0], counts[1]
 
 
 def _check_transfer(inp: _CheckInputs, whitebox: torch.Tensor, noise: torch.Tensor) -> Check:
