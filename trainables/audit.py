@@ -575,14 +575,12 @@ def _check_blackbox(inp: _CheckInputs) -> Check:
     status = Status.FAIL if sq / max(n, 1) > tol else (Status.WARN if sq else Status.PASS)
     detail = f"Square broke {sq} of {attacked} samples the gradient attacks left"
     if sq:
-        detail += ": black-box beats white-box, suspect gradient masking"
-    if inp.square_found:
         from_image, from_halfway = _pgd_towards_square(inp)
         values.update(pgd_from_image=from_image, pgd_from_halfway=from_halfway)
-        detail += (f"; PGD-{inp.cfg.strong_steps} re-finds {from_image} of them from the image, {from_halfway} from "
-                   "halfway along Square's perturbation"
-                   + (" (they are there, but gradient ascent does not lead to them)" if from_halfway > from_image
-                      else ""))
+        hidden = (from_halfway - from_image) / sq > tolerance(from_image / sq, sq)
+        detail += (f": black-box beats white-box, suspect gradient masking; PGD-{inp.cfg.strong_steps} re-finds "
+                   f"{from_image} of them from the image, {from_halfway} from halfway along Square's perturbation"
+                   + (" (they are there, but gradient ascent does not lead to them)" if hidden else ""))
     return Check("blackbox", status, detail, values)
 
 
