@@ -119,11 +119,29 @@ def test_wilson_interval() -> None:
     assert wilson(60, 200) == pytest.approx((centre - half, centre + half), abs=1e-5)
 
 
+def _robust(*idx: range | list[int], m: int = 200) -> torch.Tensor:
+    mask = torch.zeros(m, dtype=torch.bool)
+    for i in idx:
+        mask[list(i)] = True
+    return mask
+
+
 def test_sweep_and_loss_diversity_checks() -> None:
     falling = [(0.1, 0.5), (0.3, 0.2), (0.5, 0.05)]
-    assert _check_eps_monotone(falling, 200).status is Status.PASS
-    rising = _check_eps_monotone([(0.1, 0.5), (0.3, 0.7)], 200)
+    nested = [(e, _robust(range(int(a * 200)))) for e, a in falling]
+    ok = _check_eps_monotone(nested, 200)
+    assert ok.status is Status.PASS and ok.values["curve"] == pytest.approx({"0.1": 0.5, "0.3": 0.2, "0.5": 0.05})
+    rising = _check_eps_monotone([(0.1, _robust(range(100))), (0.3, _robust(range(140)))], 200)
     assert rising.status is Status.FAIL and "from eps 0.1 to 0.3" in rising.detail
+    assert rising.values["robust_only_at_larger_eps"] == 40
+    # Per sample: the same accuracy, but 30 samples broken at 0.1 survive 0.3 (the attack lost them).
+    swapped = _check_eps_monotone([(0.1, _robust(range(100))), (0.3, _robust(range(30, 130)))], 200)
+    assert swapped.status is Status.FAIL and swapped.values["robust_only_at_larger_eps"] == 30
+    # A fine-tuned eps-0.3 control's sweep: 1 then 3 of 200 at eps 0.5 / 0.6 is noise at the floor; 4 then 14 is
+    # not (both seen on real models).
+    floor = _check_eps_monotone([(0.5, _robust([0])), (0.6, _robust([0, 1, 2]))], 200)
+    assert floor.status is Status.PASS, floor.detail
+    assert _check_eps_monotone([(0.5, _robust(range(4))), (0.6, _robust(range(14)))], 200).status is Status.FAIL
     assert _check_chance_at_large_eps(falling, 200, 10).status is Status.PASS
     assert _check_chance_at_large_eps([(0.5, 0.6)], 200, 10).status is Status.FAIL
     skipped = _check_chance_at_large_eps(falling[:2], 200, 10)
