@@ -309,7 +309,7 @@ def _evaluate_remote(arch: str, cfg: DataCfg, state: dict[str, Any], attacks: li
         models[who] = build_model(arch, input_spec(data))
         models[who].load_state_dict(weights)
     model = prepare_model(models["trial"], device)
-    acc = evaluate(model, data.test, attacks, device=device, autocast=configure_backends(device))
+    acc = evaluate(model, data.test, attacks, device=device, autocast=configure_backends(device, exact=True))
     val = {who: objective_samples(m, data.val, objective, device=device, seed=seed) for who, m in models.items()}
     return ({"n": len(data.test), "device": str(device), "accuracy": {a.name.value: acc[a.label] for a in attacks},
              "attacks": {a.name.value: a.describe() for a in attacks}}, val)

@@ -39,6 +39,24 @@ def test_cpu_path_has_the_gpu_parts_off() -> None:
         assert not opt.defaults.get("fused")
 
 
+def test_final_numbers_are_fp32_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reports (test split, audit) run without bf16 autocast or TF32; the search keeps them. Only the switches
+    are read, so no GPU is needed."""
+    from trainables.engine import configure_backends
+
+    monkeypatch.delenv("PATCHTUNE_PERF", raising=False)
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark  # global switches: restored below
+    try:
+        gpu = torch.device("cuda")
+        fast = configure_backends(gpu)
+        assert fast is not nullcontext and cudnn.allow_tf32 and matmul.allow_tf32  # the bf16 autocast factory
+        assert configure_backends(gpu, exact=True) is nullcontext
+        assert not cudnn.allow_tf32 and not matmul.allow_tf32
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark = saved
+
+
 def test_perf_off_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATCHTUNE_PERF", "off")
     cfg = perf.PerfCfg.from_env()

@@ -81,12 +81,13 @@ def run_cell(seed: int, cell: Mapping[str, Any], setup: ReproSetup, device: torc
         cost = training_cost(adversarial, len(setup.train), augment=augment, epochs=epochs,
                              device_s=sum(s.train_seconds for s in history))
     train_s = time.perf_counter() - t0
+    exact = configure_backends(device, exact=True)  # the cell's scores are reported numbers: fp32, no TF32
     test = place(setup.test, device)
     masks = variant_masks(model, base, test, setup.attacks, aug=setup.aug,
                           pixel_std=sum(setup.info.std) / len(setup.info.std), device=device, seed=seed,
                           eot_draws=setup.eot_draws)
     if setup.strong is not None:
-        strong = robust_masks(model, test, {"pgd": setup.strong}, device=device, seed=seed, autocast=autocast)
+        strong = robust_masks(model, test, {"pgd": setup.strong}, device=device, seed=seed, autocast=exact)
         masks["strong/pgd"] = strong["pgd"].cpu()
     per_image = json.dumps({k: encode_outcomes(m.tolist()) for k, m in masks.items()})
     return {**accuracies(masks), **cost, "per_image": per_image, "train_s": train_s,

@@ -217,7 +217,7 @@ def evaluate_model(
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, float]:
-    autocast = configure_backends(device)
+    autocast = configure_backends(device, exact=True)
     return evaluate(prepare_model(model, device), data.split(split), attacks, device=device, batch_size=batch_size, seed=seed,
                     autocast=autocast, progress=progress)
 
@@ -243,8 +243,8 @@ def audit_model(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """`run_audit` at each budget in `cfgs` (one report dict each); `base` enables the transfer check."""
-    autocast = configure_backends(device)
+    """`run_audit` at each budget in `cfgs` (one report dict each), in fp32; `base` enables the transfer check."""
+    autocast = configure_backends(device, exact=True)
     model = prepare_model(model, device).eval()
     base = prepare_model(base, device).eval() if base is not None else None
     return [run_audit(model, data.split(split), cfg, device=device, base=base, n_classes=data.info.num_classes,
