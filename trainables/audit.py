@@ -554,8 +554,8 @@ def _check_eps_monotone(sweep: Sequence[tuple[float, torch.Tensor]], m: int) -> 
         if missed / max(m, 1) > tol or _acc(rb) > _acc(ra) + tol:
             values.update(rise_from=a, rise_to=b, robust_only_at_larger_eps=missed, tolerance=tol)
             return Check("eps_monotone", Status.FAIL,
-                         f"accuracy rises from eps {a:g} to {b:g} ({100 * _acc(ra):.1f} -> {100 * _acc(rb):.1f} %; "
-                         f"{missed} samples broken at eps {a:g} survive eps {b:g}): the attack weakens as eps grows",
+                         f"from eps {a:g} to {b:g}, {missed} samples broken at the smaller survive the larger "
+                         f"({100 * _acc(ra):.1f} -> {100 * _acc(rb):.1f} %): the attack weakens as eps grows",
                          values)
     return Check("eps_monotone", Status.PASS, "accuracy non-increasing in eps, per sample up to noise: "
                  + ", ".join(f"{e:g}: {100 * a:.1f} %" for e, a in curve), values)
