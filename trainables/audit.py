@@ -271,16 +271,25 @@ def _gradient_health(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict
 # ------------------------------------------------------------------------------------------- checks
 
 
+def _paired_excess(weaker: torch.Tensor, stronger: torch.Tensor, n: int) -> tuple[int, float, bool]:
+    """Robust masks of two attacks where `stronger` should break everything `weaker` breaks: the samples robust
+    to `stronger` but broken by `weaker`, the tolerance (at `stronger`'s accuracy), and whether that count or
+    the accuracy gap is beyond it."""
+    extra = int((stronger & ~weaker).sum())
+    acc_w, acc_s = _acc(weaker), _acc(stronger)
+    tol = tolerance(acc_s, n)
+    return extra, tol, extra / max(n, 1) > tol or acc_s > acc_w + tol
+
+
 def _cmp_check(name: str, weaker: torch.Tensor, stronger: torch.Tensor, weaker_name: str, stronger_name: str,
                n: int, *, fail: bool = True) -> Check:
     """`stronger` should break (per sample) everything `weaker` breaks: count samples robust to `stronger`
     but broken by `weaker` among those both attacked (correct on clean)."""
-    extra = int((stronger & ~weaker).sum())
-    acc_w, acc_s = float(weaker.float().mean()), float(stronger.float().mean())
-    tol = tolerance(acc_s, n)
+    extra, tol, beyond = _paired_excess(weaker, stronger, n)
+    acc_w, acc_s = _acc(weaker), _acc(stronger)
     values = {f"{weaker_name}_acc": acc_w, f"{stronger_name}_acc": acc_s, "only_broken_by_" + weaker_name: extra,
               "tolerance": tol}
-    if extra / max(n, 1) > tol or acc_s > acc_w + tol:
+    if beyond:
         status = Status.FAIL if fail else Status.WARN
         detail = (f"{weaker_name} breaks {extra} samples that {stronger_name} does not "
                   f"({100 * acc_w:.2f} % vs {100 * acc_s:.2f} %): the white-box attack is weakened, suspect gradient masking")
@@ -549,9 +558,8 @@ def _check_eps_monotone(sweep: Sequence[tuple[float, torch.Tensor]], m: int) -> 
     curve = [(e, _acc(r)) for e, r in sweep]
     values = _curve_values(curve, m)
     for (a, ra), (b, rb) in zip(sweep, sweep[1:], strict=False):
-        missed = int((rb & ~ra).sum())  # broken at eps a, robust at the larger eps b
-        tol = tolerance(_acc(rb), m)
-        if missed / max(m, 1) > tol or _acc(rb) > _acc(ra) + tol:
+        missed, tol, beyond = _paired_excess(ra, rb, m)  # missed: broken at eps a, robust at the larger eps b
+        if beyond:
             values.update(rise_from=a, rise_to=b, robust_only_at_larger_eps=missed, tolerance=tol)
             return Check("eps_monotone", Status.FAIL,
                          f"from eps {a:g} to {b:g}, {missed} samples broken at the smaller survive the larger "
