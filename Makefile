@@ -56,7 +56,8 @@ test: lint browser
 # scratch: PGD-AT at the paper's eps 0.3 (PGD-10, alpha x steps = 2.5 eps), eps grown over the first CONTROL_WARMUP
 # of the steps, on all training images; audited with the reference strong attacks against a pretrained base.
 # The defaults take about 35 min on 2 CPU cores (README: "A positive control"). CONTROL_INIT=base fine-tunes the
-# base instead; CONTROL_METHOD pgd_at or trades; CONTROL_ARGS goes to `patchtune finetune` as is.
+# base instead; CONTROL_METHOD pgd_at or trades (checked before anything runs); CONTROL_ARGS goes to
+# `patchtune finetune` as is.
 CONTROL_DIR ?= runs/control
 CONTROL_EPOCHS ?= 10
 CONTROL_TRAIN ?= 54000
@@ -67,6 +68,8 @@ CONTROL_INIT ?= scratch
 CONTROL_ARGS ?=
 control: setup
 	$(if $(filter-out scratch base,$(CONTROL_INIT)),$(error CONTROL_INIT must be scratch or base, got '$(CONTROL_INIT)'))
+	@$(BIN)/python -c "import sys; from trainables.vocab import METHOD_PARAMS; ok = [m.value for m, p in METHOD_PARAMS.items() if 'steps' in p]; \
+		sys.argv[1] in ok or sys.exit(f'CONTROL_METHOD must be one of {\", \".join(ok)} (a method with attack steps), got {sys.argv[1]!r}')" '$(CONTROL_METHOD)'
 	@mkdir -p $(CONTROL_DIR)
 	test -f $(CONTROL_DIR)/base.pt || $(BIN)/patchtune pretrain --epochs 4 --limit-train 20000 --out $(CONTROL_DIR)/base.pt --quiet
 	$(BIN)/patchtune finetune --base $(CONTROL_DIR)/base.pt --method $(CONTROL_METHOD) --train-eps 0.3 --at-steps $(CONTROL_STEPS) \
