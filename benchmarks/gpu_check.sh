@@ -53,8 +53,8 @@ for stage in $STAGES; do
         --epochs "${CONTROL_EPOCHS:-20}" --batch-size 256 \
         ${CONTROL_ARGS---from-scratch} --limit-train "${CONTROL_TRAIN:-54000}" --out "$C/control.pt" --quiet 2>&1 | tee -a "$LOG"
       echo "finetune wall $SECONDS s" | tee -a "$LOG"; SECONDS=0
-      # The audit runs in fp32 (no bf16, no TF32): three such audits of 1000 images sharing an H200 did not finish
-      # in 190 s (2026-11-27), so 500 images, as `make control`, and a longer limit.
+      # The audit runs in fp32 (no bf16, no TF32): three audits of 1000 images sharing an H200 with every switch off
+      # (PATCHTUNE_PERF=off, 2026-11-27) did not finish in 190 s, so 500 images, as `make control`, and 300 s.
       timeout "${AUDIT_TIMEOUT:-300}" patchtune audit "$C/control.pt" --base "$OUT/base.pt" \
         --eps 0.3 --limit "${AUDIT_LIMIT:-500}" ${AUDIT_ARGS:-} --out "$OUT/audit.json" --quiet 2>&1 | tee -a "$LOG" | tail -30
       echo "audit wall $SECONDS s" | tee -a "$LOG" ;;
