@@ -79,7 +79,7 @@ control: setup
 		--out $(CONTROL_DIR)/audit.json
 
 bench: setup
-	$(BIN)/python benchmarks/bench_core.py
+	$(BIN)/python -m benchmarks.bench_core
 
 # ruff, strict mypy on trainables/ and study/, and the layer contracts in pyproject.toml (import-linter)
 lint: setup

@@ -1,7 +1,9 @@
-"""Study directories -> tidy DataFrames (no torch, no Ray).
+"""Study and reproduction directories -> tidy DataFrames (no torch, no Ray).
 
 A study directory (see `study/runner.py`) holds results.parquet (trial rows), epochs.parquet (trial x epoch
-rows), spec.yaml, best.json and the Optuna storage; `load_study` reads them into one `StudyData`.
+rows), spec.yaml (the resolved spec: every value the analysis needs is there, nothing is computed again),
+best.json and the Optuna storage; `load_study` reads them into one `StudyData`. A reproduction directory holds
+results.parquet and reproduction.json (`load_reproduction_files`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from trainables.vocab import PAPER_STEPS, PatchOp, paper_eps, values
+from analysis import versus_base
+from trainables.vocab import PatchOp, values
 
 OPS = values(PatchOp)
 
@@ -33,20 +36,31 @@ class StudyData:
         return str(self.spec.get("name", self.path.name))
 
     @property
+    def verdict(self) -> str | None:
+        """The line every summary leads with: does the best trial beat its own base model, by how much, under
+        which attack and on which split. None until the study is complete."""
+        return versus_base.headline(self.best["trials"]) if self.best else None
+
+    @property
+    def dataset(self) -> str:
+        return str(self.spec["data"]["dataset"])
+
+    @property
+    def arch(self) -> str:
+        return str(self.spec["model"]["arch"])
+
+    @property
     def objective(self) -> str:
-        return str((self.spec.get("objective") or {}).get("metric", "pgd_acc"))
+        return str(self.spec["objective"]["metric"])
 
     @property
     def pgd_label(self) -> str:
         """How `val_pgd_acc` was measured: "val PGD-10 accuracy, eps 0.3, alpha 0.075 (%)", flagged when alpha x steps
         cannot reach eps."""
-        o = self.spec.get("objective") or {}
-        steps = int(o.get("steps") or PAPER_STEPS)
-        eps = float(o.get("eps") or paper_eps(str(self.spec.get("dataset", "fmnist"))))
-        alpha = float(o.get("alpha") or min(1.0, 2.5 * eps / steps))
+        o = self.spec["objective"]
+        steps, eps, alpha = int(o["steps"]), float(o["eps"]), float(o["alpha"])
         short = " (cannot reach eps)" if alpha * steps < eps else ""
-        restarts = int(o.get("restarts") or 1)
-        starts = f" x{restarts}" if restarts > 1 else ""
+        starts = f" x{o['restarts']}" if int(o["restarts"]) > 1 else ""
         return f"val PGD-{steps}{starts} accuracy, eps {eps:g}, alpha {alpha:g}{short} (%)"
 
     @property
@@ -54,16 +68,13 @@ class StudyData:
         """The objective as an axis label: which attack, how strong, on which split."""
         if self.objective == "pgd_acc":
             return self.pgd_label
-        o = self.spec.get("objective") or {}
-        grid = ", ".join(f"{float(e):g}" for e in (o.get("eps_grid") or []))
-        steps = int(o.get("steps") or PAPER_STEPS)
-        if self.objective == "robust_auc":
-            return f"val robust AUC (%)\n(mean PGD-{steps} accuracy over eps {grid or 'the grid'}, alpha 2.5 eps / {steps})"
-        return f"val {self.objective} (%)"
+        o = self.spec["objective"]
+        grid = ", ".join(f"{float(e):g}" for e in o["eps_grid"])
+        return f"val robust AUC (%)\n(mean PGD-{o['steps']} accuracy over eps {grid}, alpha 2.5 eps / {o['steps']})"
 
     @property
     def optuna_url(self) -> str:
-        return optuna_url(self.path, self.spec.get("optuna_storage"))
+        return optuna_url(self.path, self.spec["optuna_storage"])
 
     def finished(self) -> pd.DataFrame:
         """Trials that ran their whole fine-tuning budget (not pruned, not failed)."""
@@ -74,14 +85,27 @@ class StudyData:
 
 def load_study(path: str | Path) -> StudyData:
     path = Path(path)
-    if not (path / "results.parquet").is_file():
-        raise FileNotFoundError(f"{path} has no results.parquet (is it a finished patchtune study directory?)")
-    spec = yaml.safe_load((path / "spec.yaml").read_text()) if (path / "spec.yaml").is_file() else {}
+    if not (path / "results.parquet").is_file() or not (path / "spec.yaml").is_file():
+        raise FileNotFoundError(f"{path} has no results.parquet or spec.yaml (is it a finished patchtune study "
+                                "directory?)")
+    spec = yaml.safe_load((path / "spec.yaml").read_text())
     results = pd.read_parquet(path / "results.parquet")
     epochs = pd.read_parquet(path / "epochs.parquet") if (path / "epochs.parquet").is_file() else pd.DataFrame()
     best = json.loads((path / "best.json").read_text()) if (path / "best.json").is_file() else None
     base = json.loads((path / "base.json").read_text()) if (path / "base.json").is_file() else None
-    return StudyData(path, spec or {}, tidy_results(results), epochs, best, base)
+    return StudyData(path, spec, tidy_results(results), epochs, best, base)
+
+
+def load_reproduction_files(path: str | Path) -> tuple[dict[str, Any], pd.DataFrame]:
+    """A `patchtune reproduce` directory: its settings and sizes (reproduction.json) and its results frame."""
+    where = Path(path).expanduser()
+    if not (where / "reproduction.json").is_file() or not (where / "results.parquet").is_file():
+        raise FileNotFoundError(f"{str(path)!r} is not a finished `patchtune reproduce` directory (no "
+                                "reproduction.json or results.parquet)")
+    meta = json.loads((where / "reproduction.json").read_text())
+    if not isinstance(meta, dict):
+        raise ValueError(f"{where / 'reproduction.json'} is not a JSON object")
+    return meta, pd.read_parquet(where / "results.parquet")
 
 
 def base_eps_curve(base: dict[str, Any] | None) -> pd.DataFrame:

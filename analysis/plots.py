@@ -44,7 +44,8 @@ OBJECTIVE_LABELS = {
 
 
 # One colour per fine-tuning method (the vocabulary's order); "+patch" variants share it, drawn hollow.
-METHOD_COLORS = dict(zip(values(Method), ("0.45", "#ff7f0e", "#9467bd", "#17becf"), strict=True))
+METHOD_COLORS = dict(zip(values(Method), ("0.45", "#ff7f0e", "#9467bd", "#17becf", "#8c564b", "#e377c2", "#bcbd22"),
+                         strict=True))
 OPTIMIZER_MARKERS = {"adam": "o", "rmsprop": "s", "sgd": "^", "adamw": "D"}
 
 
@@ -292,9 +293,10 @@ def cell_color(cell: Cell) -> str:
     fine-tuning (lighter when fine-tuned long), one colour per adversarial-training attack."""
     if cell.undefended:
         return UNDEFENDED_COLOR
-    if cell.at_attack is not None:
-        return _at_color(cell.at_attack)
-    color = _palette([str(cell.optimizer)])[str(cell.optimizer)]
+    if cell.paper_attack is not None:
+        return _at_color(cell.paper_attack)
+    optimizer = cell.optimizer.value if cell.optimizer else ""
+    color = _palette([optimizer])[optimizer]
     return _lighter(color, LONG_SHADE) if cell.long else color
 
 
@@ -307,14 +309,14 @@ def method_bars(results: pd.DataFrame, keys: Sequence[str] = ("clean", "whitebox
     fig, ax = plt.subplots(figsize=(8.2, 4.2))
     width = 0.8 / max(len(cells), 1)
     for j, cell in enumerate(cells):
-        sub = results[results["method"] == cell.method]
+        sub = results[results["cell"] == cell.cell]
         intervals = [t_interval(100 * sub[key].astype(float)) for key in keys]
         means = [iv.mean for iv in intervals]
         halves = [0.0 if np.isnan(iv.half) else iv.half for iv in intervals]  # one seed: no bar
         xs = np.arange(len(keys)) + (j - (len(cells) - 1) / 2) * width
         ax.bar(xs, means, width, yerr=halves, capsize=2, color=cell_color(cell), label=cell.label)
         for x, key in zip(xs, keys, strict=True):
-            value = (paper or {}).get(cell.method, {}).get(key.split("/")[-1])
+            value = (paper or {}).get(cell.cell, {}).get(key.split("/")[-1])
             if value is not None:
                 ax.plot([x - width / 2, x + width / 2], [value, value], color="black", lw=2)
     ticks = [k.split("/")[-1].upper().replace("PGD", "PGD-10").replace("CLEAN", "clean") for k in keys]
@@ -339,12 +341,12 @@ def settings_bars(results: pd.DataFrame, settings: Sequence[str], labels: Mappin
     fig, ax = plt.subplots(figsize=(8.2, 4.0))
     width = 0.8 / max(len(cells), 1)
     for j, cell in enumerate(cells):
-        sub = results[results["method"] == cell.method]
+        sub = results[results["cell"] == cell.cell]
         means = [100 * sub[f"{s}/{attack}"].astype(float).mean() for s in settings]
         xs = np.arange(len(settings)) + (j - (len(cells) - 1) / 2) * width
         ax.bar(xs, means, width, color=cell_color(cell), label=cell.label)
     for cell in cells:
-        value = (paper or {}).get(cell.method, {}).get(attack)
+        value = (paper or {}).get(cell.cell, {}).get(attack)
         if value is not None:
             ax.axhline(value, color=cell_color(cell), ls="--", lw=1, label=f"paper: {cell.label}")
     ax.set_xticks(np.arange(len(settings)), [labels[s].replace(" ", "\n", 2) for s in settings], fontsize=7)
@@ -402,19 +404,20 @@ def optimizer_bars(results: pd.DataFrame, robust_key: str, robust_label: str) ->
     for ax, key, title in zip(axes, ("clean", robust_key), ("clean", robust_label), strict=True):
         for i, cells in enumerate(groups):
             for cell in cells:
-                j = optimizers.index(str(cell.optimizer))
+                assert cell.optimizer is not None
+                j = optimizers.index(cell.optimizer.value)
                 x = i + (j - (len(optimizers) - 1) / 2) * width
-                values_pct = 100 * results.loc[results.method == cell.method, key].astype(float)
+                values_pct = 100 * results.loc[results.cell == cell.cell, key].astype(float)
                 iv = t_interval(values_pct)
                 bars = ax.bar(x, iv.mean, width, yerr=0 if np.isnan(iv.half) else iv.half, capsize=2,
-                              color=OPTIMIZER_COLORS[str(cell.optimizer)], alpha=0.85)
+                              color=OPTIMIZER_COLORS[cell.optimizer.value], alpha=0.85)
                 if key != "clean":  # robust accuracy is often near 0 %, where a bar alone is invisible
                     ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=2)
                 ax.scatter(np.full(len(values_pct), x), values_pct, s=8, color="black", zorder=3)
         if undefended is not None:
-            ax.axhline(100 * results.loc[results.method == undefended.method, key].astype(float).mean(),
+            ax.axhline(100 * results.loc[results.cell == undefended.cell, key].astype(float).mean(),
                        color=UNDEFENDED_COLOR, ls="--", lw=1.2)
-        ax.set_xticks(range(len(groups)), [g[0].method_name for g in groups], fontsize=8)
+        ax.set_xticks(range(len(groups)), [g[0].method_label for g in groups], fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.set_ylim(0, 100)
     axes[0].set_ylabel("test accuracy (%)")
@@ -431,13 +434,9 @@ def optimizer_bars(results: pd.DataFrame, robust_key: str, robust_label: str) ->
 
 
 def reproduction_cost(results: pd.DataFrame, robust_key: str, robust_label: str) -> Figure:
-    """`robust_vs_cost` for a reproduction: every fine-tuned (seed, cell) of the patch and robust fine-tuning
-    methods at its training device-seconds; the undefended model's mean as the base line."""
-    cells = [c for c in grid.cells(results) if c.finetune is not None]
-    finetune = {c.method: (c.finetune, c.augment) for c in cells}
-    frame = results[results.method.isin(finetune)].copy()
-    frame["method"], frame["augment"] = (pd.Series([finetune[m][k] for m in frame["method"]], index=frame.index,
-                                                   dtype=object) for k in (0, 1))
+    """`robust_vs_cost` for a reproduction: every fine-tuned (seed, cell) at its training device-seconds, by method
+    (the results' `method` and `augment` columns); the undefended model's mean as the base line."""
+    frame = results[results.method != "none"]
     undefended = grid.undefended_cell(results)
-    base = None if undefended is None else float(results.loc[results.method == undefended.method, robust_key].mean())
+    base = None if undefended is None else float(results.loc[results.cell == undefended.cell, robust_key].mean())
     return robust_vs_cost(frame, robust_key, "cost_device_s", robust_label=robust_label, base=base)

@@ -14,9 +14,17 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis import grid, plots, stats, tables, versus_base
-from analysis.audit import bars_frame, checks_frame, headline, side_by_side
+from analysis.audit_tables import bars_frame, checks_frame, headline, side_by_side
 from analysis.html import render_page
-from analysis.load import StudyData, base_eps_curve, epochs_long, eps_curves, load_study, open_optuna_storage
+from analysis.load import (
+    StudyData,
+    base_eps_curve,
+    epochs_long,
+    eps_curves,
+    load_reproduction_files,
+    load_study,
+    open_optuna_storage,
+)
 from analysis.paper import paper_value
 from analysis.reproduction import (
     SETTING_LABELS,
@@ -27,7 +35,7 @@ from analysis.reproduction import (
     robust_measure,
 )
 from trainables.atomic import atomic_write_bytes
-from trainables.vocab import dataset_info, warmup_text
+from trainables.vocab import warmup_text
 
 
 def optuna_importances(data: StudyData) -> dict[str, float]:
@@ -113,8 +121,7 @@ def write_study_report(path: str | Path) -> Path:
     verdict = versus_base.lines(data.best["trials"]) if data.best else []
     if verdict:  # the answer first: is the best trial better than the model it started from?
         md += [f"**{verdict[0]}**", "", *(f"- {line.strip()}" for line in verdict[1:]), ""]
-    dataset = str(data.spec.get("dataset", "fmnist"))
-    arch = data.spec.get("arch") or dataset_info(dataset).default_arch.value
+    dataset, arch = data.dataset, data.arch
     md += [f"Data set **{dataset}**, arch **{arch}**, objective **{data.objective}** "
            f"on the validation split; {len(r)} trials: " +
            ", ".join(f"{k} {v}" for k, v in r["status"].value_counts().items()) + ".", ""]
@@ -204,9 +211,8 @@ def _audit_section(payload: dict[str, object], out: Path) -> list[str]:
 def write_reproduction_report(path: str | Path) -> Path:
     """Tables, findings and figures of a `patchtune reproduce` directory into DIR/report/."""
     path = Path(path)
-    results = pd.read_parquet(path / "results.parquet")
-    meta = json.loads((path / "reproduction.json").read_text())
-    dataset = str(meta["dataset"])
+    meta, results = load_reproduction_files(path)
+    dataset, arch = str(meta["data"]["dataset"]), str(meta["model"]["arch"])
     out = path / "report"
     out.mkdir(exist_ok=True)
     images = {
@@ -220,9 +226,9 @@ def write_reproduction_report(path: str | Path) -> Path:
         images["optimizer_bars"] = _save(plots.optimizer_bars(results, key, label), out, "optimizer_bars")
         if "cost_device_s" in results:
             images["robust_vs_cost"] = _save(plots.reproduction_cost(results, key, label), out, "robust_vs_cost")
-    header = (f"# Reproduction: {dataset}, {meta['arch']}\n\n{meta['train_images']} fine-tuning images, "
+    header = (f"# Reproduction: {dataset}, {arch}\n\n{meta['train_images']} fine-tuning images, "
               f"{meta['test_images']} test images, {meta['epochs']} epochs, lr {meta['lr']:g}"
               + (f"; robust fine-tunes: {warmup_text(meta['eps_warmup'])}" if meta.get("eps_warmup") else "")
               + f"; wall time {meta['seconds'] / 60:.1f} min.\n")
     text = render(results, dataset, header) + "\n## Figures\n\n" + "\n\n".join(f"![{k}]({v})" for k, v in images.items())
-    return _write(out, f"Reproduction {dataset} {meta['arch']}", text)
+    return _write(out, f"Reproduction {dataset} {arch}", text)

@@ -20,13 +20,20 @@ from analysis.paper import TABLE1, TABLE2
 from analysis.stats import Comparison, Interval
 from analysis.tables import optimizer_label
 from trainables import vocab
-from trainables.vocab import PAPER_ALPHA, PAPER_STEPS, AttackName, Setting, decode_outcomes, paper_eps, values
+from trainables.vocab import (
+    PAPER_ALPHA,
+    PAPER_STEPS,
+    AttackName,
+    Method,
+    Setting,
+    decode_outcomes,
+    paper_eps,
+    values,
+)
 
 ATTACKS = tuple(a.value for a in AttackName if a is not AttackName.CLEAN)  # the paper's attacks
 ATTACK_LABELS = {"clean": "Clean", "fgsm": "FGSM", "ifgsm": "IFGSM", "pgd": "PGD-10"}
 STRONG_KEY = "strong/pgd"  # PGD with alpha * steps >= 2 eps and restarts (study/reproduce.py): not the paper's
-# Results written before the strong attack's parameters were recorded per row used these.
-LEGACY_STRONG = {"strong_steps": 100, "strong_restarts": 5}
 SETTINGS = values(Setting)
 SETTING_LABELS = {s.value: label for s, label in vocab.SETTING_LABELS.items()}
 DATASET_NAMES = {"fmnist": "F-MNIST", "cifar10": "CIFAR-10", "imagenette": "Imagenette"}
@@ -51,7 +58,7 @@ def fmt(iv: Interval) -> str:
 
 
 def _column(results: pd.DataFrame, method: str, key: str) -> pd.Series:
-    return results.loc[results["method"] == method].sort_values("seed")[key]
+    return results.loc[results["cell"] == method].sort_values("seed")[key]
 
 
 def _paper(value: float | None) -> str:
@@ -60,11 +67,11 @@ def _paper(value: float | None) -> str:
 
 def _table1_columns(results: pd.DataFrame) -> list[tuple[str, str]]:
     """(method, Table 1 column) of the cells that reproduce Table 1 with the paper's fine-tuning budget."""
-    return [(c.method, str(c.table1_column)) for c in grid.table1_cells(results)]
+    return [(c.cell, str(c.table1_column)) for c in grid.table1_cells(results)]
 
 
 def _table2_columns(results: pd.DataFrame) -> list[tuple[str, str]]:
-    return [(c.method, str(c.table2_column)) for c in grid.table2_cells(results)]
+    return [(c.cell, str(c.table2_column)) for c in grid.table2_cells(results)]
 
 
 def table1(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
@@ -86,8 +93,7 @@ def table1(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
 
 def _strong_params(results: pd.DataFrame) -> tuple[int, int]:
     """(steps, restarts) of the strong attack, as the results record them."""
-    steps, restarts = (int(results[k].iloc[0]) if k in results else v for k, v in LEGACY_STRONG.items())
-    return steps, restarts
+    return int(results["strong_steps"].iloc[0]), int(results["strong_restarts"].iloc[0])
 
 
 def strong_name(results: pd.DataFrame) -> str:
@@ -132,7 +138,7 @@ def settings_table(results: pd.DataFrame, dataset: str, attack: str = "pgd") -> 
     for cell in grid.table1_cells(results) + grid.table1_cells(results, long=True):
         row: dict[str, str] = {"model": _model_label(cell)}
         for setting in SETTINGS:
-            row[SETTING_LABELS[setting]] = fmt(interval(results, cell.method, f"{setting}/{attack}"))
+            row[SETTING_LABELS[setting]] = fmt(interval(results, cell.cell, f"{setting}/{attack}"))
         row["paper"] = _paper(TABLE1.get(dataset, {}).get(attack, {}).get(str(cell.table1_column)))
         rows.append(row)
     return pd.DataFrame(rows)
@@ -143,7 +149,7 @@ def paper_by_method(results: pd.DataFrame, dataset: str,
     """The paper's Table 1 numbers (attack -> %) of each method that reproduces a Table 1 column with the
     paper's budget, for the plots' reference marks; `defended_only` leaves out the undefended model."""
     paper = TABLE1.get(dataset, {})
-    return {c.method: {a: v[str(c.table1_column)] for a, v in paper.items() if c.table1_column in v}
+    return {c.cell: {a: v[str(c.table1_column)] for a, v in paper.items() if c.table1_column in v}
             for c in grid.table1_cells(results) if not (defended_only and c.undefended)}
 
 
@@ -152,7 +158,7 @@ def _outcomes(results: pd.DataFrame, method: str, key: str, seeds: list[int]) ->
     (results written before it was recorded)."""
     if "per_image" not in results:
         return None
-    rows = results[results.method == method].set_index("seed")
+    rows = results[results.cell == method].set_index("seed")
     strings: list[str] = []
     for seed in seeds:
         cell = rows.at[seed, "per_image"]
@@ -168,15 +174,15 @@ def _outcomes(results: pd.DataFrame, method: str, key: str, seeds: list[int]) ->
 def paired(results: pd.DataFrame, a: str, b: str, key: str) -> Comparison:
     """Method a minus method b on `key` in points over the seeds present in both: per image and per seed
     (`stats.seeds_x_images`) where the rows carry per-image outcomes, else the paired t-test over seeds."""
-    left = results[results.method == a].set_index("seed")[key]
-    right = results[results.method == b].set_index("seed")[key]
+    left = results[results.cell == a].set_index("seed")[key]
+    right = results[results.cell == b].set_index("seed")[key]
     common = sorted(left.index.intersection(right.index))
     return _compare(results, (a, key), (b, key), common, left.loc[common], right.loc[common])
 
 
 def paired_keys(results: pd.DataFrame, method: str, a: str, b: str) -> Comparison:
     """Like `paired`, for two metrics of the same method: a - b, in points."""
-    sub = results[results.method == method].sort_values("seed")
+    sub = results[results.cell == method].sort_values("seed")
     return _compare(results, (method, a), (method, b), list(sub["seed"]), sub[a], sub[b])
 
 
@@ -201,11 +207,11 @@ def _sentence(claim: str, comparison: Comparison) -> str:
 
 
 def _opt(cell: Cell) -> str:
-    return optimizer_label(str(cell.optimizer))
+    return optimizer_label(cell.optimizer.value if cell.optimizer else "none")
 
 
 def _at_label(cell: Cell) -> str:
-    return f"{str(cell.at_attack).upper()}-AT"
+    return f"the paper's {str(cell.paper_attack).upper()}-AT"
 
 
 def attack_label(attack: str, dataset: str) -> str:
@@ -241,12 +247,12 @@ def robust_table(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
     chosen = [c for c in grid.cells(results) if c.undefended or (c.patch and not c.long) or c.robust]
     rows = []
     for cell in chosen:
-        row = {"model": cell.label, "clean": fmt(interval(results, cell.method, "clean")),
-               pgd10_label(dataset): fmt(interval(results, cell.method, "whitebox/pgd"))}
+        row = {"model": cell.label, "clean": fmt(interval(results, cell.cell, "clean")),
+               pgd10_label(dataset): fmt(interval(results, cell.cell, "whitebox/pgd"))}
         if key != "whitebox/pgd":
-            row[f"{measure}, eps {paper_eps(dataset):g}"] = fmt(interval(results, cell.method, key))
+            row[f"{measure}, eps {paper_eps(dataset):g}"] = fmt(interval(results, cell.cell, key))
         if "cost_device_s" in results:
-            sub = results[results.method == cell.method]
+            sub = results[results.cell == cell.cell]
             row["train device-s"] = f"{sub['cost_device_s'].mean():.3g}"
             row["forward passes"] = fmt_count(sub["cost_fwd_passes"].mean())
         rows.append(row)
@@ -270,15 +276,15 @@ def robust_findings(results: pd.DataFrame, dataset: str) -> list[str]:
     at = f"at eps {paper_eps(dataset):g} ({measure})"
     out = []
     for cells in grid.robust_groups(results):
-        method = cells[0].method_name
+        method = cells[0].method_label
         for i, earlier in enumerate(cells):
             for later in cells[i + 1:]:
                 out.append(_sentence(f"{_opt(later)} beats {_opt(earlier)} under {method} fine-tuning on {name} {at}",
-                                     paired(results, later.method, earlier.method, key)))
+                                     paired(results, later.cell, earlier.cell, key)))
     undefended = grid.undefended_cell(results)
     if undefended is not None:
         out += [_sentence(f"{cell.label} fine-tuning raises robust accuracy over the undefended model on {name} {at}",
-                          paired(results, cell.method, undefended.method, key))
+                          paired(results, cell.cell, undefended.cell, key))
                 for cell in grid.robust_cells(results)]
     return out
 
@@ -303,7 +309,7 @@ def _optimizer_findings(results: pd.DataFrame, proposed: Cell | None, name: str)
         return []
     rivals = [c for c in grid.table1_cells(results) if c.patch and c != proposed]
     return [_sentence(f"{_opt(proposed)} beats {_opt(other)} under {ATTACK_LABELS[attack]} on {name}",
-                      paired(results, proposed.method, other.method, f"whitebox/{attack}"))
+                      paired(results, proposed.cell, other.cell, f"whitebox/{attack}"))
             for attack in ("pgd", "fgsm") for other in rivals]
 
 
@@ -313,11 +319,11 @@ def _patch_findings(results: pd.DataFrame, proposed: Cell | None, undefended: Ce
     if undefended is None:
         return []
     out = [_sentence(f"Patch fine-tuning with {_opt(cell)} raises PGD-10 accuracy over the undefended model "
-                     f"on {name}", paired(results, cell.method, undefended.method, "whitebox/pgd"))
+                     f"on {name}", paired(results, cell.cell, undefended.cell, "whitebox/pgd"))
            for cell in grid.table1_cells(results) if cell.patch]
     if proposed is not None:
         claim = f"Patch fine-tuning keeps clean accuracy ({_opt(proposed)} vs undefended) on {name}"
-        out.append(_sentence(claim, paired(results, proposed.method, undefended.method, "clean")))
+        out.append(_sentence(claim, paired(results, proposed.cell, undefended.cell, "clean")))
     return out
 
 
@@ -325,9 +331,9 @@ def _at_findings(results: pd.DataFrame, proposed: Cell | None, name: str) -> lis
     """The paper's Table 2 claim: the proposed fine-tuning beats each adversarial-training baseline."""
     if proposed is None:
         return []
-    baselines = [c for c in grid.table2_cells(results) if c.at_attack is not None]
+    baselines = [c for c in grid.table2_cells(results) if c.paper_attack is not None]
     return [_sentence(f"The proposed fine-tuning ({_opt(proposed)}) beats {_at_label(at)} under PGD-10 "
-                      f"on {name}", paired(results, proposed.method, at.method, "whitebox/pgd"))
+                      f"on {name}", paired(results, proposed.cell, at.cell, "whitebox/pgd"))
             for at in baselines]
 
 
@@ -335,11 +341,10 @@ def _strong_findings(results: pd.DataFrame, proposed: Cell | None, name: str) ->
     """Does PGD-10 overstate robustness? For the proposed fine-tuning and for PGD-AT (the usual strong
     baseline): PGD-10 minus the strong attack, per seed."""
     checked = [(proposed, f"the proposed fine-tuning ({_opt(proposed)})")] if proposed is not None else []
-    pgd_at = vocab.at_defense(AttackName.PGD)
-    checked += [(c, _at_label(c)) for c in grid.cells(results) if c.defense == pgd_at]
+    checked += [(c, _at_label(c)) for c in grid.cells(results) if c.method_name == Method.PAPER_PGD_AT.value]
     return [_sentence(f"The paper's PGD-10 overstates the robustness of {label} on {name} "
                       f"(PGD-10 minus strong {strong_name(results)})",
-                      paired_keys(results, cell.method, "whitebox/pgd", STRONG_KEY))
+                      paired_keys(results, cell.cell, "whitebox/pgd", STRONG_KEY))
             for cell, label in checked]
 
 
@@ -353,7 +358,7 @@ def matching_setting(results: pd.DataFrame, dataset: str) -> str:
         if cell.undefended or target is None:
             continue
         for setting in SETTINGS:
-            iv = interval(results, cell.method, f"{setting}/pgd")
+            iv = interval(results, cell.cell, f"{setting}/pgd")
             if math.isnan(iv.mean):
                 continue
             gap = abs(iv.mean - target)

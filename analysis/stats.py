@@ -17,6 +17,11 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from trainables.intervals import wilson
+
+__all__ = ["Comparison", "Interval", "paired", "per_sample", "seeds_x_images", "t_interval", "verdict",
+           "verdict_sentence", "welch", "wilson"]
+
 ALPHA = 0.05  # significance level of every verdict
 Z95 = 1.96  # the normal quantile the Welch intervals have always been printed with
 
@@ -88,14 +93,6 @@ def t_interval(values: Iterable[float] | pd.Series | np.ndarray, confidence: flo
         return Interval(mean, math.nan, math.nan, math.nan, len(v))
     half = _t_half(v, confidence)
     return Interval(mean, mean - half, mean + half, half, len(v))
-
-
-def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a proportion k/n (sensible at 0 % and 100 %); (0, 1) when n == 0."""
-    if n == 0:
-        return (0.0, 1.0)
-    ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
-    return (max(0.0, float(ci.low)), min(1.0, float(ci.high)))
 
 
 def paired(a: Iterable[float] | pd.Series | np.ndarray, b: Iterable[float] | pd.Series | np.ndarray, *,

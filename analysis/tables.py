@@ -14,6 +14,7 @@ import pandas as pd
 
 from analysis.paper import paper_value
 from trainables import vocab
+from trainables.vocab import METHODS, Method
 
 # A float format spec for every float cell (".4g") or per column ({"accuracy_pct": ".2f"}); floats in other
 # columns print as str(value).
@@ -72,23 +73,24 @@ def text(frame: pd.DataFrame, floats: FloatFormat = None) -> str:
 # ------------------------------------------------------------------------------------------ patchtune eval
 
 def eval_label(result: Mapping[str, Any]) -> str:
-    """Column name of one evaluated checkpoint: its AT defense, "Undefended" or its fine-tuning optimizer."""
-    if result.get("defense") not in (None, "patch"):
-        return str(result["defense"]).removesuffix("_at").upper() + "-AT"
+    """Column name of one evaluated checkpoint: "Undefended", its patch fine-tuning's optimizer, or its method."""
+    method = result.get("method")
+    if method not in (None, Method.PATCH.value):
+        return f"{METHODS[Method(method)].label} + {optimizer_label(str(result['optimizer']))}"
     return "Undefended" if result["kind"] == "pretrain" else optimizer_label(str(result["optimizer"]))
 
 
 def _paper_column(result: Mapping[str, Any]) -> str:
-    """The paper's Table 1 column of a checkpoint; Table 1 has no AT column, so an AT model's shows "-"."""
-    if result.get("defense") not in (None, "patch"):
-        return str(result["defense"])
+    """The paper's Table 1 column of a checkpoint; Table 1 has no column for another method, so its shows "-"."""
+    if result.get("method") not in (None, Method.PATCH.value):
+        return str(result["method"])
     return "undefended" if result["kind"] == "pretrain" else str(result["optimizer"])
 
 
 def eval_table(results: Sequence[Mapping[str, Any]], info: Mapping[str, Any]) -> str:
     """`patchtune eval`'s report: per attack, each checkpoint's accuracy (%) beside the paper's Table 1 value.
 
-    results: one dict per checkpoint with `kind` ("pretrain" | "finetune"), `optimizer`, `defense` and
+    results: one dict per checkpoint with `kind` ("pretrain" | "finetune"), `optimizer`, `method` and
     `accuracy` (attack -> [0, 1]); info: `dataset`, `split`, `n` and `attacks` (attack -> its parameters).
     """
     names = [eval_label(r) for r in results]

@@ -1,11 +1,11 @@
 """The same study trials through today's code and through the code of an earlier commit, on this machine.
 
-    .venv/bin/python benchmarks/bench_before_after.py [--before 6ce4ed8] [--base BASE.pt] [--no-record]
+    .venv/bin/python -m benchmarks.bench_before_after [--before 6ce4ed8] [--base BASE.pt] [--no-record]
 
 Issue 14 measured a trial of the `quick` preset as it was then (patch fine-tuning on 6,000 images, 2 epochs,
 scored every epoch on 500 validation images for robust_auc over eps 0.01/0.02/0.05/0.1) and asked for its trial
 phase to get >= 1.5x faster "for the same trials and results". This runs exactly those trials, one spec and four
-fixed configs spanning that preset's space, through `trainables.pipeline.run_trial` of both versions: the old one
+fixed configs spanning that preset's space, through the study trial (`run_trial`) of both versions: the old one
 from `git archive <before>` in a temp dir, today's from this checkout. Each config runs old and new at the same
 time, one torch thread each (a 1-CPU Ray trial), so both see the same machine load. The base is the same file
 for both (the preset's base: 4 epochs on 20,000 images; pretrained here unless --base is given).
@@ -27,10 +27,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks.bench_common import publish
 
-from bench_core import publish  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 BEFORE = "6ce4ed8"  # main when issue 14 was filed (quick preset = 4a11572's)
 
@@ -53,22 +52,40 @@ CONFIGS: list[dict[str, Any]] = [
     {"optimizer": "rmsprop", "lr": 1e-3, "batch_size": 128, "patch_size": 4, "num_patches": 1},
 ]
 
-# Runs inside the version's own tree (cwd and sys.path[0]): one trial, one JSON line per epoch.
+# The same spec in today's format (one section per settings model: the data set and the validation subset under
+# `data`, the architecture under `model`).
+SPEC_NOW: dict[str, Any] = {
+    **{k: v for k, v in SPEC.items() if k not in ("dataset", "arch", "data", "objective")},
+    "data": {"dataset": "fmnist", **SPEC["data"], "limit_val": 500}, "model": {"arch": "cnn3"},
+    "objective": {k: v for k, v in SPEC["objective"].items() if k != "val_limit"},
+}
+
+# Runs inside the version's own tree (cwd and sys.path[0]): one trial, one JSON line per epoch. Each version builds
+# its trial its own way: today's from the resolved spec, the earlier one from its spec's helpers.
 WORKER = r"""
 import json, sys, time
 import torch
 torch.set_num_threads(1)
 import trainables
 from study.spec import parse_spec
-from study.preflight import data_cfg, objective_cfg
 from trainables.checkpoint import load_checkpoint
 from trainables.data import load_data
-from trainables.pipeline import TrialSetup, run_trial
-raw, config, base = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
-spec = parse_spec(raw)
-data = load_data(data_cfg(spec))
-setup = TrialSetup(arch=spec.resolved_arch, info=data.info, train=data.train, val=data.val,
-                   base_state=load_checkpoint(base).state_dict, objective=objective_cfg(spec), jitter=spec.search.jitter)
+raw_then, raw_now, config = (json.loads(a) for a in sys.argv[1:4])
+base = sys.argv[4]
+try:
+    from trainables.trial import TrialSetup, run_trial
+    spec = parse_spec(raw_now).resolved()
+    data = load_data(spec.data)
+    setup = TrialSetup(arch=spec.arch, info=data.info, train=data.train, val=data.val,
+                       base_state=load_checkpoint(base).state_dict, objective=spec.objective, jitter=spec.search.jitter)
+except ImportError:
+    from study.preflight import data_cfg, objective_cfg
+    from trainables.pipeline import TrialSetup, run_trial
+    spec = parse_spec(raw_then)
+    data = load_data(data_cfg(spec))
+    setup = TrialSetup(arch=spec.resolved_arch, info=data.info, train=data.train, val=data.val,
+                       base_state=load_checkpoint(base).state_dict, objective=objective_cfg(spec),
+                       jitter=spec.search.jitter)
 last = {"t": time.perf_counter(), "device_s": 0.0}
 def report(metrics, state):
     now = time.perf_counter()
@@ -97,8 +114,8 @@ def export(rev: str, into: Path) -> Path:
 
 
 def run_one(tree: Path, config: dict[str, Any], base: Path, storage: Path) -> list[dict[str, Any]]:
-    raw = {**SPEC, "storage": str(storage)}
-    out = subprocess.run([sys.executable, "-c", WORKER, json.dumps(raw), json.dumps(config), str(base)],
+    then, now = {**SPEC, "storage": str(storage)}, {**SPEC_NOW, "storage": str(storage)}
+    out = subprocess.run([sys.executable, "-c", WORKER, json.dumps(then), json.dumps(now), json.dumps(config), str(base)],
                          cwd=tree, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"the trial in {tree} failed:\n{out.stderr[-3000:]}")

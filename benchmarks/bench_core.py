@@ -1,10 +1,10 @@
 """Core benchmarks, each a ratio against a peer measured in the same run on the same model and data.
 
-    make bench                      # or: .venv/bin/python benchmarks/bench_core.py [--base CKPT] [--n 1000]
+    make bench                      # or: .venv/bin/python -m benchmarks.bench_core [--base CKPT] [--n 1000]
 
 Rows:
   1. Robust-accuracy evaluation throughput, PGD-10 at the paper's F-MNIST parameters (eps 0.3, alpha 0.01):
-     ours (`trainables.engine.evaluate`: attack only clean-correct samples, stop per sample once fooled)
+     ours (`trainables.evaluation.evaluate`: attack only clean-correct samples, stop per sample once fooled)
      vs `torchattacks.PGD` + a forward pass for accuracy. Undefended cnn3 and a patch-fine-tuned cnn3.
      Target >= 3x on the undefended model at robust accuracy <= torchattacks'.
   2. Patch-augmentation throughput: ours (batched, `trainables.augment.patch_augment`) vs the same five ops
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,24 +37,15 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from trainables.augment import make_generator, patch_augment  # noqa: E402
-from trainables.checkpoint import load_checkpoint  # noqa: E402
-from trainables.config import AttackCfg, AugCfg, DataCfg, PatchOp, TrainCfg  # noqa: E402
-from trainables.data import DataBundle, iterate_batches, load_data, place  # noqa: E402
-from trainables.engine import (  # noqa: E402
-    configure_backends,
-    evaluate,
-    fit,
-    make_optimizer,
-    pick_device,
-    train_one_epoch,
-)
-from trainables.models import InputSpec, build_model  # noqa: E402
-from trainables.perf import prepare_model  # noqa: E402
-
-README = Path(__file__).with_name("README.md")
+from benchmarks.bench_common import README, machine, render
+from trainables.augment import make_generator, patch_augment
+from trainables.checkpoint import load_checkpoint
+from trainables.config import AttackCfg, AugCfg, DataCfg, PatchOp, TrainCfg
+from trainables.data import DataBundle, iterate_batches, load_data, place
+from trainables.evaluation import evaluate
+from trainables.models import InputSpec, build_model
+from trainables.perf import configure_backends, pick_device, prepare_model
+from trainables.training import fit, make_optimizer, train_one_epoch
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -195,14 +185,11 @@ def bench_curve(models: dict[str, torch.nn.Module], data: DataBundle, device: to
                 n: int = 300) -> list[dict]:
     """A trial's per-epoch scoring (the quick preset's objective attacks) with the eps curve as one nested pass
     vs each eps attacked on its own, at one thread as a 1-CPU Ray trial runs."""
-    import yaml
+    from study.spec import load_spec
+    from trainables.evaluation import accuracies, robust_masks
+    from trainables.scoring import objective_attacks, objective_curve
 
-    from study.preflight import objective_cfg
-    from study.spec import parse_spec
-    from trainables.engine import accuracies, objective_attacks, objective_curve, robust_masks
-
-    preset = Path(__file__).resolve().parents[1] / "study" / "presets" / "quick.yaml"
-    objective = objective_cfg(parse_spec(yaml.safe_load(preset.read_text())))
+    objective = load_spec("quick").resolved().objective
     val = place(data.val.take(slice(0, n)), device)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -263,41 +250,6 @@ def bench_cost(model: torch.nn.Module, data: DataBundle, device: torch.device, n
     }]
 
 
-# ------------------------------------------------------------------------------------------------ output
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), {gpu}, "
-            f"Python {platform.python_version()}")
-
-
-def render(rows: list[dict], header: str) -> str:
-    lines = [header, "", "| benchmark | ours | peer | ratio | ratio is | target | met |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        note = f" ({r['note']})" if r.get("note") else ""
-        lines.append(f"| {r['row']} | {r['ours']} | {r['peer']} | **{r['ratio']:.2f}x**{note} | {r['measure']} | "
-                     f"{r['target']} | {'yes' if r['ok'] else '**no**'} |")
-    return "\n".join(lines) + "\n"
-
-
-def publish(rows: list[dict], script: str, *, record: bool = True) -> None:
-    """Print one script's rows under a dated header naming the machine; append them to benchmarks/README.md."""
-    text = render(rows, f"### {dt.datetime.now():%Y-%m-%d %H:%M} — `benchmarks/{script}`\n\nMachine: {machine()}.")
-    print(text)
-    if record:
-        with README.open("a") as f:
-            f.write("\n" + text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", help="undefended F-MNIST cnn3 checkpoint (default: train one, ~1 min)")
@@ -327,21 +279,21 @@ def main() -> None:
         rows += bench_cost(models["undefended"], data, device, train_n, args.repeats)
         rows += bench_curve(models, data, device, args.repeats)
     if device.type == "cuda" or args.gpu_rows_on_cpu:
-        from bench_gpu import SECTIONS, gpu_rows
+        from benchmarks.bench_gpu import SECTIONS, gpu_rows
 
         sections = tuple(args.gpu_only.split(",")) if args.gpu_only else SECTIONS
         rows += gpu_rows(models, data, device, args.repeats, root=args.data_root, small=args.gpu_rows_on_cpu,
                          sections=sections)
     if not args.no_tune:
-        from bench_study import measure as study_rows
-        from bench_tune import measure
+        from benchmarks.bench_study import measure as study_rows
+        from benchmarks.bench_tune import measure
 
         tune = measure()
         rows += [tune, *tune.pop("breakdown")]
         rows += study_rows()
     if not args.no_before_after and device.type == "cpu":
-        from bench_before_after import BEFORE, available
-        from bench_before_after import measure as before_after
+        from benchmarks.bench_before_after import BEFORE, available
+        from benchmarks.bench_before_after import measure as before_after
 
         if available(BEFORE):
             rows += before_after(BEFORE, Path(args.base) if args.base else None)

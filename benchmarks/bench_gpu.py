@@ -31,10 +31,11 @@ import torch.nn.functional as F
 from trainables.augment import make_generator
 from trainables.config import AttackCfg, AugCfg, DataCfg, TrainCfg
 from trainables.data import DataBundle, Split, load_data, place
-from trainables.engine import configure_backends, evaluate, make_optimizer, train_one_epoch
+from trainables.evaluation import evaluate
 from trainables.graphs import GraphedAttack
 from trainables.models import InputSpec, build_model
-from trainables.perf import Autocast, input_layout, prepare_model
+from trainables.perf import Autocast, configure_backends, input_layout, prepare_model
+from trainables.training import make_optimizer, train_one_epoch
 
 
 def _sync(device: torch.device) -> None:

@@ -59,7 +59,6 @@ def measure() -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from bench_core import machine, render
+    from benchmarks.bench_common import machine, render
 
     print(render(measure(), f"### `benchmarks/bench_study.py`\n\nMachine: {machine()}."))

@@ -1,6 +1,6 @@
 """Tune overhead: N short trials through `patchtune run` vs the same trials in a bare Python loop.
 
-    .venv/bin/python benchmarks/bench_tune.py [--trials 8] [--concurrency 2]   (also a row of `make bench`)
+    .venv/bin/python -m benchmarks.bench_tune [--trials 8] [--concurrency 2]   (also a row of `make bench`)
 
 Both sides run the same trial configs (the ones the study's sampler chose), the same data, epochs and
 validation scoring, at the same concurrency (a process pool of the same size, one torch thread per trial as
@@ -23,42 +23,40 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from benchmarks.bench_common import publish
+from study.bases import base_cache_path
+from study.spec import parse_spec
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench_core import publish  # noqa: E402
-
-from study.preflight import base_cache_path, data_cfg, objective_cfg  # noqa: E402
-from study.spec import parse_spec  # noqa: E402
 
 
 def bench_spec(storage: Path, name: str, trials: int, concurrency: int) -> dict[str, Any]:
     return {
-        "name": name, "dataset": "fmnist", "storage": str(storage),
-        "data": {"limit_train": 3000, "limit_test": 500},
+        "name": name, "storage": str(storage),
+        "data": {"dataset": "fmnist", "limit_train": 3000, "limit_val": 500, "limit_test": 500},
         "base": {"pretrain": {"epochs": 2, "limit_train": 10000}},
         "search": {"lr": {"adam": [1e-4, 1e-2], "rmsprop": [1e-4, 1e-2]}, "batch_size": [64, 128], "patch_size": [4, 12]},
         "epochs": 2,
-        "objective": {"metric": "robust_auc", "eps_grid": [0.02, 0.05, 0.1], "val_limit": 500},
+        "objective": {"metric": "robust_auc", "eps_grid": [0.02, 0.05, 0.1]},
         "num_samples": trials, "max_concurrent": concurrency,
         "scheduler": {"type": "fifo"}, "sampler": {"type": "random", "seed": 0},
     }
 
 
 def _bare_trial(args: tuple[dict[str, Any], dict[str, Any], str]) -> float:
-    """One trial without Ray: the same `pipeline.run_trial` the trainable runs, checkpointing to a temp dir."""
+    """One trial without Ray: the same `trial.run_trial` the trainable runs, checkpointing to a temp dir."""
     import torch
 
     torch.set_num_threads(1)
     from trainables.checkpoint import load_checkpoint
     from trainables.data import load_data
-    from trainables.pipeline import TrialSetup, TrialState, run_trial
+    from trainables.trial import TrialSetup, TrialState, run_trial
 
     raw, config, base = args
-    spec = parse_spec(raw)
-    data = load_data(data_cfg(spec))
-    setup = TrialSetup(arch=spec.resolved_arch, info=data.info, train=data.train, val=data.val,
-                       base_state=load_checkpoint(base).state_dict, objective=objective_cfg(spec),
+    spec = parse_spec(raw).resolved()
+    data = load_data(spec.data)
+    setup = TrialSetup(arch=spec.arch, info=data.info, train=data.train, val=data.val,
+                       base_state=load_checkpoint(base).state_dict, objective=spec.objective,
                        jitter=spec.search.jitter)
     scores: list[float] = []
 
@@ -78,11 +76,11 @@ def _bare_test_eval(raw: dict[str, Any], base: str) -> None:
     from trainables.checkpoint import load_checkpoint
     from trainables.config import paper_attacks
     from trainables.data import load_data
-    from trainables.engine import evaluate
+    from trainables.pipeline import evaluate_model
 
     spec = parse_spec(raw)
-    data = load_data(data_cfg(spec))
-    evaluate(load_checkpoint(base).build(), data.test, paper_attacks(spec.dataset_enum), device=torch.device("cpu"))
+    data = load_data(spec.data)
+    evaluate_model(load_checkpoint(base).build(), data.test, paper_attacks(spec.data.dataset), device=torch.device("cpu"))
 
 
 def breakdown(study_dir: Path, t_command: float, concurrency: int, long_trials: int = 64,
@@ -145,7 +143,9 @@ def measure(trials: int = 8, concurrency: int = 2) -> dict[str, Any]:
     t_tune = time.perf_counter() - t0
 
     results = pd.read_parquet(storage / "timed" / "results.parquet")
-    base = str(base_cache_path(parse_spec(raw)))
+    spec = parse_spec(raw).resolved()
+    assert spec.model.arch is not None and spec.base.pretrain is not None
+    base = str(base_cache_path(spec.storage, spec.model.arch, spec.data, spec.base.pretrain))
     configs = [{k: r[k] for k in ("optimizer", "lr", "batch_size", "patch_size", "num_patches", "pool", "epochs", "seed")}
                for r in results.to_dict("records")]
     t0 = time.perf_counter()

@@ -43,7 +43,7 @@ for stage in $STAGES; do
       timeout "${PRETRAIN_TIMEOUT:-60}" patchtune pretrain --out "$OUT/base.pt" --batch-size 256 ${PRETRAIN_ARGS:-} --quiet 2>&1 | tee -a "$LOG" ;;
     bench)
       base=(); [ -f "${BENCH_BASE:-$OUT/base.pt}" ] && base=(--base "${BENCH_BASE:-$OUT/base.pt}")
-      (cd benchmarks && timeout "${BENCH_TIMEOUT:-170}" python3 bench_core.py --no-tune --no-record --repeats 3 "${base[@]}" \
+      (timeout "${BENCH_TIMEOUT:-170}" python3 -m benchmarks.bench_core --no-tune --no-record --repeats 3 "${base[@]}" \
         --gpu-only "${GPU_SECTIONS:-graphs,vgg,switches,compile}") 2>&1 | grep -v "^\s*$" | tee "$OUT/bench.txt" | grep -E "^(ROW|bf16)" | tee -a "$LOG" ;;
     control)
       mkdir -p "$C"

@@ -8,7 +8,9 @@
     print(api.status(study.path))                             # -> Status (what `patchtune status` prints)
     report = api.report(study.path)                           # -> Report: report.md, report.html, figures
 
-`patchtune run/resume/status/audit/report` are thin wrappers around these functions. Every user mistake raises a
+`patchtune run/resume/status/audit/report/reproduce` are thin wrappers around these functions, and their keywords are
+views of the settings, like the CLI's flags: each names one setting (`RUN_OVERRIDES`, `REPRODUCE_KEYWORDS`,
+`AuditCfg`'s fields), and one not given is left to the model's default. Every user mistake raises a
 `trainables.vocab.UserError` (the CLI prints it on one line and exits 2). Torch and Ray are imported inside the
 calls (this module costs what pandas and scipy cost to import, not torch's or Ray's).
 """
@@ -17,23 +19,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from analysis import versus_base
-from analysis.load import StudyData, load_study
-from study.spec import StudySpec
-from trainables.vocab import Component, paper_eps, values
-
-# `load_spec`'s keyword overrides: `patchtune run`'s flags (their Python names) -> the spec fields they set.
-OVERRIDES = {
-    "name": "name", "storage": "storage", "num_samples": "num_samples", "max_concurrent": "max_concurrent",
-    "epochs": "epochs", "seed": "seed", "cpus_per_trial": "resources.cpu", "gpus_per_trial": "resources.gpu",
-    "optuna_storage": "optuna_storage", "mlflow": "tracking.mlflow",
-}
+from analysis.load import StudyData, load_reproduction_files, load_study
+from study.settings import REPRODUCE_KEYWORDS, RayOptions, ReproCfg
+from study.spec import RUN_OVERRIDES, StudySpec
+from trainables.config import AuditCfg
+from trainables.config.spine import nested
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +136,7 @@ class Reproduction:
 
     @property
     def dataset(self) -> str:
-        return str(self.meta["dataset"])
+        return str(self.meta["data"]["dataset"])
 
 
 # ------------------------------------------------------------------------------------------- calls
@@ -147,23 +144,23 @@ class Reproduction:
 
 def load_spec(spec: str | Path, **overrides: Any) -> StudySpec:
     """A preset name or a YAML file, validated, with `run`'s overrides as keywords (`num_samples=4`,
-    `gpus_per_trial=0.25`, `mlflow="sqlite:///mlflow.db"`, ...); None leaves a value as the spec has it."""
+    `gpus_per_trial=0.25`, `mlflow="sqlite:///mlflow.db"`, ...: `RUN_OVERRIDES`); None leaves a value as the spec
+    has it."""
     from study.spec import load_spec as load
 
-    unknown = sorted(set(overrides) - set(OVERRIDES))
-    if unknown:
-        raise TypeError(f"load_spec() got unknown override(s) {', '.join(unknown)}; known: {', '.join(OVERRIDES)}")
-    return load(str(spec), {OVERRIDES[k]: v for k, v in overrides.items() if v is not None})
+    _known(overrides, RUN_OVERRIDES, "load_spec")
+    return load(str(spec), {RUN_OVERRIDES[k]: v for k, v in overrides.items() if v is not None})
 
 
 def run(spec: StudySpec | str | Path, *, address: str | None = None, dashboard: bool = False,
-        dashboard_host: str = "127.0.0.1") -> Study:
+        dashboard_host: str | None = None) -> Study:
     """Run a study to the end (`patchtune run`): checks first, then the base model, the trials on Ray (a local
     instance unless `address` names a cluster), the best trial on the test split. Returns it loaded."""
     from study.runner import run_study
 
-    return load(run_study(spec if isinstance(spec, StudySpec) else load_spec(spec), address=address,
-                          dashboard=dashboard, dashboard_host=dashboard_host))
+    ray = RayOptions.parse({k: v for k, v in {"address": address, "dashboard": dashboard,
+                                              "dashboard_host": dashboard_host}.items() if v is not None})
+    return load(run_study(spec if isinstance(spec, StudySpec) else load_spec(spec), ray))
 
 
 def resume(study_dir: str | Path, *, address: str | None = None, dashboard: bool = False) -> Study:
@@ -171,27 +168,32 @@ def resume(study_dir: str | Path, *, address: str | None = None, dashboard: bool
     checkpoint; the results files are written again."""
     from study.runner import resume_study
 
-    return load(resume_study(_study_dir(study_dir), address=address, dashboard=dashboard))
+    return load(resume_study(_study_dir(study_dir), RayOptions(address=address, dashboard=dashboard)))
 
 
-def reproduce(dataset: str, *, storage: str | Path = "runs/reproductions", name: str | None = None,
-              address: str | None = None, data_root: str | None = None, **budgets: Any) -> Reproduction:
-    """`patchtune reproduce`: the paper's Table 1 / Table 2 over seeds (`seeds=3`), with the robust fine-tuning
-    cells; `budgets` are `study.reproduce.make_spec`'s keywords (`limit_train`, `epochs`, `robust_methods`, ...)."""
-    from study.reproduce import make_spec
+def reproduction_cfg(dataset: str, **keywords: Any) -> ReproCfg:
+    """`reproduce`'s settings: the data set and the keywords of `REPRODUCE_KEYWORDS` (`seeds=3`, `limit_train`,
+    `epochs`, `robust_methods`, ...), not given ones left to the data set's budgets (resolved)."""
+    _known(keywords, REPRODUCE_KEYWORDS, "reproduce")
+    given = {REPRODUCE_KEYWORDS[k]: v for k, v in keywords.items() if v is not None}
+    return ReproCfg.parse(nested({"data.dataset": dataset, **given})).resolved()
+
+
+def reproduce(dataset: str, *, address: str | None = None, **keywords: Any) -> Reproduction:
+    """`patchtune reproduce`: the paper's Table 1 / Table 2 over seeds, with the robust fine-tuning cells."""
     from study.reproduce import reproduce as run_grid
 
-    return load_reproduction(run_grid(make_spec(dataset, **budgets), Path(storage), name=name, address=address,
-                                      data_root=data_root))
+    return load_reproduction(run_grid(reproduction_cfg(dataset, **keywords), RayOptions(address=address)))
 
 
 def load_reproduction(path: str | Path) -> Reproduction:
-    where = Path(path).expanduser()
-    meta = _json(where / "reproduction.json")
-    if meta is None or not (where / "results.parquet").is_file():
-        raise _error(f"{str(path)!r} is not a finished `patchtune reproduce` directory (no reproduction.json or "
-                     "results.parquet)")
-    return Reproduction(path=where.resolve(), meta=meta, results=_parquet(where / "results.parquet"))
+    try:
+        meta, results = load_reproduction_files(path)
+    except FileNotFoundError as exc:
+        raise _error(str(exc)) from None
+    except (OSError, ValueError) as exc:
+        raise _error(f"{str(path)!r} is not readable: {str(exc).splitlines()[0]}") from None
+    return Reproduction(path=Path(path).expanduser().resolve(), meta=meta, results=results)
 
 
 def load(study_dir: str | Path) -> Study:
@@ -229,7 +231,7 @@ def report(study_dir: str | Path) -> Report:
                          "(no results.parquet)")
     results = _parquet(path / "results.parquet")  # a file that only claims to be one: one line, not a traceback
     reproduction = (path / "reproduction.json").is_file()
-    kind, marker, needed = (("reproduction", "reproduction.json", ("method", "seed")) if reproduction
+    kind, marker, needed = (("reproduction", "reproduction.json", ("cell", "seed")) if reproduction
                             else ("study", "spec.yaml", ("trial_id", "objective", "status")))
     missing = [c for c in needed if c not in results.columns]
     if not (path / marker).is_file() or missing:
@@ -240,64 +242,67 @@ def report(study_dir: str | Path) -> Report:
     return Report(markdown=md, html=md.with_suffix(".html"), figures=tuple(sorted(md.parent.glob("*.png"))))
 
 
-def audit(checkpoint: str | Path, *, eps: float | Sequence[float] | None = None, base: str | Path | None = None,
-          split: str = "test", limit: int | None = 500, steps: int = 100, restarts: int = 5, autoattack: bool = True,
-          components: Sequence[str] | None = None, check_limit: int = 200, batch_size: int = 250, seed: int = 0,
-          data_root: str | None = None, device: str = "auto", progress: bool = False,
-          log: Callable[[str], None] | None = None) -> Audit:
-    """`patchtune audit`: PGD-`steps` x `restarts` (alpha = 2.5 eps / steps), AutoAttack (`components`, default
-    all four) and the gradient-masking checks on `limit` images of `split`, at each `eps` (default: the paper's
-    for the data set). `base` (an undefended checkpoint) enables the transfer check. `log` is told what is
-    audited, once every input has been checked and the data loaded."""
-    from trainables.audit import AuditCfg
+def audit(checkpoint: str | Path, *, base: str | Path | None = None, data_root: str | None = None,
+          device: str = "auto", progress: bool = False, log: Callable[[str], None] | None = None,
+          **settings: Any) -> Audit:
+    """`patchtune audit`: the strong-attack audit of one checkpoint; `settings` are `AuditCfg`'s fields (`eps=[0.1,
+    0.3]`, `limit=500`, `strong_steps=100`, ...; not given: the model's defaults, the eps the paper's for the data
+    set). `base` (an undefended checkpoint) enables the transfer check. `log` is told what is audited, once every
+    input has been checked and the data loaded."""
+    unknown = sorted(set(settings) - set(AuditCfg.model_fields))
+    if unknown:
+        raise TypeError(f"audit() got unknown setting(s) {', '.join(unknown)}; known: {', '.join(AuditCfg.model_fields)}")
+    eps = settings.get("eps")
+    if isinstance(eps, (int, float)):
+        settings["eps"] = (float(eps),)
+    return audit_checkpoint(checkpoint, AuditCfg.parse({k: v for k, v in settings.items() if v is not None}),
+                            base=base, data={"root": data_root} if data_root else {}, device=device,
+                            progress=progress, log=log)
+
+
+def audit_checkpoint(checkpoint: str | Path, cfg: AuditCfg, *, base: str | Path | None = None,
+                     data: dict[str, Any] | None = None, device: str = "auto", progress: bool = False,
+                     log: Callable[[str], None] | None = None) -> Audit:
+    """`audit` with its settings as one `AuditCfg`, and `data` the data settings given (a root)."""
     from trainables.checkpoint import load_checkpoint
     from trainables.data import load_data
-    from trainables.engine import pick_device
+    from trainables.perf import pick_device
     from trainables.pipeline import audit_model
     from trainables.vocab import ConfigError
 
     for p in (checkpoint, base):
         if p is not None and not Path(p).is_file():
             raise _error(f"checkpoint not found: {p}")
-    if split not in ("val", "test"):
-        raise ConfigError(f"split must be val or test, got {split!r}")
     ck = load_checkpoint(checkpoint)
     base_ck = load_checkpoint(base) if base is not None else None
     if base_ck is not None and (base_ck.dataset is not ck.dataset or base_ck.input_spec() != ck.input_spec()):
         raise ConfigError(f"base {base} is for {base_ck.dataset.value} {base_ck.arch}, but {checkpoint} is for "
                           f"{ck.dataset.value} {ck.arch}")
-    eps_list = [paper_eps(ck.dataset)] if eps is None else [float(eps)] if isinstance(eps, (int, float)) else list(eps)
-    cfgs = [AuditCfg(eps=e, strong_steps=steps, strong_restarts=restarts, autoattack=autoattack,
-                     components=tuple(components or values(Component)), check_limit=check_limit,
-                     batch_size=batch_size, seed=seed) for e in eps_list]
-    data_cfg = checkpoint_data_cfg(ck, split, limit, data_root)
+    eps = list(cfg.budgets(ck.dataset))
+    data_cfg = ck.data_cfg(**(data or {}), **{f"limit_{cfg.split.value}": cfg.limit})
     try:
         dev = pick_device(device)
     except (ValueError, RuntimeError) as exc:
         raise ConfigError(f"device {device!r}: {exc}") from None
     model = ck.build()
-    data = load_data(data_cfg)
+    loaded = load_data(data_cfg)
     if log is not None:
-        log(f"auditing {checkpoint} on {len(data.split(split))} {split} images on {dev} at eps "
-            + ", ".join(f"{e:g}" for e in eps_list))
-    reports = audit_model(model, data, split, cfgs, device=dev, base=base_ck.build() if base_ck else None,
-                          progress=progress)
+        log(f"auditing {checkpoint} on {len(loaded.split(cfg.split.value))} {cfg.split.value} images on {dev} at eps "
+            + ", ".join(f"{e:g}" for e in eps))
+    reports = audit_model(model, loaded, cfg, eps, device=dev, base=base_ck.build() if base_ck else None,
+                          progress=progress, log=log)
     return Audit(checkpoint=Path(checkpoint), base=Path(base) if base is not None else None, dataset=ck.dataset.value,
-                 arch=ck.arch, split=split, device=str(dev), reports=reports)
+                 arch=ck.arch, split=cfg.split.value, device=str(dev), reports=reports)
 
 
-def checkpoint_data_cfg(ck: Any, split: str, limit: int | None, data_root: str | None) -> Any:
-    """The data a checkpoint was trained on (its validation split), limited to `limit` images of `split`."""
-    from trainables.config import DataCfg
-
-    split_meta = ck.meta.get("data") or {}
-    return DataCfg(dataset=ck.dataset, root=data_root, val_fraction=split_meta.get("val_fraction", 0.1),
-                   split_seed=split_meta.get("split_seed", 0), image_size=ck.meta.get("image_size"),
-                   limit_test=limit if split == "test" else None, limit_val=limit if split == "val" else None)
+def _known(keywords: dict[str, Any], views: dict[str, str], call: str) -> None:
+    unknown = sorted(set(keywords) - set(views))
+    if unknown:
+        raise TypeError(f"{call}() got unknown keyword(s) {', '.join(unknown)}; known: {', '.join(views)}")
 
 
 def _error(message: str) -> Exception:
-    from study.preflight import StudyError  # imports torch: only when there is something to say
+    from study.errors import StudyError  # imports torch: only when there is something to say
 
     return StudyError(message)
 

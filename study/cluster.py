@@ -15,7 +15,7 @@ import socket
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from study.preflight import StudyError
+from study.errors import StudyError
 
 T = TypeVar("T")
 

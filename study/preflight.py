@@ -7,8 +7,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -17,47 +15,20 @@ import yaml
 
 from analysis.load import open_optuna_storage
 from study import tracking
+from study.bases import base_cache_path
+from study.errors import StudyError
 from study.spec import StudySpec, parse_spec
 from trainables.checkpoint import CheckpointError, load_checkpoint
-from trainables.config import ConfigError, DataCfg, ObjectiveCfg
+from trainables.config import ConfigError
 from trainables.data import DataBundle, load_data
-from trainables.vocab import Objective, UserError
-
-
-class StudyError(UserError, RuntimeError):
-    """A study cannot start or resume (a user-facing, one-line problem)."""
 
 
 @dataclasses.dataclass
 class Prepared:
-    spec: StudySpec
+    spec: StudySpec  # resolved
     data: DataBundle
     base_path: Path | None  # None: the base is pretrained first (cached at `base_cache`)
     base_cache: Path
-
-
-def data_cfg(spec: StudySpec) -> DataCfg:
-    return DataCfg(dataset=spec.dataset_enum, root=spec.data.root, val_fraction=spec.data.val_fraction,
-                   split_seed=spec.data.split_seed, limit_train=spec.data.limit_train,
-                   limit_val=spec.objective.val_limit, limit_test=spec.data.limit_test, image_size=spec.data.image_size)
-
-
-def objective_cfg(spec: StudySpec) -> ObjectiveCfg:
-    o = spec.objective
-    return ObjectiveCfg(metric=Objective(o.metric), eps=spec.objective_eps, alpha=spec.objective_alpha, steps=o.steps,
-                        eps_grid=o.eps_grid, restarts=o.restarts)
-
-
-def base_cache_path(spec: StudySpec) -> Path:
-    """Pretrained bases are cached by everything that determines them, so studies share them."""
-    assert spec.base.pretrain is not None
-    pretrain = dataclasses.asdict(spec.base.pretrain)
-    if pretrain["limit_eval"] is None:  # absent when None, so bases cached before the option keep their key
-        del pretrain["limit_eval"]
-    key = {"arch": spec.resolved_arch, "dataset": spec.dataset, "pretrain": pretrain,
-           "val_fraction": spec.data.val_fraction, "split_seed": spec.data.split_seed, "image_size": spec.data.image_size}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(spec.storage).expanduser().resolve() / "_bases" / f"{spec.dataset}-{spec.resolved_arch}-{digest}.pt"
 
 
 def _check_writable(path: Path, what: str) -> None:
@@ -92,6 +63,7 @@ def check_optuna_storage(spec: StudySpec, *, fresh: bool) -> None:
 
 def preflight(spec: StudySpec) -> Prepared:
     """Validate data, base checkpoint and storage for a new study, writing nothing."""
+    spec = spec.resolved()
     study_dir = spec.study_dir()
     if study_dir.exists() and any(study_dir.iterdir()):
         raise StudyError(f"study directory {study_dir} already exists; `patchtune resume {study_dir}` continues it, "
@@ -107,17 +79,18 @@ def preflight(spec: StudySpec) -> Prepared:
     if spec.base.checkpoint is not None:
         base_path = Path(spec.base.checkpoint).expanduser().resolve()
         try:
-            load_checkpoint(base_path, arch=spec.resolved_arch, dataset=spec.dataset)
+            load_checkpoint(base_path, arch=spec.arch, dataset=spec.data.dataset)
         except CheckpointError as exc:
             raise StudyError(f"base.checkpoint: {exc}") from None
-    data = load_data(data_cfg(spec))
-    lo = spec.search.patch_size[1]
-    if lo > min(data.info.height, data.info.width):
-        raise StudyError(f"search.patch_size {lo} is larger than the {data.info.height}x{data.info.width} images")
-    return Prepared(spec, data, base_path, base_cache_path(spec) if base_path is None else base_path)
+    data = load_data(spec.data)
+    if base_path is not None:
+        return Prepared(spec, data, base_path, base_path)
+    assert spec.model.arch is not None and spec.base.pretrain is not None
+    return Prepared(spec, data, None, base_cache_path(spec.storage, spec.model.arch, spec.data, spec.base.pretrain))
 
 
 def load_study_spec(study_dir: Path) -> StudySpec:
+    """A study directory's spec (resolved when it was written)."""
     path = study_dir / "spec.yaml"
     if not path.is_file():
         raise StudyError(f"{study_dir} is not a patchtune study directory (no spec.yaml)")
@@ -129,6 +102,5 @@ def load_study_spec(study_dir: Path) -> StudySpec:
     if spec.study_dir() != here and here.name == spec.name:
         # A relative `storage` means the directory it was run from; read from elsewhere (or after a move), the
         # study is where it is: its default Optuna storage and result files follow it.
-        spec = dataclasses.replace(spec, storage=str(here.parent))
+        spec = spec.replace(storage=str(here.parent))
     return spec
-

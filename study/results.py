@@ -60,7 +60,7 @@ def collect_results(spec: StudySpec, grid: Any) -> tuple[pd.DataFrame, pd.DataFr
         rows.append({
             "trial_id": trial_id,
             **{k: config.get(k) for k in TRIAL_CONFIG_KEYS},
-            **{f"pool_{op}": op in str(config.get("pool", "")).split(",") for op in spec.search.pool},
+            **{f"pool_{op.value}": op.value in str(config.get("pool", "")).split(",") for op in spec.search.pool},
             "epochs_done": int(metrics.get("training_iteration", 0) or 0),
             **{k: metrics.get(k) for k in ("objective", "val_clean_acc", "val_pgd_acc", "val_paper_pgd_acc", "val_robust_auc",
                                            "train_loss", "cost_device_s", "cost_fwd_passes", "cost_bwd_passes")},
@@ -102,7 +102,7 @@ def status_table(study_dir: Path, trials: pd.DataFrame | None = None) -> str:
     when the caller has read them already."""
     study_dir = study_dir.expanduser().resolve()
     spec = load_study_spec(study_dir)
-    lines = [f"study {spec.name} ({spec.dataset}, {spec.resolved_arch}), objective {spec.objective.metric}, "
+    lines = [f"study {spec.name} ({spec.data.dataset.value}, {spec.arch}), objective {spec.objective.metric.value}, "
              f"{spec.num_samples} trials requested — {study_dir}"]
     ot = trials
     if ot is None:

@@ -61,7 +61,7 @@ def callbacks(spec: StudySpec) -> list[Any]:
 
     # Runs are named after the trial directories (trial_<id>), so a run and its files are found from each other.
     return [MLflowLoggerCallback(tracking_uri=uri, experiment_name=experiment(spec), save_artifact=False,
-                                 tags={"patchtune.study": spec.name, "patchtune.dataset": spec.dataset})]
+                                 tags={"patchtune.study": spec.name, "patchtune.dataset": spec.data.dataset.value})]
 
 
 def experiment(spec: StudySpec) -> str:

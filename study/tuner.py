@@ -1,10 +1,12 @@
-"""Assembles the Tune experiment of a study: trainable, Optuna searcher, scheduler and Tuner. No side effects."""
+"""Assembles Tune experiments: the one `tune.Tuner` construction (`make_tuner`), which a study (an Optuna searcher
+and a scheduler over its trials) and a reproduction (a grid of cells) both go through. No side effects."""
 
 from __future__ import annotations
 
 import functools
 import os
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,29 +14,59 @@ import optuna
 
 from analysis.load import open_optuna_storage
 from study import tracking
-from study.preflight import objective_cfg
+from study.settings import ResourcesCfg
 from study.spec import StudySpec
 from trainables.checkpoint import load_checkpoint
 from trainables.data import DataBundle
-from trainables.vocab import EXTRA_OBJECTIVE_METRICS, Objective, SamplerType, SchedulerType
+from trainables.vocab import EXTRA_OBJECTIVE_METRICS, SamplerType, SchedulerType
 
 OBJECTIVE = "objective"
 
 
-def _resources(spec: StudySpec) -> dict[str, float]:
-    return {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-
-
-def build_trainable(spec: StudySpec, data: DataBundle, base_path: Path) -> Any:
+def make_tuner(trainable: Callable[..., Any], resources: ResourcesCfg, *, name: str, storage_path: Path,
+               max_failures: int, param_space: Mapping[str, Any] | None = None, search_alg: Any = None,
+               scheduler: Any = None, num_samples: int = 1, max_concurrent: int = 0, keep_checkpoints: int | None = None,
+               callbacks: Sequence[Any] = (), short_names: bool = False) -> Any:
+    """A Tuner of `trainable` (its parameters already bound), each trial reserving `resources`, writing to
+    STORAGE_PATH/NAME, retried up to `max_failures` times from its last checkpoint. Worker processes are reused
+    across trials (no new process, torch import and object-store fetch per trial)."""
+    # Snapshot the experiment at least every 2 s (Tune's "auto" can stretch to minutes): what a driver crash
+    # can lose is what happened since the last snapshot. Set the variable yourself to trade this off.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     from ray import tune
 
-    from trainables.pipeline import TrialSetup
-    from trainables.trainable import finetune_trial
+    names: dict[str, Any] = {"trial_dirname_creator": trial_dirname, "trial_name_creator": trial_dirname} if short_names else {}
+    # metric/mode stay off TuneConfig: Tune would pass them to the searcher's set_search_properties, replacing a
+    # multi-objective searcher's list of metrics with the single one.
+    tune_config = tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
+                                  max_concurrent_trials=max_concurrent or None, reuse_actors=True, **names)
+    run_config = tune.RunConfig(name=name, storage_path=str(storage_path),
+                                failure_config=tune.FailureConfig(max_failures=max_failures),
+                                checkpoint_config=tune.CheckpointConfig(num_to_keep=keep_checkpoints),
+                                callbacks=list(callbacks))
+    return tune.Tuner(with_resources(trainable, resources),
+                      param_space=dict(param_space) if param_space is not None else None, tune_config=tune_config,
+                      run_config=run_config)
 
-    base = load_checkpoint(base_path, arch=spec.resolved_arch, dataset=spec.dataset)
-    setup = TrialSetup(arch=spec.resolved_arch, info=data.info, train=data.train, val=data.val,
-                       base_state=base.state_dict, objective=objective_cfg(spec), jitter=spec.search.jitter)
-    return tune.with_resources(tune.with_parameters(finetune_trial, setup=setup), _resources(spec))
+
+def with_resources(trainable: Callable[..., Any], resources: ResourcesCfg) -> Any:
+    """`trainable` reserving `resources` per trial (what a Tuner, new or restored, runs)."""
+    from ray import tune
+
+    return tune.with_resources(trainable, {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial})
+
+
+def study_trainable(spec: StudySpec, data: DataBundle, base_path: Path) -> Any:
+    """The study's trial function with its read-only inputs bound (through the object store, once per worker)."""
+    from ray import tune
+
+    from trainables.trainable import finetune_trial
+    from trainables.trial import TrialSetup
+
+    base = load_checkpoint(base_path, arch=spec.arch, dataset=spec.data.dataset)
+    setup = TrialSetup(arch=spec.arch, info=data.info, train=data.train, val=data.val, base_state=base.state_dict,
+                       objective=spec.objective, jitter=spec.search.jitter)
+    return tune.with_parameters(finetune_trial, setup=setup)
 
 
 def build_searcher(spec: StudySpec) -> Any:
@@ -42,13 +74,13 @@ def build_searcher(spec: StudySpec) -> Any:
     from study.spaces import define_space
 
     seed = spec.sampler_seed
-    if spec.sampler.type == SamplerType.TPE:
+    if spec.sampler.type is SamplerType.TPE:
         # group=True is what makes multivariate TPE handle a conditional space; Optuna flags it experimental.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
                 seed=seed, multivariate=True, group=True, n_startup_trials=spec.sampler.n_startup_trials)
-    elif spec.sampler.type == SamplerType.RANDOM:
+    elif spec.sampler.type is SamplerType.RANDOM:
         sampler = optuna.samplers.RandomSampler(seed=seed)
     else:
         sampler = optuna.samplers.NSGAIISampler(seed=seed)
@@ -62,42 +94,26 @@ def build_searcher(spec: StudySpec) -> Any:
         study_name=spec.name,
         storage=open_optuna_storage(spec.optuna_url()),
         epochs=spec.epochs,
-        metric_names=[f"val_{Objective(spec.objective.metric).value}", *(m for m, _ in extra)],  # the results' columns
+        metric_names=[f"val_{spec.objective.metric.value}", *(m for m, _ in extra)],  # the results' columns
     )
 
 
-def build_tuner(spec: StudySpec, trainable: Any) -> Any:
-    # Snapshot the experiment at least every 2 s (Tune's "auto" can stretch to minutes): what a driver crash
-    # can lose is what happened since the last snapshot. Set the variable yourself to trade this off.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
-    from ray import tune
+def study_tuner(spec: StudySpec, trainable: Any) -> Any:
+    """The study's Tuner (`spec` resolved): its Optuna searcher, its scheduler, its trials and tracking."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     scheduler = (
         ASHAScheduler(metric=OBJECTIVE, mode="max", max_t=spec.epochs, grace_period=spec.scheduler.grace_period,
                       reduction_factor=spec.scheduler.reduction_factor)
-        if spec.scheduler.type == SchedulerType.ASHA else FIFOScheduler()  # type: ignore[no-untyped-call]
+        if spec.scheduler.type is SchedulerType.ASHA else FIFOScheduler()  # type: ignore[no-untyped-call]
     )
-    # metric/mode stay off TuneConfig: Tune would pass them to the searcher's set_search_properties, replacing a
-    # multi-objective searcher's list of metrics with the single one.
-    tune_config = tune.TuneConfig(search_alg=build_searcher(spec), scheduler=scheduler, num_samples=spec.num_samples,
-                                  max_concurrent_trials=spec.max_concurrent, trial_dirname_creator=trial_dirname,
-                                  trial_name_creator=trial_dirname,
-                                  # a finished trial's worker process takes the next trial: no new process,
-                                  # torch import and object-store fetch per trial
-                                  reuse_actors=True)
-    run_config = tune.RunConfig(
-        name=spec.name,
-        storage_path=str(spec.study_dir().parent),
-        failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        callbacks=tracking.callbacks(spec),
-    )
-    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+    return make_tuner(trainable, spec.resources, name=spec.name, storage_path=spec.study_dir().parent,
+                      max_failures=spec.max_failures, search_alg=build_searcher(spec), scheduler=scheduler,
+                      num_samples=spec.num_samples, max_concurrent=spec.max_concurrent, keep_checkpoints=2,
+                      callbacks=tracking.callbacks(spec), short_names=True)
 
 
 def trial_dirname(trial: Any) -> str:
     """Short trial directory names (Tune's default packs every parameter into the name), and the trials' names
     (Tune's progress table, MLflow's run names) the same."""
     return f"trial_{trial.trial_id}"
-

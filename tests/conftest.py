@@ -13,8 +13,9 @@ from hypothesis import settings
 
 from trainables.config import DataCfg, TrainCfg
 from trainables.data import DataBundle, load_data
-from trainables.engine import fit, pick_device
 from trainables.models import InputSpec, build_model
+from trainables.perf import pick_device
+from trainables.training import fit
 
 # Each pytest-xdist worker gets its share of the cores: more threads than cores only thrash.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import pytest
 import torch
@@ -139,18 +138,21 @@ def test_restarts_never_raise_accuracy(trained_cnn3, fmnist_small, device) -> No
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"eps": 0.0}, "eps must be in"), ({"eps": 1.5}, "eps must be in"), ({"steps": 0}, "steps must be >= 1"),
-    ({"alpha": -0.1}, "alpha must be > 0"), ({"name": "cw"}, "attack must be one of"),
+    ({"eps": 0.0}, r"^eps: must be > 0, got 0.0$"), ({"eps": 1.5}, r"^eps: must be <= 1, got 1.5$"),
+    ({"steps": 0}, r"^steps: must be >= 1, got 0$"), ({"alpha": -0.1}, r"^alpha: must be > 0, got -0.1$"),
+    ({"name": "cw"}, r"^name: must be one of clean, fgsm, ifgsm, pgd, got 'cw'$"),
+    ({"steps": "3"}, r"^steps: must be an integer, got '3'$"), ({"eps": float("nan")}, r"^eps: must be finite"),
+    ({"eps": True}, r"^eps: must be a number, got True$"),
 ])
 def test_bad_attack_configs(kwargs: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        AttackCfg(**kwargs)
+        AttackCfg(**{"eps": 0.3, **kwargs})
 
 
 def test_labels() -> None:
-    assert AttackCfg(name=AttackName.PGD, steps=10).label == "pgd10"
-    assert AttackCfg(name="pgd", steps=50, restarts=10).label == "pgd50x10"
-    assert AttackCfg(name="fgsm").label == "fgsm"
+    assert AttackCfg(name=AttackName.PGD, eps=0.3, steps=10).label == "pgd10"
+    assert AttackCfg(name="pgd", eps=0.3, steps=50, restarts=10).label == "pgd50x10"
+    assert AttackCfg(name="fgsm", eps=0.3).label == "fgsm"
 
 
 @pytest.mark.parametrize("name", ["ifgsm", "pgd"])
@@ -233,7 +235,7 @@ def test_on_step_does_not_change_the_result(trained_cnn3, fmnist_small, device, 
 def test_run_attack_on_step_maps_restarts_back_to_rows_of_x() -> None:
     model, x, y = _tiny()
     cfg = AttackCfg(eps=0.1, alpha=0.05, steps=3, restarts=2, last_iterate=True)
-    first = run_attack(model, x, y, dataclasses.replace(cfg, restarts=1), generator=make_generator(4))
+    first = run_attack(model, x, y, cfg.replace(restarts=1), generator=make_generator(4))
     assert 0 < int(first.fooled.sum()) < 12
     starts: list[torch.Tensor] = []
     out = run_attack(model, x, y, cfg, generator=make_generator(4),
@@ -257,8 +259,9 @@ def test_a_given_start_replaces_the_random_draw(trained_cnn3, fmnist_small, devi
 def test_graphed_evaluation_matches_the_eager_loop(trained_cnn3, fmnist_small, name: str, monkeypatch) -> None:
     """The replayed graph attacks full batches whole; its verdicts must be the eager loop's (up to bf16 kernels
     that differ with the batch size), and it must follow the model's weights as they change in place."""
-    from trainables.engine import configure_backends, robust_masks
+    from trainables.evaluation import robust_masks
     from trainables.graphs import graphed
+    from trainables.perf import configure_backends
 
     cuda = torch.device("cuda")
     model = copy.deepcopy(trained_cnn3).to(cuda)

@@ -14,19 +14,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 from trainables.attacks import eval_mode
-from trainables.audit import (
-    AuditCfg,
-    Status,
-    _check_chance_at_large_eps,
-    _check_eps_monotone,
-    _check_loss_diversity,
-    run_audit,
-    tolerance,
-    wilson,
-)
-from trainables.config import ConfigError
+from trainables.audit import CheckStatus, run_audit, tolerance
+from trainables.audit.checks import _check_chance_at_large_eps, _check_eps_monotone, _check_loss_diversity
+from trainables.config import AuditCfg, ConfigError
 from trainables.data import Split
-from trainables.strong_attacks import COMPONENTS, AutoAttackCfg, auto_attack, run_component
+from trainables.intervals import wilson
+from trainables.strong_attacks import COMPONENTS, AutoAttackCfg, auto_attack, autoattack_cfg, run_component
 
 # Small but real: every component runs; AutoAttack at reduced queries/steps only where noted.
 FAST = {"strong_steps": 20, "strong_restarts": 2, "apgd_steps": 25, "square_queries": 300, "sweep_steps": 20,
@@ -63,7 +56,7 @@ def _xy(data, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     return data.test.x[:n].float().div(255).to(device), data.test.y[:n].to(device)
 
 
-def _checks(report) -> dict[str, Status]:
+def _checks(report) -> dict[str, CheckStatus]:
     return {c.name: c.status for c in report.checks}
 
 
@@ -72,20 +65,20 @@ def _checks(report) -> dict[str, Status]:
 
 def test_autoattack_defaults_are_the_reference_ones() -> None:
     """fra31/auto-attack version='standard', Linf: APGD 100 iterations, 9 targets, FAB-T, 5000 Square queries."""
-    cfg = AutoAttackCfg(eps=0.3)
+    audit = AuditCfg()
+    cfg = autoattack_cfg(audit, 0.3)
     assert cfg.components == ("apgd-ce", "apgd-t", "fab-t", "square")
     assert (cfg.apgd_steps, cfg.apgd_restarts, cfg.target_classes, cfg.fab_steps) == (100, 1, 9, 100)
     assert (cfg.square_queries, cfg.square_p_init, cfg.square_rescale_schedule) == (5000, 0.8, False)
-    audit = AuditCfg(eps=0.3)
-    assert audit.autoattack_cfg() == cfg
-    assert audit.strong_pgd().alpha * audit.strong_pgd().steps >= 2 * audit.eps  # can cross the ball
-    assert audit.grid() == (0.075, 0.15, 0.3, 0.5, 0.6)
+    assert audit.strong(0.3).alpha * audit.strong(0.3).steps >= 2 * 0.3  # can cross the ball
+    assert (audit.strong(0.3).steps, audit.strong(0.3).restarts) == (100, 5)
+    assert audit.sweep(0.3) == (0.075, 0.15, 0.3, 0.5, 0.6)
 
 
 def test_library_components_get_the_reference_parameters(trained_cnn3) -> None:
     from trainables.strong_attacks import _library_attack
 
-    cfg = AutoAttackCfg(eps=0.3)
+    cfg = autoattack_cfg(AuditCfg(), 0.3)
     apgd = _library_attack("apgd-ce", trained_cnn3, cfg, 10)
     apgdt = _library_attack("apgd-t", trained_cnn3, cfg, 10)
     fab = _library_attack("fab-t", trained_cnn3, cfg, 10)
@@ -96,13 +89,14 @@ def test_library_components_get_the_reference_parameters(trained_cnn3) -> None:
     assert (square.n_queries, square.p_init, square.rescale_schedule, square.loss) == (5000, 0.8, False, "margin")
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    ({"eps": 0}, "eps"), ({"eps": 0.3, "components": ("apgd-ce", "cw")}, "components"),
-    ({"eps": 0.3, "strong_steps": 0}, "strong_steps"), ({"eps": 0.3, "eps_grid": (0.1, 2.0)}, "eps_grid"),
-    ({"eps": 0.3, "square_queries": -5}, "square_queries"),
+@pytest.mark.parametrize("kwargs, message", [
+    ({"eps": [0]}, "eps: must be > 0, got 0"), ({"components": ("apgd-ce", "cw")}, "components: must be one of"),
+    ({"strong_steps": 0}, "strong_steps: must be >= 1, got 0"), ({"sweep_eps": (0.1, 2.0)}, "sweep_eps: must be <= 1"),
+    ({"square_queries": -5}, "square_queries: must be >= 1, got -5"), ({"eps": []}, "eps: must not be empty"),
+    ({"components": ("apgd-ce", "apgd-ce")}, "components: lists a component twice"), ({"split": "train"}, "split: must be"),
 ])
-def test_bad_audit_config_names_the_field(kwargs, needle: str) -> None:
-    with pytest.raises(ConfigError, match=needle):
+def test_bad_audit_config_names_the_field(kwargs, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
         AuditCfg(**kwargs)
 
 
@@ -130,25 +124,25 @@ def test_sweep_and_loss_diversity_checks() -> None:
     falling = [(0.1, 0.5), (0.3, 0.2), (0.5, 0.05)]
     nested = [(e, _robust(range(int(a * 200)))) for e, a in falling]
     ok = _check_eps_monotone(nested, 200)
-    assert ok.status is Status.PASS and ok.values["curve"] == pytest.approx({"0.1": 0.5, "0.3": 0.2, "0.5": 0.05})
+    assert ok.status is CheckStatus.PASS and ok.values["curve"] == pytest.approx({"0.1": 0.5, "0.3": 0.2, "0.5": 0.05})
     rising = _check_eps_monotone([(0.1, _robust(range(100))), (0.3, _robust(range(140)))], 200)
-    assert rising.status is Status.FAIL and "from eps 0.1 to 0.3" in rising.detail
+    assert rising.status is CheckStatus.FAIL and "from eps 0.1 to 0.3" in rising.detail
     assert rising.values["robust_only_at_larger_eps"] == 40
     # Per sample: the same accuracy, but 30 samples broken at 0.1 survive 0.3 (the attack lost them).
     swapped = _check_eps_monotone([(0.1, _robust(range(100))), (0.3, _robust(range(30, 130)))], 200)
-    assert swapped.status is Status.FAIL and swapped.values["robust_only_at_larger_eps"] == 30
+    assert swapped.status is CheckStatus.FAIL and swapped.values["robust_only_at_larger_eps"] == 30
     # A fine-tuned eps-0.3 control's sweep: 1 then 3 of 200 at eps 0.5 / 0.6 is noise at the floor; 4 then 14 is
     # not (both seen on real models).
     floor = _check_eps_monotone([(0.5, _robust([0])), (0.6, _robust([0, 1, 2]))], 200)
-    assert floor.status is Status.PASS, floor.detail
-    assert _check_eps_monotone([(0.5, _robust(range(4))), (0.6, _robust(range(14)))], 200).status is Status.FAIL
-    assert _check_chance_at_large_eps(falling, 200, 10).status is Status.PASS
-    assert _check_chance_at_large_eps([(0.5, 0.6)], 200, 10).status is Status.FAIL
+    assert floor.status is CheckStatus.PASS, floor.detail
+    assert _check_eps_monotone([(0.5, _robust(range(4))), (0.6, _robust(range(14)))], 200).status is CheckStatus.FAIL
+    assert _check_chance_at_large_eps(falling, 200, 10).status is CheckStatus.PASS
+    assert _check_chance_at_large_eps([(0.5, 0.6)], 200, 10).status is CheckStatus.FAIL
     skipped = _check_chance_at_large_eps(falling[:2], 200, 10)
-    assert skipped.status is Status.SKIP and skipped.values == {"curve": {"0.1": 0.5, "0.3": 0.2}, "n": 200}
-    assert _check_loss_diversity({"apgd-ce": 5}, 100).status is Status.SKIP
-    assert _check_loss_diversity({"apgd-ce": 5, "apgd-t": 0}, 100).status is Status.PASS
-    assert _check_loss_diversity({"apgd-ce": 5, "apgd-t": 30}, 100).status is Status.WARN
+    assert skipped.status is CheckStatus.SKIP and skipped.values == {"curve": {"0.1": 0.5, "0.3": 0.2}, "n": 200}
+    assert _check_loss_diversity({"apgd-ce": 5}, 100).status is CheckStatus.SKIP
+    assert _check_loss_diversity({"apgd-ce": 5, "apgd-t": 0}, 100).status is CheckStatus.PASS
+    assert _check_loss_diversity({"apgd-ce": 5, "apgd-t": 30}, 100).status is CheckStatus.WARN
 
 
 # ------------------------------------------------------------------------------------------- attack properties
@@ -165,7 +159,7 @@ def test_component_properties(cnn3_in_train_mode, fmnist_small, device, name: st
     torch.manual_seed(1234)
     expected_next = torch.rand(3)
     torch.manual_seed(1234)
-    cfg = AutoAttackCfg(eps=eps, apgd_steps=10, fab_steps=10, square_queries=50, seed=seed)
+    cfg = AutoAttackCfg(eps=eps, components=COMPONENTS, apgd_steps=10, square_queries=50, seed=seed)
     res = run_component(name, model, x, y, cfg)
     assert torch.equal(torch.rand(3), expected_next), "the library's manual_seed leaked into the global RNG"
     assert model.training and all(m.training for m in model.modules())
@@ -177,7 +171,7 @@ def test_component_properties(cnn3_in_train_mode, fmnist_small, device, name: st
 
 def test_autoattack_composition_is_a_per_sample_union(trained_cnn3, fmnist_small, device) -> None:
     x, y = _xy(fmnist_small, 40, device)
-    cfg = AutoAttackCfg(eps=0.05, apgd_steps=20, fab_steps=20, square_queries=100)
+    cfg = AutoAttackCfg(eps=0.05, components=COMPONENTS, apgd_steps=20, square_queries=100, seed=0)
     res = auto_attack(trained_cnn3, x, y, cfg)
     with torch.no_grad():
         clean_wrong = trained_cnn3(x).argmax(1) != y
@@ -202,7 +196,7 @@ def test_apgd_is_stronger_than_paper_pgd_at_small_eps(trained_cnn3, fmnist_small
 
     x, y = _xy(fmnist_small, 64, device)
     pgd = run_attack(trained_cnn3, x, y, AttackCfg(eps=0.05, alpha=0.01, steps=10))
-    apgd = run_component("apgd-ce", trained_cnn3, x, y, AutoAttackCfg(eps=0.05))
+    apgd = run_component("apgd-ce", trained_cnn3, x, y, autoattack_cfg(AuditCfg(), 0.05))
     assert int(apgd.fooled.sum()) >= int(pgd.fooled.sum()) - 1
 
 
@@ -211,11 +205,11 @@ def test_apgd_is_stronger_than_paper_pgd_at_small_eps(trained_cnn3, fmnist_small
 
 def test_audit_of_an_undefended_model_passes_and_reaches_zero(trained_cnn3, fmnist_small, device) -> None:
     torch.manual_seed(0)
-    report = run_audit(trained_cnn3, _split(fmnist_small, 64), AuditCfg(eps=0.3, **FAST), device=device,
+    report = run_audit(trained_cnn3, _split(fmnist_small, 64), AuditCfg(**FAST), 0.3, device=device,
                        base=trained_cnn3, progress=False)
     checks = _checks(report)
-    assert all(s is Status.PASS for s in checks.values()), {c.name: c.detail for c in report.checks if c.status is not Status.PASS}
-    assert report.verdict is Status.PASS
+    assert all(s is CheckStatus.PASS for s in checks.values()), {c.name: c.detail for c in report.checks if c.status is not CheckStatus.PASS}
+    assert report.verdict is CheckStatus.PASS
     assert report.clean >= 0.6 * report.n
     assert report.row("strong_pgd20x2").acc <= 0.02 and report.row("autoattack").acc <= 0.02
     assert report.worst_case <= 1
@@ -233,20 +227,20 @@ def test_audit_of_an_undefended_model_passes_and_reaches_zero(trained_cnn3, fmni
     assert len(trace) == min(FAST["strong_steps"], 20) + 1 and trace[-1] > trace[0]
     # per sample, for paired comparisons; the attack rows alone (checks off) give the same worst case
     assert len(d["worst_case_mask"]) == report.n and d["worst_case_mask"].count("1") == report.worst_case
-    rows_only = run_audit(trained_cnn3, _split(fmnist_small, 64), AuditCfg(eps=0.3, **FAST, checks=False), device=device,
+    rows_only = run_audit(trained_cnn3, _split(fmnist_small, 64), AuditCfg(**FAST), 0.3, checks=False, device=device,
                           progress=False)
-    assert rows_only.checks == [] and rows_only.verdict is Status.SKIP
+    assert rows_only.checks == [] and rows_only.verdict is CheckStatus.SKIP
     assert rows_only.as_dict()["worst_case_mask"] == d["worst_case_mask"]
 
 
 def test_audit_flags_a_logit_scaled_model(trained_cnn3, fmnist_small, device) -> None:
     masked = LogitScale(trained_cnn3).eval()
-    report = run_audit(masked, _split(fmnist_small, 64), AuditCfg(eps=0.3, **FAST), device=device,
+    report = run_audit(masked, _split(fmnist_small, 64), AuditCfg(**FAST), 0.3, device=device,
                        base=trained_cnn3, progress=False)
     checks = _checks(report)
-    assert checks["gradients"] is Status.FAIL
-    assert checks["loss_diversity"] is Status.WARN  # DLR is scale-invariant: APGD-T breaks what CE could not
-    assert report.verdict is Status.FAIL
+    assert checks["gradients"] is CheckStatus.FAIL
+    assert checks["loss_diversity"] is CheckStatus.WARN  # DLR is scale-invariant: APGD-T breaks what CE could not
+    assert report.verdict is CheckStatus.FAIL
     # the paper's PGD-10 calls it robust; the audit's worst case does not
     assert report.row("paper_pgd10").acc >= 0.3
     assert report.worst_case / report.n <= report.row("paper_pgd10").acc - 0.25
@@ -255,16 +249,16 @@ def test_audit_flags_a_logit_scaled_model(trained_cnn3, fmnist_small, device) ->
 def test_audit_flags_input_quantisation(trained_cnn3, fmnist_small, device) -> None:
     masked = Quantised(trained_cnn3).eval()
     # the targeted components add nothing against a model whose gradients are zero: APGD-CE and Square suffice
-    cfg = AuditCfg(eps=0.3, **{**FAST, "components": ("apgd-ce", "square")})
-    report = run_audit(masked, _split(fmnist_small, 64), cfg, device=device,
+    cfg = AuditCfg(**{**FAST, "components": ("apgd-ce", "square")})
+    report = run_audit(masked, _split(fmnist_small, 64), cfg, 0.3, device=device,
                        base=trained_cnn3, progress=False)
     checks = _checks(report)
-    assert checks["gradients"] is Status.FAIL
-    assert checks["blackbox"] is Status.FAIL  # Square breaks what every gradient attack left
+    assert checks["gradients"] is CheckStatus.FAIL
+    assert checks["blackbox"] is CheckStatus.FAIL  # Square breaks what every gradient attack left
     # ...and PGD, with nothing but zero gradients to follow, cannot walk from the image to any of them
     blackbox = next(c for c in report.checks if c.name == "blackbox")
     assert blackbox.values["pgd_from_image"] == 0
     assert 0 <= blackbox.values["pgd_from_halfway"] <= blackbox.values["square_breaks_whitebox_survivors"]
     assert f"PGD-{FAST['strong_steps']} re-finds 0 of them from the image" in blackbox.detail
-    assert Status.FAIL in (checks["noise"], checks["transfer"], checks["chance_at_large_eps"])
+    assert CheckStatus.FAIL in (checks["noise"], checks["transfer"], checks["chance_at_large_eps"])
     assert report.row("paper_pgd10").acc > report.worst_case / report.n

@@ -6,6 +6,7 @@ import torch
 import trainables.augment as augment_mod
 from trainables.augment import clean_plus_modified, make_generator, patch_augment, patch_positions
 from trainables.config import AugCfg, ConfigError, PatchOp
+from trainables.vocab import dataset_info
 
 
 @pytest.fixture(params=["subset", "where"], autouse=True)
@@ -121,5 +122,8 @@ def test_bad_configs_are_refused_with_the_value() -> None:
         AugCfg(pool=("rotate", "blur"), patch_size=8)
     with pytest.raises(ConfigError, match="patch_size 40 is larger than the 28x28"):
         patch_augment(_batch(), AugCfg(patch_size=40), make_generator(0))
-    with pytest.raises(ConfigError, match="prob must be in"):
+    with pytest.raises(ConfigError, match=r"^prob: must be <= 1, got 1.5$"):
         AugCfg(prob=1.5, patch_size=8)
+    with pytest.raises(ConfigError, match="patch_size 29 is larger than the 28x28 fmnist images"):
+        AugCfg(patch_size=29).resolved(dataset_info("fmnist"))
+    assert AugCfg().resolved(dataset_info("fmnist")).patch_size == 8  # ~0.3 x the side

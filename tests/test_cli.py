@@ -55,46 +55,49 @@ def tiny_base(base_ckpt: Path) -> Path:
 
 BAD = [
     (["pretrain", "--dataset", "mnist"], "invalid choice: 'mnist'"),
-    (["pretrain", "--epochs", "0"], "--epochs: expected an integer >= 1, got '0'"),
-    (["pretrain", "--lr", "-1e-3"], "--lr: expected a number > 0, got '-1e-3'"),
-    (["pretrain", "--lr", "nan"], "--lr: expected a number > 0, got 'nan'"),
+    (["pretrain", "--epochs", "0"], "--epochs: must be >= 1, got 0"),
+    (["pretrain", "--epochs", "two"], "--epochs: must be an integer, got 'two'"),
+    (["pretrain", "--lr", "-1e-3"], "--lr: must be > 0, got -0.001"),
+    (["pretrain", "--lr", "nan"], "--lr: must be finite, got nan"),
+    (["pretrain", "--val-fraction", "0.95"], "--val-fraction: must be <= 0.9, got 0.95"),
     (["pretrain", "--optimizer", "adagrad"], "invalid choice: 'adagrad'"),
     (["pretrain", "--data-root", "/does/not/exist"], "--data-root '/does/not/exist' is not a directory"),
     (["pretrain", "--out", "/dev/null/y.pt"], "/dev/null is not a directory"),
     (["finetune", "--base", "missing.pt"], "checkpoint not found: missing.pt"),
     (["finetune"], "the following arguments are required: --base"),
     (["finetune", "--base", "x.pt", "--method", "madry"], "invalid choice: 'madry'"),
-    (["finetune", "--base", "x.pt", "--method", "trades", "--beta", "0"], "--beta: expected a number > 0, got '0'"),
-    (["finetune", "--base", "x.pt", "--method", "pgd_at", "--at-steps", "0"],
-     "--at-steps: expected an integer >= 1, got '0'"),
-    (["finetune", "--base", "x.pt", "--method", "pgd_at", "--train-eps", "1.5"],
-     "--train-eps: expected a number in (0, 1], got '1.5'"),
-    (["finetune", "--base", "x.pt", "--method", "pgd_at", "--train-eps", "0"],
-     "--train-eps: expected a number in (0, 1], got '0'"),
-    (["finetune", "--base", "x.pt", "--method", "pgd_at", "--eps-warmup", "1"],
-     "--eps-warmup: expected a share of the training steps in [0, 1), got '1'"),
+    (["finetune", "--base", "x.pt", "--method", "trades", "--beta", "0"], "--beta: must be > 0, got 0.0"),
+    (["finetune", "--base", "x.pt", "--method", "pgd_at", "--at-steps", "0"], "--at-steps: must be >= 1, got 0"),
+    (["finetune", "--base", "x.pt", "--method", "pgd_at", "--train-eps", "1.5"], "--train-eps: must be <= 1, got 1.5"),
+    (["finetune", "--base", "x.pt", "--method", "pgd_at", "--train-eps", "0"], "--train-eps: must be > 0, got 0.0"),
+    (["finetune", "--base", "x.pt", "--method", "pgd_at", "--eps-warmup", "1"], "--eps-warmup: must be < 1, got 1.0"),
+    (["finetune", "--base", "x.pt", "--method", "fgsm_rs", "--at-steps", "3"],
+     "at_steps is not a parameter of method fgsm_rs (it takes train_eps, eps_warmup); got at_steps 3"),
+    (["finetune", "--base", "x.pt", "--method", "paper_pgd_at", "--eps-warmup", "0.3"],
+     "eps_warmup is not a parameter of method paper_pgd_at (it takes train_eps, at_steps, at_alpha)"),
     (["eval", "missing.pt"], "checkpoint not found: missing.pt"),
-    (["eval", "x.pt", "--eps", "0"], "--eps: expected a number in (0, 1], got '0'"),
-    (["eval", "x.pt", "--eps", "1.5"], "--eps: expected a number in (0, 1], got '1.5'"),
-    (["eval", "x.pt", "--steps", "0"], "--steps: expected an integer >= 1, got '0'"),
+    (["eval", "x.pt", "--eps", "0"], "--eps: must be > 0, got 0.0"),
+    (["eval", "x.pt", "--eps", "1.5"], "--eps: must be <= 1, got 1.5"),
+    (["eval", "x.pt", "--steps", "0"], "--steps: must be >= 1, got 0"),
     (["eval", "x.pt", "--attacks", "pgd,cw"], "unknown attack 'cw'"),
     (["eval", "x.pt", "--attacks", ""], "got an empty attack"),
     (["audit", "missing.pt"], "checkpoint not found: missing.pt"),
-    (["audit", "x.pt", "--eps", "0.3", "2"], "--eps: expected a number in (0, 1], got '2'"),
+    (["audit", "x.pt", "--eps", "0.3", "2"], "--eps: must be <= 1, got 2.0"),
     (["audit", "x.pt", "--components", "apgd-ce,cw"], "unknown component 'cw'"),
-    (["audit", "x.pt", "--restarts", "0"], "--restarts: expected an integer >= 1, got '0'"),
-    (["show-augment", "--pool", ""], "got an empty op"),
-    (["show-augment", "--pool", "rotate,blur"], "unknown op 'blur'"),
+    (["audit", "x.pt", "--strong-restarts", "0"], "--strong-restarts: must be >= 1, got 0"),
+    (["show-augment", "--pool", ""], "got an empty pool"),
+    (["show-augment", "--pool", "rotate,blur"], "unknown pool 'blur'"),
     (["show-augment", "--patch-size", "29"], "--patch-size 29 is larger than the 28x28 fmnist images"),
     (["show-augment", "--out", "grid.jpg"], "must end in .png"),
-    (["reproduce", "fmnist", "--robust-methods", "patch"], "unknown robust method 'patch'"),
-    (["reproduce", "fmnist", "--robust-methods", "pgd_at,none"], "--robust-methods pgd_at,none: 'none' stands alone"),
+    (["reproduce", "fmnist", "--robust-methods", "patch"], "robust_methods: patch is not a robust fine-tuning method"),
+    (["reproduce", "fmnist", "--robust-methods", "pgd_at,none"], "'none' stands alone"),
     (["reproduce", "fmnist", "--optimizers", "adam,adagrad"], "unknown optimizer 'adagrad'"),
     (["reproduce", "fmnist", "--grid", "robust", "--robust-methods", "none"], "no robust fine-tuning cells to train"),
     (["reproduce", "fmnist", "--grid", "some"], "invalid choice: 'some'"),
     (["reproduce", "fmnist", "--grid", "paper", "--eps-warmup", "0.3"],
-     "--eps-warmup 0.3 warms up the robust fine-tuning cells; this grid has none"),
-    (["reproduce", "fmnist", "--pretrain-limit-eval", "0"], "--pretrain-limit-eval: expected an integer >= 1, got '0'"),
+     "eps_warmup: 0.3 warms up the robust fine-tuning cells; this grid has none"),
+    (["reproduce", "fmnist", "--pretrain-limit-eval", "0"], "--pretrain-limit-eval: must be >= 1, got 0"),
+    (["reproduce", "fmnist", "--name", "a b"], "--name: must be 1-80 letters"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ]
 
@@ -116,7 +119,8 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path: Path, args: list[st
 
 # One refusal of each kind (argparse, a value checked after parsing, a file) as the real command.
 SUBPROCESS_BAD = [case for case in BAD if case[0] in (["pretrain", "--epochs", "0"], ["eval", "missing.pt"],
-                                                     ["show-augment", "--patch-size", "29"])]
+                                                     ["show-augment", "--patch-size", "29"],
+                                                     ["reproduce", "fmnist", "--robust-methods", "patch"])]
 
 
 @pytest.mark.parametrize("args, message", SUBPROCESS_BAD, ids=[" ".join(a) for a, _ in SUBPROCESS_BAD])
@@ -165,31 +169,32 @@ def test_pretrain_finetune_eval_json(tmp_path: Path, tiny_base: Path) -> None:
 
 
 def test_finetune_adversarial_training_baseline(tmp_path: Path, tiny_base: Path) -> None:
-    """`--defense fgsm-at --from-scratch`: the paper's baseline, trained from a fresh init, as a checkpoint,
+    """`--method paper_fgsm_at --from-scratch`: the paper's baseline, trained from a fresh init, as a checkpoint,
     evaluated and labelled as such."""
     at = tmp_path / "at.pt"
-    proc = patchtune_here("finetune", "--base", str(tiny_base), "--defense", "fgsm-at", "--from-scratch", "--epochs", "1",
+    proc = patchtune_here("finetune", "--base", str(tiny_base), "--method", "paper_fgsm_at", "--from-scratch", "--epochs", "1",
                           "--limit-train", "600", "--limit-val", "100", "--limit-test", "100", "--out", str(at), "--quiet",
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert f"training a fresh cnn3 (seed 0; {tiny_base} is its comparison)" in proc.stderr
-    assert "fgsm-at examples (eps 0.3" in proc.stderr
+    assert "paper-fgsm-at examples (eps 0.3" in proc.stderr and (tmp_path / "at.pt").is_file()
     import torch
 
     meta = torch.load(at, weights_only=True)["meta"]
-    assert meta["defense"] == "fgsm_at" and meta["augment"] is None and meta["adversarial"]["eps"] == 0.3
+    assert meta["method"] == {"method": "paper_fgsm_at", "augment": False, "train_eps": 0.3}
+    assert meta["augment"] is None and meta["adversarial"]["eps"] == 0.3
     assert meta["init"] == "scratch" and meta["base_path"] == str(tiny_base)
     proc = patchtune_here("eval", str(tiny_base), str(at), "--limit", "50", "--attacks", "clean,fgsm", "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "FGSM-AT (ours)" in proc.stdout and "Undefended (ours)" in proc.stdout
-    proc = patchtune_here("finetune", "--base", str(tiny_base), "--defense", "cw-at", cwd=tmp_path)
-    assert proc.returncode == 2 and "invalid choice: 'cw-at'" in proc.stderr
+    assert "paper FGSM-AT + Adam (ours)" in proc.stdout and "Undefended (ours)" in proc.stdout
+    proc = patchtune_here("finetune", "--base", str(tiny_base), "--method", "paper_cw_at", cwd=tmp_path)
+    assert proc.returncode == 2 and "invalid choice: 'paper_cw_at'" in proc.stderr
 
 
 def test_finetune_adversarial_methods(tmp_path: Path, tiny_base: Path) -> None:
-    """`--method trades --patch`: TRADES on clean + patch-modified images, its parameters in the checkpoint."""
+    """`--method trades --augment`: TRADES on clean + patch-modified images, its parameters in the checkpoint."""
     out = tmp_path / "trades.pt"
-    proc = patchtune_here("finetune", "--base", str(tiny_base), "--method", "trades", "--patch", "--train-eps", "0.1",
+    proc = patchtune_here("finetune", "--base", str(tiny_base), "--method", "trades", "--augment", "--train-eps", "0.1",
                           "--at-steps", "2", "--beta", "3", "--eps-warmup", "0.5", "--patch-size", "6", "--epochs", "1",
                           "--limit-train", "300",
                           "--limit-val", "50", "--limit-test", "50", "--out", str(out), "--quiet", cwd=tmp_path)
@@ -199,18 +204,18 @@ def test_finetune_adversarial_methods(tmp_path: Path, tiny_base: Path) -> None:
     import torch
 
     meta = torch.load(out, weights_only=True)["meta"]
-    assert meta["defense"] == "trades" and meta["augment"]["patch_size"] == 6
-    assert meta["adversarial"]["trades_beta"] == 3 and meta["adversarial"]["eps"] == 0.1
+    assert meta["method"]["method"] == "trades" and meta["augment"]["patch_size"] == 6
+    assert meta["adversarial"]["beta"] == 3 and meta["adversarial"]["eps"] == 0.1
     assert meta["adversarial"]["eps_warmup"] == 0.5
     refusals = [
-        (["--method", "fgsm_rs", "--at-steps", "3"], "steps is not a parameter of method fgsm_rs (it takes eps, warmup)"),
-        (["--method", "pgd_at", "--beta", "2"], "beta is not a parameter of method pgd_at (it takes eps, steps, warmup)"),
-        (["--method", "patch", "--train-eps", "0.1"], "eps is not a parameter of method patch"),
-        (["--method", "patch", "--no-patch"], "method patch is the patch augmentation itself"),
-        (["--eps-warmup", "0.3"], "warmup is not a parameter of method patch (it takes none); got warmup 0.3"),
-        (["--defense", "pgd-at", "--eps-warmup", "0.3"], "it takes no --method, --train-eps, --beta, --eps-warmup"),
-        (["--defense", "pgd-at", "--method", "trades"], "--defense pgd-at is the paper's baseline at its own parameters"),
-        (["--method", "pgd_at", "--at-alpha", "0.1"], "--at-alpha belongs to --defense"),
+        (["--method", "fgsm_rs", "--at-steps", "3"], "at_steps is not a parameter of method fgsm_rs (it takes train_eps"),
+        (["--method", "pgd_at", "--beta", "2"], "beta is not a parameter of method pgd_at (it takes train_eps, at_steps"),
+        (["--method", "patch", "--train-eps", "0.1"], "train_eps is not a parameter of method patch"),
+        (["--method", "patch", "--no-augment"], "method patch is the patch augmentation itself"),
+        (["--eps-warmup", "0.3"], "eps_warmup is not a parameter of method patch (it takes none); got eps_warmup 0.3"),
+        (["--method", "paper_pgd_at", "--beta", "3"], "beta is not a parameter of method paper_pgd_at"),
+        (["--method", "pgd_at", "--at-alpha", "0.1"], "at_alpha is not a parameter of method pgd_at"),
+        (["--patch-size", "40"], "--patch-size 40 is larger than the 28x28 fmnist images"),
     ]
     for args, message in refusals:
         proc = patchtune_here("finetune", "--base", str(tiny_base), *args, "--out", "x.pt", cwd=tmp_path)
@@ -220,7 +225,8 @@ def test_finetune_adversarial_methods(tmp_path: Path, tiny_base: Path) -> None:
 
 def test_audit_table_json_and_out_file(tmp_path: Path, tiny_base: Path) -> None:
     """`patchtune audit` on a real undefended checkpoint: strong attacks break it, every check passes."""
-    small = ["--limit", "32", "--check-limit", "16", "--steps", "20", "--restarts", "2", "--components", "apgd-ce,square"]
+    small = ["--limit", "32", "--check-limit", "16", "--strong-steps", "20", "--strong-restarts", "2", "--components",
+             "apgd-ce,square"]
     proc = patchtune_here("audit", str(tiny_base), *small, "--base", str(tiny_base), "--out", "sub/audit.json", "--quiet",
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -237,7 +243,7 @@ def test_audit_table_json_and_out_file(tmp_path: Path, tiny_base: Path) -> None:
                    "iterative_vs_single", "blackbox", "transfer"):
         assert needle in proc.stdout, needle
     # --json prints what --out writes, one audit per eps; without --base the transfer check is skipped, and says so
-    proc = patchtune_here("audit", str(tiny_base), "--limit", "16", "--check-limit", "16", "--steps", "5",
+    proc = patchtune_here("audit", str(tiny_base), "--limit", "16", "--check-limit", "16", "--strong-steps", "5",
                           "--no-autoattack", "--eps", "0.1", "0.3", "--out", "quick.json", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     quick = json.loads(proc.stdout)
@@ -292,8 +298,9 @@ def test_run_refuses_bad_input_before_ray_starts(tmp_path: Path, ray_must_not_st
 
     cases: list[tuple[list[str], str]] = [
         (["run", "no-such-preset"], "neither a file nor a preset"),
-        (["run", "quick", "--num-samples", "0"], "--num-samples: expected an integer >= 1, got '0'"),
-        (["run", "quick", "--gpus-per-trial", "-1"], "--gpus-per-trial: expected a number >= 0, got '-1'"),
+        (["run", "quick", "--num-samples", "0"], "--num-samples: must be >= 1, got 0"),
+        (["run", "quick", "--gpus-per-trial", "-1"], "--gpus-per-trial: must be >= 0, got -1.0"),
+        (["run", "quick", "--dashboard-host", "0.0.0.0", "--name", "a/b"], "--name: must be 1-80 letters"),
         (["run", "quick", "--storage", "s3://bucket/x"], "storage: must be a filesystem path"),
         (["run", "quick", "--name", "a b"], "name: must be 1-80 letters"),
         (["run", "quick", "--storage", str(tmp_path / "st"), "--optuna-storage", "notadb://x"], "cannot be opened"),
@@ -369,14 +376,14 @@ def test_run_dry_run_prints_resolved_spec_and_creates_nothing(tmp_path: Path, ti
                                                               ray_must_not_start: None) -> None:
     import yaml
 
-    spec = _spec_file(tmp_path, base={"checkpoint": str(tiny_base)}, objective={"metric": "pgd_acc", "val_limit": 300},
+    spec = _spec_file(tmp_path, base={"checkpoint": str(tiny_base)}, objective={"metric": "pgd_acc"},
                       audit={"enabled": True, "limit": 50})
     proc = patchtune_here("run", str(spec), "--dry-run", "--num-samples", "3", "--name", "dry", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     resolved = yaml.safe_load(proc.stdout)
     assert resolved["name"] == "dry" and resolved["num_samples"] == 3
     # defaults that depend on the data set are filled in: the paper's eps, and an alpha that reaches it
-    assert resolved["arch"] == "cnn3" and resolved["objective"]["eps"] == 0.3
+    assert resolved["model"]["arch"] == "cnn3" and resolved["objective"]["eps"] == 0.3
     assert resolved["objective"]["alpha"] == pytest.approx(0.075) and resolved["audit"]["eps"] == [0.3]
     assert "dry run OK" in proc.stderr
     assert not (tmp_path / "studies").exists()

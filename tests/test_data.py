@@ -13,7 +13,7 @@ import pytest
 import torch
 from torchvision.io import write_jpeg
 
-import trainables.data as data_mod
+import trainables.data.sources as sources
 from trainables.config import ConfigError, DataCfg, Dataset
 from trainables.data import IMAGENETTE_WNIDS, DataError, iterate_batches, load_data, read_idx
 
@@ -68,7 +68,7 @@ def test_fmnist_from_data_root_in_torchvision_layout(tmp_path: Path) -> None:
 
 
 def test_missing_fmnist_says_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data_mod, "DEBIAN_FMNIST", tmp_path / "nowhere")
+    monkeypatch.setattr(sources, "DEBIAN_FMNIST", tmp_path / "nowhere")
     with pytest.raises(DataError) as err:
         load_data(DataCfg(root=str(tmp_path), download=False))
     msg = str(err.value)

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import yaml
 from nbclient import NotebookClient
-from repro_frame import GRID, METHODS
+from repro_frame import CELLS, GRID
 
 from conftest import ensure_local_ray
 from trainables.checkpoint import load_checkpoint
@@ -49,11 +49,11 @@ def api_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     ensure_local_ray()
     work = tmp_path_factory.mktemp("api")
     (work / "study.yaml").write_text(yaml.safe_dump({
-        "name": "e2e", "dataset": "fmnist", "storage": str(work / "studies"),
+        "name": "e2e", "storage": str(work / "studies"),
         "base": {"pretrain": {"epochs": 1, "limit_train": 1000, "limit_eval": 150}},
-        "data": {"limit_train": 400, "limit_test": 100},
+        "data": {"dataset": "fmnist", "limit_train": 400, "limit_val": 80, "limit_test": 100},
         "search": {"lr": {"adam": [1e-4, 1e-2], "rmsprop": [1e-4, 1e-2]}, "batch_size": [64, 128], "patch_size": [4, 10]},
-        "epochs": 2, "objective": {"metric": "robust_auc", "eps_grid": [0.02, 0.05], "steps": 5, "val_limit": 80},
+        "epochs": 2, "objective": {"metric": "robust_auc", "eps_grid": [0.02, 0.05], "steps": 5},
         "num_samples": 2, "max_concurrent": 1,  # the example asks for 4
         "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
         "sampler": {"type": "tpe", "n_startup_trials": 2},
@@ -96,9 +96,10 @@ def test_python_api_gives_the_study_files_as_typed_objects(api_run: dict[str, An
     assert study.finished_trials()["objective"].is_monotonic_decreasing
     with pytest.raises(UserError, match="is not a patchtune study directory"):
         api.load(tiny_study_dir.parent)
-    with pytest.raises(TypeError, match="unknown override"):
+    with pytest.raises(TypeError, match="unknown keyword"):
         api.load_spec("quick", frobnicate=1)
-    audit = api.audit(study.best_checkpoint, eps=0.1, limit=8, steps=3, restarts=1, autoattack=False, check_limit=8)
+    audit = api.audit(study.best_checkpoint, eps=0.1, limit=8, strong_steps=3, strong_restarts=1, autoattack=False,
+                      check_limit=8)
     frame = audit.to_frame()
     assert list(frame["eps"].unique()) == [0.1] and frame["attack"].iloc[-1] == "worst case"
     assert frame["accuracy"].between(0, 1).all() and (frame["ci95_low"] <= frame["accuracy"]).all()
@@ -211,13 +212,13 @@ def test_study_end_to_end_with_pretrained_base_asha_and_best_on_test(tiny_study_
 def test_reproduce_end_to_end_tiny(tiny_repro_dir: Path) -> None:
     out = tiny_repro_dir
     results = pd.read_parquet(out / "results.parquet")
-    methods = [m for m in METHODS if not m.startswith("fgsm_rs") and m != "pgd_at_sgd"]  # the fixture's robust cells
-    assert len(results) == 2 * len(methods) == 20 and set(results["method"]) == set(methods)
+    cells = [m for m in CELLS if not m.startswith("fgsm_rs") and m != "pgd_at_sgd"]  # the fixture's robust cells
+    assert len(results) == 2 * len(cells) == 20 and set(results["cell"]) == set(cells)
     assert set(results["seed"]) == {0, 1}
-    # Each row describes its cell as the grid declares it, so the analysis needs no method names.
+    # Each row describes its cell as the grid declares it, so the analysis needs no cell names.
     for row in results.to_dict("records"):
-        written = {k: None if pd.isna(row[k]) else row[k] for k in GRID[row["method"]].columns()}  # parquet: NaN
-        assert written == GRID[row["method"]].columns()
+        written = {k: None if pd.isna(row[k]) else row[k] for k in GRID[row["cell"]].columns()}  # parquet: NaN
+        assert written == GRID[row["cell"]].columns()
     assert {"clean", "whitebox/pgd", "transfer/pgd", "ttt_eot/pgd", "strong/pgd"} <= set(results.columns)
     # PGD-20 x2 with alpha 2.5 eps / 20 is never much weaker than the paper's PGD-10 (per model, 10 images)
     assert (results["strong/pgd"] <= results["whitebox/pgd"] + 0.1).all()
@@ -238,15 +239,15 @@ def test_reproduce_end_to_end_tiny(tiny_repro_dir: Path) -> None:
     assert "strong PGD-20 x2 (ours only)" in text and "The paper's PGD-10 overstates the robustness of" in text
     assert "alpha = 2.5 eps / 20 steps, 2 random starts" in text
     # robust fine-tuning x optimizers, with its training compute: PGD-5 costs 6 passes per image, patch 2 images
-    by = results.groupby("method")
+    by = results.groupby("cell")
     assert (by["cost_fwd_passes"].first()["pgd_at_rmsprop"] == 100 * 1 * 6 and by["cost_fwd_passes"].first()["patch_adam"]
             == 100 * 1 * 2 * 1 and by["cost_fwd_passes"].first()["undefended"] == 0)
-    assert (results.loc[results.method != "undefended", "cost_device_s"] > 0).all()
+    assert (results.loc[results.cell != "undefended", "cost_device_s"] > 0).all()
     assert "## Robust fine-tuning: does the optimizer matter?" in text
     assert "RMSProp beats Adam under PGD-5-AT fine-tuning on F-MNIST at eps 0.3 (PGD-20 x2): " in text
     assert "SGD" not in text.split("## Robust fine-tuning")[1]  # --optimizers adam,rmsprop
-    bases = sorted((out.parent / "_bases").glob("repro-fmnist-cnn3-s*.pt"))
-    assert len(bases) == 2
+    bases = sorted((out.parent / "_bases").glob("fmnist-cnn3-*.pt"))  # the study's base cache, one base per seed
+    assert len(bases) == 2 and {load_checkpoint(b).meta["seed"] for b in bases} == {0, 1}
     meta = load_checkpoint(bases[0], arch="cnn3", dataset="fmnist").meta  # the images it was pretrained and scored on
     assert (meta["train_size"], meta["val_size"], meta["test_size"]) == (500, 100, 100)
 

@@ -6,10 +6,11 @@ import subprocess
 import sys
 
 PURE = ["trainables", "trainables.config", "trainables.data", "trainables.models", "trainables.augment",
-        "trainables.attacks", "trainables.engine", "trainables.checkpoint", "trainables.pipeline",
-        "trainables.visualize", "trainables.perf", "trainables.strong_attacks", "trainables.audit",
-        "trainables.vocab", "trainables.pipeline", "analysis", "analysis.paper", "analysis.audit", "analysis.stats",
-        "analysis.tables", "analysis.grid", "study.cli", "study.grid", "study.spec"]
+        "trainables.attacks", "trainables.training", "trainables.evaluation", "trainables.scoring", "trainables.trial",
+        "trainables.checkpoint", "trainables.pipeline", "trainables.visualize", "trainables.perf",
+        "trainables.strong_attacks", "trainables.audit", "trainables.cells", "trainables.reproduce_cell",
+        "trainables.vocab", "analysis", "analysis.paper", "analysis.audit_tables", "analysis.stats",
+        "analysis.tables", "analysis.grid", "study.cli", "study.spec", "study.settings"]
 
 
 def test_pure_modules_do_not_import_ray() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import pytest
 import torch
@@ -13,26 +12,33 @@ from torch import nn
 from trainables.attacks import pgd
 from trainables.augment import make_generator
 from trainables.config import AttackCfg, AttackName, ConfigError, Method, MethodCfg, TrainCfg
-from trainables.engine import evaluate, fit
+from trainables.evaluation import evaluate
 from trainables.methods import Adversary, Passes, adversary_of, batch_loss, passes_per_image
+from trainables.training import fit
 from trainables.vocab import decode_outcomes
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"method": "madry"}, "method must be one of patch, fgsm_rs, pgd_at, trades; got 'madry'"),
-    ({"method": "trades", "beta": 0.0}, "beta must be > 0, got 0.0"),
-    ({"method": "trades", "beta": float("nan")}, "beta must be > 0, got nan"),
-    ({"method": "pgd_at", "steps": 0}, "steps must be >= 1, got 0"),
-    ({"method": "pgd_at", "steps": 2.5}, "steps must be an integer, got 2.5"),
-    ({"method": "pgd_at", "eps": 0.0}, "eps must be in (0, 1], got 0.0"),
-    ({"method": "fgsm_rs", "eps": 1.5}, "eps must be in (0, 1], got 1.5"),
-    ({"method": "fgsm_rs", "steps": 3}, "steps is not a parameter of method fgsm_rs (it takes eps, warmup); got steps 3"),
-    ({"method": "pgd_at", "beta": 6.0}, "beta is not a parameter of method pgd_at (it takes eps, steps, warmup); got beta 6.0"),
-    ({"method": "patch", "eps": 0.1}, "eps is not a parameter of method patch (it takes none); got eps 0.1"),
+    ({"method": "madry"}, "method: must be one of patch, fgsm_rs, pgd_at, trades, paper_fgsm_at, paper_ifgsm_at, "
+                          "paper_pgd_at, got 'madry'"),
+    ({"method": "trades", "beta": 0.0}, "beta: must be > 0, got 0.0"),
+    ({"method": "trades", "beta": float("nan")}, "beta: must be finite, got nan"),
+    ({"method": "pgd_at", "at_steps": 0}, "at_steps: must be >= 1, got 0"),
+    ({"method": "pgd_at", "at_steps": 2.5}, "at_steps: must be an integer, got 2.5"),
+    ({"method": "pgd_at", "train_eps": 0.0}, "train_eps: must be > 0, got 0.0"),
+    ({"method": "fgsm_rs", "train_eps": 1.5}, "train_eps: must be <= 1, got 1.5"),
+    ({"method": "fgsm_rs", "at_steps": 3},
+     "at_steps is not a parameter of method fgsm_rs (it takes train_eps, eps_warmup); got at_steps 3"),
+    ({"method": "pgd_at", "beta": 6.0},
+     "beta is not a parameter of method pgd_at (it takes train_eps, at_steps, eps_warmup); got beta 6.0"),
+    ({"method": "patch", "train_eps": 0.1}, "train_eps is not a parameter of method patch (it takes none); got train_eps 0.1"),
     ({"method": "patch", "augment": False}, "method patch is the patch augmentation itself: augment must be true"),
-    ({"method": "pgd_at", "warmup": 1.0}, "warmup must be in [0, 1), got 1.0"),
-    ({"method": "trades", "warmup": -0.5}, "warmup must be in [0, 1), got -0.5"),
-    ({"method": "patch", "warmup": 0.3}, "warmup is not a parameter of method patch (it takes none); got warmup 0.3"),
+    ({"method": "pgd_at", "eps_warmup": 1.0}, "eps_warmup: must be < 1, got 1.0"),
+    ({"method": "trades", "eps_warmup": -0.5}, "eps_warmup: must be >= 0, got -0.5"),
+    ({"method": "patch", "eps_warmup": 0.3},
+     "eps_warmup is not a parameter of method patch (it takes none); got eps_warmup 0.3"),
+    ({"method": "paper_pgd_at", "eps_warmup": 0.3}, "eps_warmup is not a parameter of method paper_pgd_at "
+                                                    "(it takes train_eps, at_steps, at_alpha); got eps_warmup 0.3"),
 ])
 def test_bad_method_configs_name_the_value(kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -42,28 +48,36 @@ def test_bad_method_configs_name_the_value(kwargs: dict, message: str) -> None:
 
 def test_defaults_and_step_sizes_reach_twice_eps() -> None:
     assert MethodCfg().attack() is None and adversary_of(MethodCfg(), 0.3) is None
-    pgd_at = MethodCfg("pgd_at").resolved(0.1)
-    assert (pgd_at.eps, pgd_at.steps, pgd_at.beta) == (0.1, 5, None)
+    pgd_at = MethodCfg(method="pgd_at").resolved(0.1)
+    assert (pgd_at.train_eps, pgd_at.at_steps) == (0.1, 5)
     attack = pgd_at.attack()
     assert attack is not None and attack.alpha * attack.steps == pytest.approx(2.5 * 0.1) and attack.last_iterate
-    fgsm = MethodCfg("fgsm_rs", eps=0.2).resolved(0.3).attack()
+    fgsm = MethodCfg(method="fgsm_rs", train_eps=0.2).resolved(0.3).attack()
     assert fgsm is not None and (fgsm.name, fgsm.eps, fgsm.steps) == (AttackName.PGD, 0.2, 1)
     assert fgsm.alpha == pytest.approx(1.25 * 0.2)  # Wong et al.: random start, then one step of 1.25 eps
-    trades = adversary_of(MethodCfg("trades", steps=10), 0.3)
-    assert trades is not None and trades.trades_beta == 6.0 and trades.attack.steps == 10
-    assert MethodCfg("trades").describe() == {"method": "trades", "augment": False, "eps": None, "steps": None, "beta": None,
-                                              "warmup": None}
-    assert MethodCfg().augment is True and MethodCfg("pgd_at", augment=True).augment is True
+    trades = adversary_of(MethodCfg(method="trades", at_steps=10), 0.3)
+    assert trades is not None and trades.beta == 6.0 and trades.attack.steps == 10
+    assert MethodCfg(method="trades").describe() == {"method": "trades", "augment": False, "train_eps": None,
+                                                     "at_steps": None, "beta": 6.0, "eps_warmup": 0.0}
+    assert MethodCfg().augmented is True and MethodCfg(method="pgd_at", augment=True).augmented is True
+    # the paper's baselines: its alpha 0.01 and 10 steps (which cannot reach eps 0.3), FGSM one step of eps
+    paper = MethodCfg(method="paper_pgd_at").resolved(0.3).attack()
+    assert paper is not None and (paper.name, paper.alpha, paper.steps) == (AttackName.PGD, 0.01, 10)
+    assert not paper.reaches_eps
+    ifgsm = MethodCfg(method="paper_ifgsm_at", at_steps=4, at_alpha=0.05).resolved(0.1).attack()
+    assert ifgsm is not None and (ifgsm.name, ifgsm.alpha, ifgsm.steps) == (AttackName.IFGSM, 0.05, 4)
+    fgsm_at = adversary_of(MethodCfg(method="paper_fgsm_at"), 0.3)
+    assert fgsm_at is not None and fgsm_at.attack.name is AttackName.FGSM and fgsm_at.eps_warmup == 0.0
 
 
 def test_eps_warmup_grows_eps_and_alpha_linearly_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
     """With warmup w, the step ending a share p < w of the run attacks at eps * p / w (alpha with it), then at
     eps: over the run's global steps, so a trial resumed at epoch 2 continues the ramp where it was."""
-    adversary = adversary_of(MethodCfg("pgd_at", steps=4, warmup=0.5), 0.3)
+    adversary = adversary_of(MethodCfg(method="pgd_at", at_steps=4, eps_warmup=0.5), 0.3)
     assert adversary is not None and adversary.describe()["eps_warmup"] == 0.5
     assert adversary.at(0.25).attack.eps == pytest.approx(0.15) and adversary.at(0.25).attack.alpha == pytest.approx(0.09375)
     assert adversary.at(0.5) is adversary and adversary.at(1.0) is adversary
-    assert adversary_of(MethodCfg("pgd_at"), 0.3).at(0.01) == adversary_of(MethodCfg("pgd_at"), 0.3)  # type: ignore[union-attr]
+    assert adversary_of(MethodCfg(method="pgd_at"), 0.3).at(0.01) == adversary_of(MethodCfg(method="pgd_at"), 0.3)  # type: ignore[union-attr]
 
     import trainables.methods as methods
     seen: list[float] = []
@@ -88,10 +102,10 @@ def test_eps_warmup_grows_eps_and_alpha_linearly_per_step(monkeypatch: pytest.Mo
 
 def test_passes_per_image() -> None:
     assert passes_per_image(None) == Passes(1, 1)
-    assert passes_per_image(adversary_of(MethodCfg("fgsm_rs"), 0.1)) == Passes(2, 2)
-    assert passes_per_image(adversary_of(MethodCfg("pgd_at", steps=7), 0.1)) == Passes(8, 8)
-    assert passes_per_image(adversary_of(MethodCfg("trades", steps=5), 0.1)) == Passes(8, 7)
-    assert passes_per_image(Adversary(AttackCfg("fgsm", eps=0.3))) == Passes(2, 2)
+    assert passes_per_image(adversary_of(MethodCfg(method="fgsm_rs"), 0.1)) == Passes(2, 2)
+    assert passes_per_image(adversary_of(MethodCfg(method="pgd_at", at_steps=7), 0.1)) == Passes(8, 8)
+    assert passes_per_image(adversary_of(MethodCfg(method="trades", at_steps=5), 0.1)) == Passes(8, 7)
+    assert passes_per_image(Adversary(AttackCfg(name="fgsm", eps=0.3))) == Passes(2, 2)
 
 
 def _tiny() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -103,7 +117,7 @@ def _tiny() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 def test_fgsm_rs_examples_are_wong_et_al() -> None:
     model, x, y = _tiny()
     eps = 0.1
-    adversary = adversary_of(MethodCfg("fgsm_rs"), eps)
+    adversary = adversary_of(MethodCfg(method="fgsm_rs"), eps)
     assert adversary is not None
     # by hand, from the same random start: delta ~ U(-eps, eps); one signed step of 1.25 eps; project
     delta = torch.empty_like(x).uniform_(-eps, eps, generator=make_generator(5))
@@ -117,7 +131,7 @@ def test_fgsm_rs_examples_are_wong_et_al() -> None:
 
 def test_trades_loss_is_ce_plus_beta_kl_of_examples_that_raise_the_kl() -> None:
     model, x, y = _tiny()
-    adversary = adversary_of(MethodCfg("trades", eps=0.2, steps=5, beta=3.0), 0.3)
+    adversary = adversary_of(MethodCfg(method="trades", train_eps=0.2, at_steps=5, beta=3.0), 0.3)
     assert adversary is not None
     loss, logits, labels = batch_loss(model, model, x, y, adversary, generator=make_generator(1))
     clean, adv = logits.split(x.shape[0])
@@ -148,11 +162,11 @@ def test_pgd_with_cross_entropy_as_loss_fn_is_the_default(trained_cnn3, fmnist_s
 def test_each_adversarial_method_buys_robustness(method: Method, trained_cnn3, fmnist_small, device) -> None:
     """One epoch on 1000 real images at eps 0.1, scored by a PGD-20 that reaches 2.5 eps on 150 test images."""
     train, test = fmnist_small.train.take(slice(0, 1000)), fmnist_small.test.take(slice(0, 150))
-    attack = AttackCfg("pgd", eps=0.1, alpha=0.0125, steps=20)
+    attack = AttackCfg(name="pgd", eps=0.1, alpha=0.0125, steps=20)
     before = evaluate(trained_cnn3, test, [attack], device=device)["pgd20"]
     model = copy.deepcopy(trained_cnn3)
     fit(model, train, fmnist_small.val.take(slice(0, 100)), TrainCfg(epochs=1, lr=1e-3, batch_size=64),
-        device=device, adversarial=adversary_of(MethodCfg(method, augment=False), 0.1), progress=False)
+        device=device, adversarial=adversary_of(MethodCfg(method=method, augment=False), 0.1), progress=False)
     after = evaluate(model, test, [attack], device=device)
     assert after["pgd20"] > before + 0.15 and after["clean"] > 0.5, (before, after)
 
@@ -163,7 +177,7 @@ def pgd_at_cnn3(trained_cnn3, fmnist_small, device) -> nn.Module:
     the base on all 4000 training images, two epochs."""
     model = copy.deepcopy(trained_cnn3)
     fit(model, fmnist_small.train, fmnist_small.val.take(slice(0, 100)), TrainCfg(epochs=2, lr=1e-3, batch_size=64),
-        device=device, adversarial=adversary_of(MethodCfg(Method.PGD_AT, augment=False, steps=3), 0.1), progress=False)
+        device=device, adversarial=adversary_of(MethodCfg(method=Method.PGD_AT, augment=False, at_steps=3), 0.1), progress=False)
     return model.eval()
 
 
@@ -173,17 +187,18 @@ def test_positive_control_pgd_at_passes_the_audit_far_above_its_base(pgd_at_cnn3
     100-query Square, every masking check on 16 images), the positive control's worst case is >= 30 points
     above the base's, every check passes, and the paired comparison calls it better than the base."""
     from analysis import versus_base
-    from trainables.audit import AuditCfg, Status, run_audit
+    from trainables.audit import CheckStatus, run_audit
+    from trainables.config import AuditCfg
     from trainables.data import Split
 
     model = pgd_at_cnn3
     test = Split(fmnist_small.test.x[:100], fmnist_small.test.y[:100])
-    cfg = AuditCfg(eps=0.1, strong_steps=10, strong_restarts=2, components=("apgd-ce", "apgd-t", "square"), apgd_steps=10,
+    cfg = AuditCfg(strong_steps=10, strong_restarts=2, components=("apgd-ce", "apgd-t", "square"), apgd_steps=10,
                    square_queries=100, sweep_steps=10, noise_draws=10, check_limit=16, batch_size=128)
-    control = run_audit(model, test, cfg, device=device, base=trained_cnn3, progress=False)
-    base = run_audit(trained_cnn3, test, dataclasses.replace(cfg, checks=False), device=device, progress=False)
-    failing = {c.name: c.detail for c in control.checks if c.status is not Status.PASS}
-    assert control.verdict is Status.PASS, failing
+    control = run_audit(model, test, cfg, 0.1, device=device, base=trained_cnn3, progress=False)
+    base = run_audit(trained_cnn3, test, cfg, 0.1, device=device, checks=False, progress=False)
+    failing = {c.name: c.detail for c in control.checks if c.status is not CheckStatus.PASS}
+    assert control.verdict is CheckStatus.PASS, failing
     assert control.worst_case >= base.worst_case + 30, (control.worst_case, base.worst_case)  # 100 images: points
     strong = control.row("strong_pgd10x2").acc
     assert control.row("autoattack").acc <= strong + 0.02 and control.worst_case / 100 <= strong
@@ -213,7 +228,7 @@ def test_adversarial_examples_are_built_from_clean_and_patch_modified_images(tra
     eps = 0.05
     fit(model, fmnist_small.train.take(slice(0, 64)), fmnist_small.val.take(slice(0, 10)),
         TrainCfg(epochs=1, lr=1e-4, batch_size=32), device=device, augment=AugCfg(patch_size=10, pool=("occlude",)),
-        adversarial=adversary_of(MethodCfg("pgd_at", steps=2), eps), progress=False)
+        adversarial=adversary_of(MethodCfg(method="pgd_at", at_steps=2), eps), progress=False)
     assert [x.shape[0] for x in model.seen] == [64, 64]
     for x in model.seen:
         clean, modified = x.split(32)
@@ -222,12 +237,12 @@ def test_adversarial_examples_are_built_from_clean_and_patch_modified_images(tra
 
 def test_nested_eps_curve_is_never_weaker_on_an_adversarially_fine_tuned_model(pgd_at_cnn3, fmnist_small,
                                                                               device) -> None:
-    """The one-pass eps curve (engine.robust_masks(nested=...)) against per-eps PGD on a model where many
+    """The one-pass eps curve (evaluation.robust_masks(nested=...)) against per-eps PGD on a model where many
     samples survive the small eps: never above it beyond sampling noise, and non-increasing in eps."""
-    from trainables.engine import accuracies, robust_masks
+    from trainables.evaluation import accuracies, robust_masks
 
     val = fmnist_small.val.take(slice(0, 200))
-    attacks = {f"eps{e:g}": AttackCfg("pgd", eps=e, alpha=2.5 * e / 5, steps=5) for e in (0.05, 0.1, 0.2)}
+    attacks = {f"eps{e:g}": AttackCfg(name="pgd", eps=e, alpha=2.5 * e / 5, steps=5) for e in (0.05, 0.1, 0.2)}
     fast = accuracies(robust_masks(pgd_at_cnn3, val, attacks, device=device, seed=4, nested=tuple(attacks)))
     slow = accuracies(robust_masks(pgd_at_cnn3, val, attacks, device=device, seed=4))
     assert fast["eps0.05"] >= fast["eps0.1"] >= fast["eps0.2"] and slow["eps0.1"] > 0.3, (fast, slow)

@@ -10,8 +10,8 @@ import torch
 from trainables import perf
 from trainables.config import Optimizer, TrainCfg
 from trainables.data import Split, iterate_batches, place
-from trainables.engine import make_optimizer
 from trainables.models import InputSpec, build_model
+from trainables.training import make_optimizer
 from trainables.vocab import ConfigError
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -35,14 +35,14 @@ def test_cpu_path_has_the_gpu_parts_off() -> None:
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)  # NHWC on CPU too (oneDNN max-pooling)
     assert perf.input_layout(cpu) is torch.channels_last
     for name in Optimizer:
-        opt = make_optimizer(model.parameters(), TrainCfg(optimizer=name), cpu)
+        opt = make_optimizer(model.parameters(), TrainCfg(optimizer=name, lr=1e-3), cpu)
         assert not opt.defaults.get("fused")
 
 
 def test_final_numbers_are_fp32_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """Reports (test split, audit) run without bf16 autocast or TF32; the search keeps them. Only the switches
     are read, so no GPU is needed."""
-    from trainables.engine import configure_backends
+    from trainables.perf import configure_backends
 
     monkeypatch.delenv("PATCHTUNE_PERF", raising=False)
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
@@ -100,7 +100,7 @@ def test_gpu_switches_and_resident_data() -> None:
     with autocast():
         out = model(x)
     assert out.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last)
-    opt = make_optimizer(model.parameters(), TrainCfg(optimizer=Optimizer.ADAM), dev)
+    opt = make_optimizer(model.parameters(), TrainCfg(optimizer=Optimizer.ADAM, lr=1e-3), dev)
     assert opt.defaults.get("fused") is True
 
 

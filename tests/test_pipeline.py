@@ -1,5 +1,5 @@
-"""The one training loop: `patchtune finetune` and a study trial train the same weights, and a resumed trial
-replays its epochs exactly (in-process, no Ray: the trial body is `pipeline.run_trial`)."""
+"""The one training loop: `patchtune finetune` (`pipeline.finetune`) and a study trial (`trial.run_trial`, in-process,
+no Ray) train the same weights, and a resumed trial replays its epochs exactly."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ import pytest
 import torch
 
 from conftest import spec_of
-from trainables.config import AugCfg, MethodCfg, ObjectiveCfg
+from trainables.config import AugCfg, MethodCfg, ObjectiveCfg, TrainCfg
 from trainables.data import DataBundle
-from trainables.engine import Stream, epoch_generator
-from trainables.methods import adversary_of
-from trainables.pipeline import TrialSetup, TrialState, default_train_cfg, finetune, run_trial
+from trainables.pipeline import finetune
+from trainables.trial import TrialSetup, TrialState, run_trial
 
 CONFIG = {"optimizer": "rmsprop", "lr": 1e-3, "batch_size": 64, "epochs": 2, "seed": 3, "pool": "rotate,noise,occlude",
           "patch_size": 6, "num_patches": 1}
@@ -43,18 +42,15 @@ def test_cli_finetune_and_a_study_trial_train_identical_weights(method: str, tra
     config = {**CONFIG, **METHODS[method]}
     data = _small(fmnist_small)
     base_state = {k: v.detach().cpu().clone() for k, v in trained_cnn3.state_dict().items()}
-    cfg = default_train_cfg("cnn3", finetune=True, optimizer="rmsprop", lr=1e-3, batch_size=64, epochs=2, seed=3)
+    cfg = TrainCfg(optimizer="rmsprop", lr=1e-3, batch_size=64, epochs=2, seed=3)
     aug = AugCfg(pool=("rotate", "noise", "occlude"), patch_size=6)
     base = copy.deepcopy(trained_cnn3).cpu()
-    m = METHODS[method]
-    adversary = None
-    if m:
-        adversary = adversary_of(MethodCfg(m["method"], augment=True, eps=m["train_eps"]), 0.3)
-    cli_model, _ = finetune(base, {"arch": "cnn3", "dataset": "fmnist", "image_size": None, "data": {}}, data, cfg, aug,
-                            device=torch.device("cpu"), progress=False, adversary=adversary)
+    cli_model, _ = finetune(base, {"arch": "cnn3", "dataset": "fmnist", "image_size": None, "data": {}}, data, cfg,
+                            MethodCfg(**METHODS[method]), aug, default_eps=0.3, device=torch.device("cpu"),
+                            progress=False)
 
     setup = TrialSetup(arch="cnn3", info=data.info, train=data.train, val=data.val, base_state=base_state,
-                       objective=ObjectiveCfg(metric="robust_auc", eps_grid=(0.05,), steps=2))
+                       objective=ObjectiveCfg(metric="robust_auc", eps_grid=(0.05,), steps=2).resolved(data.info.name))
     reports = _trial(setup, config)
     assert [m["epoch"] for m, _ in reports] == [1, 2] and all(m["error"] == "" for m, _ in reports)
     # training compute: 320 images and their patch-modified copies per epoch; FGSM-RS: one attack step (a forward
@@ -91,11 +87,11 @@ def test_finetune_starts_from_the_base_or_from_a_seeded_fresh_init(from_scratch:
 
     data = DataBundle(fmnist_small.info, fmnist_small.train.take(slice(0, 64)), fmnist_small.val.take(slice(0, 20)),
                       fmnist_small.test.take(slice(0, 20)), fmnist_small.source)
-    cfg = default_train_cfg("cnn3", finetune=True, lr=1e-12, batch_size=64, epochs=1, seed=5)
+    cfg = TrainCfg(lr=1e-12, batch_size=64, epochs=1, seed=5)
     base_state = {k: v.detach().cpu().clone() for k, v in trained_cnn3.state_dict().items()}
     model, meta = finetune(copy.deepcopy(trained_cnn3).cpu(), {"arch": "cnn3", "dataset": "fmnist", "image_size": None,
-                                                               "data": {}}, data, cfg, None, device=torch.device("cpu"),
-                           progress=False, from_scratch=from_scratch)
+                                                               "data": {}}, data, cfg, MethodCfg(method="pgd_at"), None,
+                           default_eps=0.01, device=torch.device("cpu"), progress=False, from_scratch=from_scratch)
     torch.manual_seed(5)
     fresh = build_model("cnn3", spec_of(data)).state_dict()
     expected = fresh if from_scratch else base_state
@@ -104,14 +100,3 @@ def test_finetune_starts_from_the_base_or_from_a_seeded_fresh_init(from_scratch:
     assert all(torch.allclose(got[k], v, atol=1e-6) for k, v in expected.items())
     assert not any(torch.allclose(got[k], v, atol=1e-3) for k, v in other.items() if k.endswith("weight"))
     assert meta["init"] == ("scratch" if from_scratch else "base")
-
-
-def test_epoch_streams_are_independent_and_reproducible() -> None:
-    def draw(seed: int, epoch: int, stream: Stream) -> torch.Tensor:
-        return torch.rand(8, generator=epoch_generator(seed, epoch, stream))
-
-    assert torch.equal(draw(0, 1, Stream.AUGMENT), draw(0, 1, Stream.AUGMENT))
-    samples = [draw(s, e, k) for s in (0, 1) for e in (0, 1) for k in Stream]
-    # No two (seed, epoch, stream) share a stream: the old `seed * 1000 + epoch` scheme made epoch e's augmentation
-    # stream equal epoch e+1's batch order.
-    assert len({tuple(x.tolist()) for x in samples}) == len(samples)

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
-from repro_frame import GRID, METHODS, repro_frame
+from repro_frame import CELLS, GRID, repro_frame
 
 from analysis import plots
 from analysis.load import OPS, epochs_long, eps_curves, pareto_front, tidy_results
@@ -100,7 +100,7 @@ def test_eps_curves_and_learning_curves(results: pd.DataFrame, epochs: pd.DataFr
 
 
 def test_analysis_imports_neither_torch_nor_ray() -> None:
-    code = ("import sys, analysis.load, analysis.plots, analysis.report, analysis.paper, analysis.audit, analysis.grid, "
+    code = ("import sys, analysis.load, analysis.plots, analysis.report, analysis.paper, analysis.audit_tables, analysis.grid, "
             "analysis.reproduction, analysis.stats, analysis.tables\n"
             "bad = [m for m in ('torch', 'ray') if m in sys.modules]\nprint(bad)\nsys.exit(1 if bad else 0)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -108,7 +108,7 @@ def test_analysis_imports_neither_torch_nor_ray() -> None:
 
 
 def test_audit_bars() -> None:
-    from analysis.audit import bars_frame
+    from analysis.audit_tables import bars_frame
     from analysis.plots import audit_bars
 
     rep = {"eps": 0.3, "worst_case_acc": 0.0, "worst_case_ci95": [0.0, 0.07],
@@ -123,7 +123,7 @@ def test_audit_bars() -> None:
     ax = fig.axes[0]
     assert len(ax.patches) == 8 and "accuracy (%)" in ax.get_ylabel()
     assert [round(p.get_height(), 1) for p in ax.patches[:4]] == [90.0, 50.0, 2.0, 0.0]
-    from analysis.audit import headline
+    from analysis.audit_tables import headline
 
     rep.update(n=500, clean_acc=0.9, verdict="PASS", checks=[{"name": "noise", "status": "PASS", "detail": ""}])
     text = headline(rep)
@@ -146,8 +146,8 @@ def test_method_bars_take_methods_labels_and_colours_from_the_metadata() -> None
     ax = fig.axes[0]
     colours = _bar_colours(fig)
     assert list(colours) == ["undefended", "patch + Adam", "patch + RMSProp", "patch + Adam (long)",
-                             "patch + RMSProp (long)", "FGSM-AT", "IFGSM-AT", "PGD-AT"]
-    paper_cells = [m for m in METHODS if GRID[m].robust is None]  # robust fine-tunes: `optimizer_bars`
+                             "patch + RMSProp (long)", "paper FGSM-AT", "paper IFGSM-AT", "paper PGD-AT"]
+    paper_cells = [m for m in CELLS if not GRID[m].robust]  # robust fine-tunes: `optimizer_bars`
     assert len(ax.patches) == 4 * len(paper_cells) == 32 and ax.get_ylabel() == "test accuracy (%)"
     assert colours["patch + Adam"] == plots.OPTIMIZER_COLORS["adam"]
     assert colours["patch + RMSProp"] == plots.OPTIMIZER_COLORS["rmsprop"]
@@ -157,7 +157,7 @@ def test_method_bars_take_methods_labels_and_colours_from_the_metadata() -> None
     assert len(set(colours.values())) == len(colours)  # every method distinguishable
     ticks = [line for line in ax.lines if line.get_linewidth() == 2 and line.get_color() == "black"]
     assert len(ticks) == 4 + 3 + 3  # the paper's values: undefended (4 keys), patch + Adam / RMSProp (3 attacks each)
-    renamed = frame.assign(method=frame["method"] + "_x")  # the names are only identifiers
+    renamed = frame.assign(cell=frame["cell"] + "_x")  # the names are only identifiers
     assert _bar_colours(plots.method_bars(renamed)) == colours
     ticks = [t.get_text() for t in ax.get_xticklabels()]
     assert ticks == ["clean", "FGSM", "IFGSM\n(cannot reach eps)", "PGD-10\n(cannot reach eps)"]  # F-MNIST's eps 0.3
@@ -186,10 +186,11 @@ def test_reproduction_cost_puts_each_fine_tuned_model_at_its_compute() -> None:
     frame = repro_frame(seeds=2, strong=True)
     fig = plots.reproduction_cost(frame, "strong/pgd", "PGD-100 x5 accuracy at eps 0.3 (%)")
     ax = fig.axes[0]
-    fine_tuned = [m for m in METHODS if GRID[m].finetune is not None]  # patch (short, long) and robust cells
+    fine_tuned = [m for m in CELLS if not GRID[m].undefended]  # every cell but the base itself
     assert sum(len(c.get_offsets()) for c in ax.collections) == 2 * len(fine_tuned)
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert legend[:3] == ["fgsm_rs", "patch", "pgd_at"] and "base (0.0 %)" in legend  # the undefended model
+    assert legend[:6] == ["fgsm_rs", "paper_fgsm_at", "paper_ifgsm_at", "paper_pgd_at", "patch", "pgd_at"]
+    assert "base (0.0 %)" in legend  # the undefended model
     assert ax.get_xlabel() == "training compute (device-seconds)"
 
 
@@ -209,16 +210,19 @@ def test_the_objective_attack_is_named_with_its_strength() -> None:
     from pathlib import Path
 
     from analysis.load import StudyData
+    from study.spec import parse_spec
 
     def label(spec: dict) -> str:
-        return StudyData(Path("s"), spec, pd.DataFrame(), pd.DataFrame(), None).pgd_label
+        """The label of a study with this spec, from its resolved spec.yaml as a study directory holds it."""
+        resolved = parse_spec({"name": "s", **spec}).resolved().to_json()
+        return StudyData(Path("s"), resolved, pd.DataFrame(), pd.DataFrame(), None).pgd_label
 
     # the default since the objective's alpha became 2.5 eps / steps; the paper's eps per data set
-    assert label({"dataset": "fmnist", "objective": {"eps": None, "alpha": None, "steps": 10}}) == \
-        "val PGD-10 accuracy, eps 0.3, alpha 0.075 (%)"
-    assert label({"dataset": "cifar10", "objective": {"steps": 10}}) == "val PGD-10 accuracy, eps 0.03, alpha 0.0075 (%)"
+    assert label({"data": {"dataset": "fmnist"}}) == "val PGD-10 accuracy, eps 0.3, alpha 0.075 (%)"
+    assert label({"data": {"dataset": "cifar10"}}) == "val PGD-10 accuracy, eps 0.03, alpha 0.0075 (%)"
+    assert label({"objective": {"restarts": 3}}) == "val PGD-10 x3 accuracy, eps 0.3, alpha 0.075 (%)"
     # studies that scored with the paper's alpha say that it cannot reach eps
-    assert label({"dataset": "fmnist", "objective": {"eps": 0.3, "alpha": 0.01, "steps": 10}}) == \
+    assert label({"objective": {"eps": 0.3, "alpha": 0.01, "steps": 10}}) == \
         "val PGD-10 accuracy, eps 0.3, alpha 0.01 (cannot reach eps) (%)"
 
 
@@ -259,7 +263,7 @@ def test_report_page_embeds_figures_renders_tables_and_escapes_html(tmp_path) ->
 def test_audit_table_names_what_ran_in_the_audits_order() -> None:
     """A reduced AutoAttack is named (components, Square queries), never "standard"; rows keep the audit's order
     (clean, paper, strong PGD, AutoAttack, worst case) across budgets whose strong-PGD alpha differs."""
-    from analysis.audit import side_by_side
+    from analysis.audit_tables import side_by_side
 
     def rep(eps: float, components: list[str], queries: int) -> dict[str, object]:
         alpha = 2.5 * eps / 50

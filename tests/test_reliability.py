@@ -34,11 +34,11 @@ CLI = [sys.executable, "-m", "study.cli"]
 
 def _tiny(storage: Path, name: str, base: Path, **over: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {
-        "name": name, "dataset": "fmnist", "storage": str(storage), "base": {"checkpoint": str(base)},
-        "data": {"limit_train": 400, "limit_test": 100},
+        "name": name, "storage": str(storage), "base": {"checkpoint": str(base)},
+        "data": {"dataset": "fmnist", "limit_train": 400, "limit_val": 60, "limit_test": 100},
         "search": {"lr": {"adam": [1e-4, 1e-2]}, "batch_size": [64], "patch_size": [4, 10]},
         # one eps in the grid: these tests are about faults, and scoring 6 budgets per epoch would triple their time
-        "epochs": 3, "objective": {"metric": "pgd_acc", "eps_grid": [0.05], "steps": 5, "val_limit": 60},
+        "epochs": 3, "objective": {"metric": "pgd_acc", "eps_grid": [0.05], "steps": 5},
         "num_samples": 4, "max_concurrent": 2, "max_failures": 2,
         "scheduler": {"type": "fifo"}, "sampler": {"type": "random"},
     }
@@ -66,6 +66,7 @@ def test_study_spreads_over_nodes_and_survives_losing_one(tmp_path: Path, base_c
     from ray.cluster_utils import Cluster
 
     from study.runner import run_study
+    from study.settings import RayOptions
     from study.spec import parse_spec
 
     ray.shutdown()  # the suite's shared local instance, if up: this test connects to its own cluster
@@ -88,8 +89,8 @@ def test_study_spreads_over_nodes_and_survives_losing_one(tmp_path: Path, base_c
     killer.start()
     try:
         study_dir = run_study(parse_spec(_tiny(tmp_path, "lost", base_ckpt, num_samples=2,
-                                               resources={"cpu": 1, "gpu": 0.5})),
-                              address=cluster.address)
+                                               resources={"cpus_per_trial": 1, "gpus_per_trial": 0.5})),
+                              RayOptions(address=cluster.address))
     finally:
         killer.join(timeout=5)
         ray.shutdown()

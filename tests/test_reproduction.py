@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from repro_frame import METHODS, repro_frame
+from repro_frame import CELLS, repro_frame
 from torch import nn
 
 from analysis.reproduction import (
@@ -51,7 +51,7 @@ def test_findings_use_paired_tests_over_seeds() -> None:
     assert c.n == 3 and c.diff == pytest.approx(5.0, abs=0.5) and c.lo < c.diff < c.hi and c.p < 0.05
     text = findings(frame(), "fmnist")
     assert text[0].startswith("RMSProp beats Adam under PGD-10 on F-MNIST: yes, +")
-    assert any("beats PGD-AT under PGD-10 on F-MNIST: no" in s for s in text)
+    assert any("beats the paper's PGD-AT under PGD-10 on F-MNIST: no" in s for s in text)
     one = findings(frame(seeds=1), "fmnist")
     assert "undecided (too few seeds (n=1) for a paired t over seeds" in one[0]
 
@@ -75,9 +75,9 @@ def test_findings_pair_per_image_where_the_results_carry_it() -> None:
             rms[order[only_rms:only_rms + 23]], adam[order[only_rms:only_rms + 23]] = False, True
             outcomes[("patch_adam", s)], outcomes[("patch_rmsprop", s)] = adam, rms
         f["per_image"] = [json.dumps({"whitebox/fgsm": encode_outcomes(outcomes[(m, s)])})
-                          if (m, s) in outcomes else None for m, s in zip(f["method"], f["seed"], strict=True)]
+                          if (m, s) in outcomes else None for m, s in zip(f["cell"], f["seed"], strict=True)]
         for (m, s), v in outcomes.items():
-            f.loc[(f.method == m) & (f.seed == s), "whitebox/fgsm"] = v.mean()
+            f.loc[(f.cell == m) & (f.seed == s), "whitebox/fgsm"] = v.mean()
         return f
 
     two = findings(with_outcomes(2), "fmnist")
@@ -95,16 +95,17 @@ def test_strong_pgd_row_and_overstatement_finding() -> None:
     f = frame()
     assert "strong PGD-100 x5 (ours only)" not in set(table1(f, "fmnist")["Attack"])  # older results: no row
     f["strong/pgd"] = f["whitebox/pgd"] - 0.08  # the strong attack finds 8 pt more in every seed: no variance
+    f["strong_steps"], f["strong_restarts"] = 100, 5
     text = findings(f, "fmnist")
-    assert any(s.startswith("The paper's PGD-10 overstates the robustness of PGD-AT on F-MNIST (PGD-10 minus strong "
-                            "PGD-100 x5): undecided (every seed gives the same difference (+8.0 pt)") for s in text), text
+    assert any(s.startswith("The paper's PGD-10 overstates the robustness of the paper's PGD-AT on F-MNIST (PGD-10 "
+                            "minus strong PGD-100 x5): undecided (every seed gives the same difference (+8.0 pt)") for s in text), text
     f["strong/pgd"] = f["whitebox/pgd"] - 0.08 - 0.01 * f["seed"]  # 8, 9 and 10 pt more
     t = table1(f, "fmnist")
     assert list(t["Attack"])[-1] == "strong PGD-100 x5 (ours only)" and t.iloc[-1]["adam (paper)"] == "-"
     assert t.iloc[-1]["adam (ours)"].startswith("1.")
     text = findings(f, "fmnist")
-    assert any(s.startswith("The paper's PGD-10 overstates the robustness of PGD-AT on F-MNIST (PGD-10 minus strong "
-                            "PGD-100 x5): yes, +9.0 pt") for s in text), text
+    assert any(s.startswith("The paper's PGD-10 overstates the robustness of the paper's PGD-AT on F-MNIST (PGD-10 "
+                            "minus strong PGD-100 x5): yes, +9.0 pt") for s in text), text
     # the label is the attack the results record, not a fixed name
     f["strong_steps"], f["strong_restarts"] = 40, 1
     assert list(table1(f, "fmnist")["Attack"])[-1] == "strong PGD-40 (ours only)"
@@ -128,7 +129,7 @@ def test_robust_findings_ask_the_optimizer_question_within_each_method() -> None
         "\n".join(text)
     # without a strong attack the optimizer question is asked under PGD-10, and says so
     assert "(PGD-10): " in robust_findings(repro_frame(), "fmnist")[0]
-    assert not robust_findings(repro_frame(methods=[m for m in METHODS if m[:3] not in ("pgd", "fgs")]), "fmnist")
+    assert not robust_findings(repro_frame(cells=[m for m in CELLS if m[:3] not in ("pgd", "fgs")]), "fmnist")
 
 
 def test_robust_table_and_report_section() -> None:
@@ -143,7 +144,7 @@ def test_robust_table_and_report_section() -> None:
     assert t.set_index("model").loc["patch + Adam", "forward passes"] == "40k"
     text = render(f, "fmnist")
     assert "## Robust fine-tuning: does the optimizer matter?" in text and "RMSProp beats Adam under PGD-5-AT" in text
-    old = f.drop(columns=["finetune", "augment", "cost_device_s", "cost_fwd_passes", "cost_bwd_passes"])
+    old = f.drop(columns=["cost_device_s", "cost_fwd_passes", "cost_bwd_passes"])
     assert "## Robust fine-tuning" in render(old, "fmnist")  # older results: no compute columns, still a table
     assert "train device-s" not in robust_table(old, "fmnist").columns
     assert fmt_count(1200) == "1.2k" and fmt_count(0) == "0" and fmt_count(3.6e6) == "3.6M"
@@ -151,9 +152,10 @@ def test_robust_table_and_report_section() -> None:
 
 def test_the_robust_part_of_the_grid_alone_renders() -> None:
     """`--grid robust`: the undefended model, the paper's two patch fine-tunes and the robust cells only."""
-    from study.grid import GridPart, reproduction_grid
+    from trainables.cells import reproduction_grid
+    from trainables.vocab import GridPart
 
-    f = repro_frame(methods=[c.method for c in reproduction_grid(part=GridPart.ROBUST)], strong=True)
+    f = repro_frame(cells=[c.cell for c in reproduction_grid(part=GridPart.ROBUST)], strong=True)
     text = render(f, "fmnist")
     assert "RMSProp beats Adam under PGD-10 on F-MNIST" in text and "RMSProp beats Adam under PGD-5-AT" in text
     assert [c for c in table2(f, "fmnist").columns if c.endswith("(ours)")] == ["proposed (ours)"]
@@ -169,26 +171,25 @@ def test_matching_setting_names_the_setting_near_the_paper() -> None:
     assert "## Table 1 (fmnist)" in render(frame(), "fmnist")
 
 
-def test_metadata_not_method_names_decide_the_tables() -> None:
-    """Renamed methods in a shuffled frame give the same report: which method is which comes from the metadata."""
-    f = repro_frame()
-    f["strong/pgd"] = f["whitebox/pgd"] - 0.08
-    renamed = f.assign(method="cell" + f["method"].map({m: str(i) for i, m in enumerate(METHODS)}))
+def test_metadata_not_cell_names_decide_the_tables() -> None:
+    """Renamed cells in a shuffled frame give the same report: which cell is which comes from the metadata."""
+    f = repro_frame(strong=True)
+    renamed = f.assign(cell="cell" + f["cell"].map({m: str(i) for i, m in enumerate(CELLS)}))
     renamed = renamed.sample(frac=1, random_state=3).reset_index(drop=True)
     assert render(renamed, "cifar10") == render(f, "cifar10")
 
 
 def test_table2_columns_follow_the_paper() -> None:
     t = table2(frame(), "cifar10")
-    assert [c for c in t.columns if c.endswith("(ours)")] == ["fgsm_at (ours)", "ifgsm_at (ours)", "pgd_at (ours)",
-                                                             "proposed (ours)"]
+    assert [c for c in t.columns if c.endswith("(ours)")] == ["paper_fgsm_at (ours)", "paper_ifgsm_at (ours)",
+                                                             "paper_pgd_at (ours)", "proposed (ours)"]
     assert t.loc[2, "proposed (paper)"] == "60.37" and " ± " in t.loc[2, "proposed (ours)"]
     assert float(t.loc[2, "proposed (ours)"].split(" ± ")[0]) == pytest.approx(15.0, abs=0.5)  # patch + RMSProp
-    assert set(table2(frame(), "fmnist")["pgd_at (paper)"]) == {"-"}  # the paper's Table 2 is CIFAR-10 only
+    assert set(table2(frame(), "fmnist")["paper_pgd_at (paper)"]) == {"-"}  # the paper's Table 2 is CIFAR-10 only
 
 
 def test_grid_without_long_cells_or_metadata() -> None:
-    short = repro_frame(methods=[m for m in METHODS if not m.endswith("_long")])
+    short = repro_frame(cells=[m for m in CELLS if not m.endswith("_long")])
     assert list(settings_table(short, "fmnist")["model"]) == ["undefended", "adam", "rmsprop"]
     assert paper_by_method(short, "fmnist", defended_only=True) == {
         "patch_adam": {"fgsm": 87.51, "ifgsm": 88.21, "pgd": 53.72},
@@ -200,7 +201,7 @@ def test_grid_without_long_cells_or_metadata() -> None:
 
 def test_evaluation_settings_on_a_real_model(trained_cnn3, fmnist_small) -> None:
     test = fmnist_small.test.take(slice(0, 60))
-    attacks = paper_attacks(Dataset.FMNIST, ["fgsm", "pgd"])
+    attacks = paper_attacks(Dataset.FMNIST, ("fgsm", "pgd"))
     scores = evaluate_variants(trained_cnn3, trained_cnn3, test, attacks, aug=AugCfg(patch_size=8), pixel_std=0.353,
                                device=torch.device("cpu"), eot_draws=2)
     assert set(scores) == {"clean", "ttt/clean"} | {f"{v}/{a}" for v in VARIANTS for a in ("fgsm", "pgd")}
@@ -215,22 +216,22 @@ def test_every_kind_of_cell_runs_without_ray(trained_cnn3, fmnist_small) -> None
     """`run_cell`, the body of a reproduction trial, on each kind of cell: the base itself, a long patch fine-tune,
     the paper's PGD-AT from a fresh init, and a robust fine-tuning method. Scores, per-image outcomes and
     training compute agree; from-scratch adversarial training ignores the base's weights."""
-    from study.grid import GridPart, reproduction_grid
-    from trainables.cell import ReproSetup, run_cell
-    from trainables.config import AttackCfg, AttackName, Method, Optimizer
-    from trainables.engine import robust_masks
+    from trainables.cells import reproduction_grid
+    from trainables.config import Method, Optimizer, strong_pgd
+    from trainables.evaluation import robust_masks
+    from trainables.reproduce_cell import ReproSetup, run_cell
+    from trainables.vocab import GridPart
 
     base = {k: v.detach().clone() for k, v in trained_cnn3.state_dict().items()}
     setup = ReproSetup(arch="cnn3", info=fmnist_small.info, train=fmnist_small.train.take(slice(0, 64)),
                        val=fmnist_small.val.take(slice(0, 16)), test=fmnist_small.test.take(slice(0, 8)),
                        bases={0: base}, lr=1e-3, epochs=1,
-                       batch_size=32, aug=AugCfg(patch_size=8), attacks=paper_attacks(Dataset.FMNIST, ["pgd"]), eps=0.3,
-                       eot_draws=2, long_epochs=2, at_from_scratch_epochs=1,
-                       strong=AttackCfg(AttackName.PGD, eps=0.3, steps=3, alpha=0.25))
-    cells = {c.method: c.recipe() for c in reproduction_grid((Method.PGD_AT,), (Optimizer.ADAM,), GridPart.ALL)}
+                       batch_size=32, aug=AugCfg(patch_size=8), attacks=paper_attacks(Dataset.FMNIST, ("pgd",)), eps=0.3,
+                       eot_draws=2, long_epochs=2, at_from_scratch_epochs=1, strong=strong_pgd(0.3, 3))
+    cells = {c.cell: c for c in reproduction_grid((Method.PGD_AT,), (Optimizer.ADAM,), GridPart.ALL)}
     cpu = torch.device("cpu")
     # forward passes per image: none; patch (2 images) x 2 epochs; PGD-10 + 1, 1 epoch; PGD-5 + 1, 1 epoch
-    expected = {"undefended": 0, "patch_adam_long": 64 * 2 * 2, "pgd_at": 64 * 11, "pgd_at_adam": 64 * 6}
+    expected = {"undefended": 0, "patch_adam_long": 64 * 2 * 2, "paper_pgd_at": 64 * 11, "pgd_at_adam": 64 * 6}
     out = {m: run_cell(0, cells[m], setup, cpu) for m in expected}
     for method, scores in out.items():
         assert scores["cost_fwd_passes"] == expected[method], method
@@ -244,9 +245,9 @@ def test_every_kind_of_cell_runs_without_ray(trained_cnn3, fmnist_small) -> None
     assert json.loads(out["undefended"]["per_image"])["clean"] == encode_outcomes(right.tolist())
     # PGD-AT from a fresh init: the same model whatever the seed's base (only `transfer`, crafted on it, differs)
     zeros = {k: torch.zeros_like(v) for k, v in base.items()}
-    zero_base = run_cell(0, cells["pgd_at"], dataclasses.replace(setup, bases={0: zeros}), cpu)
-    assert json.loads(zero_base["per_image"])["whitebox/pgd"] == json.loads(out["pgd_at"]["per_image"])["whitebox/pgd"]
-    assert zero_base["clean"] == out["pgd_at"]["clean"]
+    zero_base = run_cell(0, cells["paper_pgd_at"], dataclasses.replace(setup, bases={0: zeros}), cpu)
+    assert json.loads(zero_base["per_image"])["whitebox/pgd"] == json.loads(out["paper_pgd_at"]["per_image"])["whitebox/pgd"]
+    assert zero_base["clean"] == out["paper_pgd_at"]["clean"]
 
 
 def test_wrappers() -> None:

@@ -7,14 +7,15 @@ import pickle
 
 import optuna
 
+from study.settings import MethodSearch, SearchCfg
 from study.spaces import define_space
-from study.spec import SearchSpec, load_spec
+from study.spec import load_spec
 from trainables.config import trial_cfgs
 
 
 def test_space_samples_valid_conditional_configs() -> None:
-    search = SearchSpec(lr={"adam": (1e-4, 1e-2), "sgd": (1e-3, 1e-1)}, batch_size=(32, 64), patch_size=(3, 9),
-                        num_patches=(1, 3), jitter=2)
+    search = SearchCfg.parse(dict(lr={"adam": (1e-4, 1e-2), "sgd": (1e-3, 1e-1)}, batch_size=(32, 64), patch_size=(3, 9),
+                        num_patches=(1, 3), jitter=2))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     configs = []
     for _ in range(60):
@@ -38,7 +39,8 @@ def test_space_samples_valid_conditional_configs() -> None:
 
 
 def test_fixed_pool_and_single_patch_need_no_parameters() -> None:
-    search = SearchSpec(lr={"adam": (1e-3, 1e-3)}, batch_size=(64,), pool={"noise": True, "flip": False}, search_pool=True)
+    search = SearchCfg.parse(dict(lr={"adam": (1e-3, 1e-3)}, batch_size=(64,), pool={"noise": True, "flip": False},
+                                  search_pool=True))
     trial = optuna.create_study().ask()
     derived = define_space(trial, search, {})
     config = {**trial.params, **derived}
@@ -56,11 +58,10 @@ def test_bound_space_pickles_with_the_stdlib() -> None:
 
 
 def test_each_method_samples_only_its_own_parameters() -> None:
-    from study.spec import MethodSearch
-
-    search = SearchSpec(lr={"adam": (1e-4, 1e-2)}, patch_size=(3, 9), train_eps=0.2, eps_warmup=0.3, methods={
-        "patch": MethodSearch(), "fgsm_rs": MethodSearch(), "pgd_at": MethodSearch(steps=(2, 7), augment=(False, True)),
-        "trades": MethodSearch(steps=(3, 3), beta=(1.0, 6.0), augment=(True,))})
+    search = SearchCfg.parse(dict(lr={"adam": (1e-4, 1e-2)}, patch_size=(3, 9), train_eps=0.2, eps_warmup=0.3, methods={
+        "patch": MethodSearch(), "fgsm_rs": MethodSearch(), "pgd_at": MethodSearch(at_steps=(2, 7), augment=(False, True)),
+        "trades": MethodSearch(at_steps=(3, 3), beta=(1.0, 6.0), augment=(True,)),
+        "paper_pgd_at": MethodSearch(at_steps=(4, 4))}))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     seen = set()
     for _ in range(80):
@@ -70,14 +71,19 @@ def test_each_method_samples_only_its_own_parameters() -> None:
         study.tell(trial, 0.0)
         method = config["method"]
         seen.add((method, config["augment"]))
-        assert ("steps" in config) == (method in ("pgd_at", "trades")) and ("beta" in config) == (method == "trades")
-        assert ("pgd_at_steps" in trial.params) == (method == "pgd_at") and "trades_steps" not in trial.params  # fixed
-        assert ("train_eps" in config) == (method != "patch") and config.get("warmup") == (0.3 if method != "patch" else None)
-        assert trial_cfgs({"optimizer": "adam", "batch_size": 64, **config})[2].warmup == config.get("warmup")
+        assert ("at_steps" in config) == (method in ("pgd_at", "trades", "paper_pgd_at"))
+        assert ("beta" in config) == (method == "trades")
+        assert ("pgd_at_at_steps" in trial.params) == (method == "pgd_at") and "trades_at_steps" not in trial.params
+        assert ("train_eps" in config) == (method != "patch")
+        # the eps warm-up goes to the methods that read it (not to patch, not to the paper's baselines)
+        assert config.get("eps_warmup") == (0.3 if method in ("fgsm_rs", "pgd_at", "trades") else None)
+        method_cfg = trial_cfgs({"optimizer": "adam", "lr": 1e-3, "batch_size": 64, "epochs": 1, **config})[2]
+        assert method_cfg.eps_warmup == config.get("eps_warmup", 0.0)
         # patch parameters exist exactly when the augmentation is on
         assert ("patch_size" in config) == ("pool" in config) == config["augment"]
         if method == "pgd_at":
-            assert 2 <= config["steps"] <= 7
+            assert 2 <= config["at_steps"] <= 7
         if method == "trades":
-            assert config["steps"] == 3 and 1.0 <= config["beta"] <= 6.0
-    assert seen == {("patch", True), ("fgsm_rs", False), ("pgd_at", False), ("pgd_at", True), ("trades", True)}
+            assert config["at_steps"] == 3 and 1.0 <= config["beta"] <= 6.0
+    assert seen == {("patch", True), ("fgsm_rs", False), ("pgd_at", False), ("pgd_at", True), ("trades", True),
+                    ("paper_pgd_at", False)}

@@ -29,12 +29,12 @@ WORKER_LINE = re.compile(r"(\x1b\[\d+m)?\(\w+ pid=\d+(, ip=[\d.]+)?\)")  # a lin
 
 def tiny(storage: Path, name: str, **over: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {
-        "name": name, "dataset": "fmnist", "storage": str(storage),
-        "data": {"limit_train": 200, "limit_test": 100},
+        "name": name, "storage": str(storage),
+        "data": {"dataset": "fmnist", "limit_train": 200, "limit_val": 80, "limit_test": 100},
         "search": {"lr": {"adam": [1e-4, 1e-2], "rmsprop": [1e-4, 1e-2]}, "batch_size": [64, 128], "patch_size": [4, 10]},
         "epochs": 2,
         # PGD-5 on 80 images: scoring, not training, is most of a tiny trial's time
-        "objective": {"metric": "robust_auc", "eps_grid": [0.02, 0.05], "steps": 5, "val_limit": 80},
+        "objective": {"metric": "robust_auc", "eps_grid": [0.02, 0.05], "steps": 5},
         "num_samples": 4, "max_concurrent": 2,
         "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
         "sampler": {"type": "tpe", "n_startup_trials": 2},
@@ -98,10 +98,11 @@ def test_driver_killed_then_ctrl_c_then_resumed(tmp_path: Path, base_ckpt: Path,
     # 400 images: a trial long enough that the kill (which waits for Tune's snapshot) seldom comes after a second
     # trial finished; 4 trials, so that even then the resume has two to run and the Ctrl-C comes before the last
     spec_file.write_text(yaml.safe_dump(tiny(tmp_path / "studies", "res", base={"checkpoint": str(base_ckpt)},
-                                             data={"limit_train": 400, "limit_test": 100},
+                                             data={"dataset": "fmnist", "limit_train": 400, "limit_val": 60,
+                                                   "limit_test": 100},
                                              num_samples=4, max_concurrent=1, epochs=2, scheduler={"type": "fifo"},
                                              sampler={"type": "random"},
-                                             objective={"metric": "pgd_acc", "eps_grid": [0.05], "steps": 5, "val_limit": 60})))
+                                             objective={"metric": "pgd_acc", "eps_grid": [0.05], "steps": 5})))
     study_dir = tmp_path / "studies" / "res"
     db = study_dir / "optuna.db"
 
@@ -159,7 +160,7 @@ def test_multi_objective_study_with_diverging_trials(tmp_path: Path, base_ckpt: 
                            max_concurrent=1,
                            search={"lr": {"adam": [1e-3, 1e-3], "sgd": [5.0, 10.0]}, "batch_size": [64],
                                    "patch_size": [4, 8]},
-                           objective={"metric": "pgd_acc", "eps": 0.05, "alpha": 0.025, "steps": 5, "val_limit": 80,
+                           objective={"metric": "pgd_acc", "eps": 0.05, "alpha": 0.025, "steps": 5,
                                       "multi_objective": ["clean", "cost"]},
                            scheduler={"type": "fifo"}, sampler={"type": "nsga2", "seed": 3}))
     study_dir = run_study(spec)

@@ -37,7 +37,7 @@ from trainables import perf
 from trainables.config import AttackCfg, AttackName
 from trainables.perf import Autocast
 
-__all__ = ["Autocast", "AttackOutput", "LossFn", "StepHook", "eval_mode", "pgd", "project", "random_start", "run_attack"]
+__all__ = ["AttackOutput", "AttackPlan", "Autocast", "LossFn", "StepHook", "eval_mode", "pgd", "project", "random_start", "run_attack", "attack_plan"]
 
 # loss_fn(logits, idx) -> float [B']: the per-sample loss the attack ascends, for the B' samples still attacked
 # (`idx` their rows in the batch); cross-entropy with the labels when None. TRADES ascends a KL divergence.
@@ -166,6 +166,26 @@ def pgd(
         return AttackOutput(x_adv, fooled)
 
 
+@dataclasses.dataclass(frozen=True)
+class AttackPlan:
+    """What `pgd` runs for an AttackCfg: FGSM is one step of eps from x, IFGSM steps of alpha from x, PGD steps of
+    alpha from a random start, `restarts` times. The one place an attack's name becomes loop parameters (the
+    eager loop here and the CUDA-graphed one in trainables/graphs.py both read it)."""
+
+    alpha: float
+    steps: int
+    random_init: bool
+    restarts: int
+
+
+def attack_plan(cfg: AttackCfg) -> AttackPlan:
+    if cfg.name is AttackName.FGSM:
+        return AttackPlan(alpha=cfg.eps, steps=1, random_init=False, restarts=1)
+    if cfg.name is AttackName.IFGSM:
+        return AttackPlan(alpha=cfg.alpha, steps=cfg.steps, random_init=False, restarts=1)
+    return AttackPlan(alpha=cfg.alpha, steps=cfg.steps, random_init=True, restarts=cfg.restarts)
+
+
 def run_attack(
     model: nn.Module,
     x: torch.Tensor,
@@ -176,7 +196,7 @@ def run_attack(
     autocast: Autocast = nullcontext,
     on_step: StepHook | None = None,
 ) -> AttackOutput:
-    """Dispatch an AttackCfg; PGD restarts attack only the samples that survived earlier restarts.
+    """Run an AttackCfg (`attack_plan`); PGD restarts attack only the samples that survived earlier restarts.
 
     `on_step` is passed to `pgd` (never called for CLEAN); each restart runs its steps again from 0, with `idx`
     mapped back to rows of `x`.
@@ -184,21 +204,20 @@ def run_attack(
     if cfg.name is AttackName.CLEAN:
         with eval_mode(model), torch.no_grad(), autocast():
             return AttackOutput(x.clone(), model(x).argmax(1) != y)
-    if cfg.name is AttackName.FGSM:
-        return pgd(model, x, y, eps=cfg.eps, alpha=cfg.eps, steps=1, random_init=False,
-                   last_iterate=cfg.last_iterate, autocast=autocast, on_step=on_step)
-    if cfg.name is AttackName.IFGSM:
-        return pgd(model, x, y, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, random_init=False,
-                   last_iterate=cfg.last_iterate, autocast=autocast, on_step=on_step)
-    out = pgd(model, x, y, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, random_init=True,
-              last_iterate=cfg.last_iterate, generator=generator, autocast=autocast, on_step=on_step)
-    for _ in range(cfg.restarts - 1):
+    plan = attack_plan(cfg)
+
+    def attack(rows: torch.Tensor | None) -> AttackOutput:
+        xs, ys = (x, y) if rows is None else (x[rows], y[rows])
+        hook = on_step if rows is None or on_step is None else _reindexed(on_step, rows)
+        return pgd(model, xs, ys, eps=cfg.eps, alpha=plan.alpha, steps=plan.steps, random_init=plan.random_init,
+                   last_iterate=cfg.last_iterate, generator=generator, autocast=autocast, on_step=hook)
+
+    out = attack(None)
+    for _ in range(plan.restarts - 1):
         alive = (~out.fooled).nonzero().squeeze(1)
         if alive.numel() == 0:
             break
-        again = pgd(model, x[alive], y[alive], eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, random_init=True,
-                    last_iterate=cfg.last_iterate, generator=generator, autocast=autocast,
-                    on_step=None if on_step is None else _reindexed(on_step, alive))
+        again = attack(alive)
         out.fooled[alive] = again.fooled
         out.x_adv[alive] = again.x_adv
     return out

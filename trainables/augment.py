@@ -29,7 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from trainables.config import AugCfg, PatchOp
+from trainables.config import AugCfg, ConfigError, PatchOp
 
 _AFFINE_OPS = (PatchOp.ROTATE, PatchOp.TRANSLATE, PatchOp.FLIP)
 _OP_CODE = {op: i for i, op in enumerate(PatchOp)}
@@ -43,7 +43,7 @@ def patch_positions(
     batch: int, height: int, width: int, cfg: AugCfg, generator: torch.Generator, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-left corners [B, P] of each image's patches: the centre, jittered by up to `cfg.jitter` px."""
-    w, p = cfg.patch_size, cfg.num_patches
+    w, p = cfg.size, cfg.num_patches
     top = torch.full((batch, p), (height - w) // 2, device=device)
     left = torch.full((batch, p), (width - w) // 2, device=device)
     if cfg.jitter:
@@ -77,8 +77,9 @@ def _affine_thetas(op: torch.Tensor, cfg: AugCfg, generator: torch.Generator) ->
 def patch_augment(x: torch.Tensor, cfg: AugCfg, generator: torch.Generator) -> torch.Tensor:
     """Apply one randomly drawn pool op to the central patch(es) of every image (see module docstring)."""
     b, c, h, w_img = x.shape
-    cfg.check_fits(h, w_img)
-    device, w, p = x.device, cfg.patch_size, cfg.num_patches
+    device, w, p = x.device, cfg.size, cfg.num_patches
+    if w > min(h, w_img):
+        raise ConfigError(f"patch_size {w} is larger than the {h}x{w_img} image")
 
     pool_codes = torch.tensor([_OP_CODE[op] for op in cfg.pool], device=device)
     lam = torch.randint(len(cfg.pool), (b,), generator=generator, device=device)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from trainables.atomic import atomic_open
-from trainables.config import Dataset, as_jsonable
+from trainables.config import DataCfg, Dataset, as_jsonable
 from trainables.models import InputSpec, build_model
 from trainables.vocab import UserError, dataset_info
 
@@ -41,6 +41,13 @@ class Checkpoint:
     @property
     def dataset(self) -> Dataset:
         return Dataset(self.meta["dataset"])
+
+    def data_cfg(self, **given: Any) -> DataCfg:
+        """The data this checkpoint was trained on (its data set and its train/val split), with `given` settings
+        (a root, limits) on top: evaluating it later uses the same validation split."""
+        split = self.meta.get("data") or {}
+        kept = {k: split[k] for k in ("val_fraction", "split_seed", "image_size") if split.get(k) is not None}
+        return DataCfg.parse({"dataset": self.dataset, **kept, **given})
 
     def input_spec(self) -> InputSpec:
         image_size = self.meta.get("image_size")

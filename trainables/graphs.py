@@ -19,7 +19,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from trainables.attacks import eval_mode, pgd, random_start
+from trainables.attacks import attack_plan, eval_mode, pgd, random_start
 from trainables.config import AttackCfg, AttackName
 from trainables.perf import Autocast
 
@@ -30,10 +30,7 @@ class GraphedAttack:
     def __init__(self, model: nn.Module, cfg: AttackCfg, like: torch.Tensor, autocast: Autocast = nullcontext) -> None:
         if cfg.name is AttackName.CLEAN:
             raise ValueError("the clean pass needs no graph")
-        self.cfg = cfg
-        self.random = cfg.name is AttackName.PGD
-        fgsm = cfg.name is AttackName.FGSM
-        self.alpha, self.steps = (cfg.eps, 1) if fgsm else (cfg.alpha, cfg.steps)
+        self.cfg, self.plan = cfg, attack_plan(cfg)
         self.x = torch.rand_like(like)  # real-looking inputs for warm-up and capture, never zeros
         self.y = torch.zeros(like.shape[0], dtype=torch.long, device=like.device)
         self.start = self.x.clone()
@@ -51,7 +48,7 @@ class GraphedAttack:
 
     def _attack(self) -> torch.Tensor:
         with eval_mode(self.model):
-            return pgd(self.model, self.x, self.y, eps=self.cfg.eps, alpha=self.alpha, steps=self.steps,
+            return pgd(self.model, self.x, self.y, eps=self.cfg.eps, alpha=self.plan.alpha, steps=self.plan.steps,
                        random_init=False, start=self.start, last_iterate=self.cfg.last_iterate, compact_every=0,
                        autocast=self.autocast).fooled
 
@@ -60,8 +57,8 @@ class GraphedAttack:
         self.x.copy_(x)
         self.y.copy_(y)
         fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        for _ in range(self.cfg.restarts if self.random else 1):
-            self.start.copy_(random_start(x, self.cfg.eps, generator) if self.random else x)
+        for _ in range(self.plan.restarts):
+            self.start.copy_(random_start(x, self.cfg.eps, generator) if self.plan.random_init else x)
             self.graph.replay()
             fooled |= self.fooled
         return fooled

@@ -5,7 +5,7 @@ the paper's FGSM-/IFGSM-/PGD-AT baselines at alpha 0.01) trains on the examples 
 on CE(clean) + beta * KL(f(x) || f(x_adv)), its examples maximising the KL. Examples are crafted by the one
 attack loop (`attacks.pgd`), against the current weights in eval mode, counting the last iterate. With the
 patch augmentation on, the adversary attacks the clean and the patch-modified halves alike. An eps warm-up
-(`Adversary.warmup`) grows the budget linearly over the first share of the run's steps: at a large eps (0.3
+(`Adversary.eps_warmup`) grows the budget linearly over the first share of the run's steps: at a large eps (0.3
 on F-MNIST) full-strength examples from the first step can drive a clean base to a constant prediction.
 
 Cost per training image, in passes through the model (an input-gradient pass counts as a backward pass):
@@ -26,6 +26,7 @@ from torch import nn
 
 from trainables.attacks import Autocast, eval_mode, pgd, run_attack
 from trainables.config import AttackCfg, AttackName, MethodCfg
+from trainables.vocab import METHODS, Method
 
 __all__ = ["Adversary", "Passes", "adversary_of", "batch_loss", "passes_per_image", "training_cost"]
 
@@ -33,24 +34,24 @@ __all__ = ["Adversary", "Passes", "adversary_of", "batch_loss", "passes_per_imag
 @dataclasses.dataclass(frozen=True)
 class Adversary:
     attack: AttackCfg  # crafts the training examples (restarts are ignored: one start, last iterate)
-    trades_beta: float | None = None  # TRADES: the weight of the KL term; None = CE on the examples
-    warmup: float = 0.0  # share of the run's steps over which eps and alpha grow linearly to the attack's
+    beta: float | None = None  # TRADES: the weight of the KL term; None = CE on the examples
+    eps_warmup: float = 0.0  # share of the run's steps over which eps and alpha grow linearly to the attack's
 
     def describe(self) -> dict[str, Any]:
         out = self.attack.describe()
-        if self.trades_beta is not None:
-            out["trades_beta"] = self.trades_beta
-        if self.warmup > 0:
-            out["eps_warmup"] = self.warmup
+        if self.beta is not None:
+            out["beta"] = self.beta
+        if self.eps_warmup > 0:
+            out["eps_warmup"] = self.eps_warmup
         return out
 
     def at(self, progress: float) -> Adversary:
         """The adversary of the step that ends `progress` (in (0, 1]) of the run: during the warm-up eps and
-        alpha are scaled by progress / warmup, so alpha x steps keeps its ratio to eps."""
-        if self.warmup <= 0 or progress >= self.warmup:
+        alpha are scaled by progress / eps_warmup, so alpha x steps keeps its ratio to eps."""
+        if self.eps_warmup <= 0 or progress >= self.eps_warmup:
             return self
-        scale = max(progress, 1e-6) / self.warmup
-        attack = dataclasses.replace(self.attack, eps=self.attack.eps * scale, alpha=self.attack.alpha * scale)
+        scale = max(progress, 1e-6) / self.eps_warmup
+        attack = self.attack.replace(eps=self.attack.eps * scale, alpha=self.attack.alpha * scale)
         return dataclasses.replace(self, attack=attack)
 
 
@@ -60,7 +61,8 @@ def adversary_of(method: MethodCfg, default_eps: float) -> Adversary | None:
     attack = resolved.attack()
     if attack is None:
         return None
-    return Adversary(attack, trades_beta=resolved.beta, warmup=float(resolved.warmup or 0.0))
+    return Adversary(attack, beta=resolved.beta if resolved.method is Method.TRADES else None,
+                     eps_warmup=resolved.eps_warmup if "eps_warmup" in METHODS[resolved.method].params else 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +88,7 @@ def passes_per_image(adversary: Adversary | None) -> Passes:
     if adversary is None:
         return Passes(1, 1)
     k = 1 if adversary.attack.name is AttackName.FGSM else adversary.attack.steps
-    if adversary.trades_beta is not None:
+    if adversary.beta is not None:
         return Passes(forward=1 + k + 2, backward=k + 2)
     return Passes(forward=k + 1, backward=k + 1)
 
@@ -107,8 +109,8 @@ def batch_loss(
         with autocast():
             logits = step_model(x)
         return F.cross_entropy(logits.float(), y), logits, y
-    if adversary.trades_beta is None:
-        attack = dataclasses.replace(adversary.attack, last_iterate=True, restarts=1)
+    if adversary.beta is None:
+        attack = adversary.attack.replace(last_iterate=True, restarts=1)
         x_adv = run_attack(model, x, y, attack, generator=generator, autocast=autocast).x_adv
         with autocast():
             logits = step_model(x_adv)
@@ -118,7 +120,7 @@ def batch_loss(
         logits = step_model(torch.cat([x, x_adv])).float()
     clean, adv = logits.split(x.shape[0])
     kl = F.kl_div(F.log_softmax(adv, 1), F.log_softmax(clean, 1), reduction="batchmean", log_target=True)
-    return F.cross_entropy(clean, y) + adversary.trades_beta * kl, logits, torch.cat([y, y])
+    return F.cross_entropy(clean, y) + adversary.beta * kl, logits, torch.cat([y, y])
 
 
 def _trades_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackCfg,

@@ -59,6 +59,13 @@ def build_model(name: Arch | str, spec: InputSpec) -> nn.Module:
     return nn.Sequential(Normalize(spec.mean, spec.std), _REGISTRY[arch](spec))
 
 
+def fresh_model(name: Arch | str, spec: InputSpec, seed: int) -> nn.Module:
+    """A fresh initialisation of `name` drawn from `seed` alone: what "from scratch" means everywhere (pretraining,
+    `patchtune finetune --from-scratch`, the reproduction's adversarial training from scratch)."""
+    torch.manual_seed(seed)
+    return build_model(name, spec)
+
+
 class Normalize(nn.Module):
     """(x - mean) / std per channel, as buffers so they move with the model and are saved with it."""
 

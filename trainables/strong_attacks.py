@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from trainables.attacks import eval_mode, project
+from trainables.config import AuditCfg
 from trainables.vocab import Component, ConfigError, values
 
 COMPONENTS = values(Component)
@@ -38,34 +38,32 @@ COMPONENTS = values(Component)
 
 @dataclasses.dataclass(frozen=True)
 class AutoAttackCfg:
-    """AutoAttack's standard L-inf configuration; the defaults are the reference values (do not lower them)."""
+    """AutoAttack's standard L-inf configuration for one budget. Built from the audit's settings (`autoattack_cfg`:
+    components, iterations, queries, seed); the other values are the reference's, not settings."""
 
     eps: float
-    components: tuple[str, ...] = COMPONENTS
-    apgd_steps: int = 100
+    components: tuple[str, ...]
+    apgd_steps: int
+    square_queries: int
+    seed: int
     apgd_restarts: int = 1
     apgd_rho: float = 0.75
     target_classes: int = 9  # APGD-T and FAB-T: the 9 most likely wrong classes, one run each
-    fab_steps: int = 100
-    square_queries: int = 5000
     square_p_init: float = 0.8
     square_rescale_schedule: bool = False
-    seed: int = 0
 
-    def __post_init__(self) -> None:
-        if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and 0 < self.eps <= 1):
-            raise ConfigError(f"eps must be in (0, 1], got {self.eps!r}")
-        object.__setattr__(self, "components", tuple(str(c).lower() for c in self.components))
-        bad = [c for c in self.components if c not in COMPONENTS]
-        if bad or not self.components:
-            raise ConfigError(f"autoattack components must be a non-empty subset of {', '.join(COMPONENTS)}; got {bad or '[]'}")
-        for name in ("apgd_steps", "apgd_restarts", "target_classes", "fab_steps", "square_queries"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    @property
+    def fab_steps(self) -> int:
+        return self.apgd_steps
 
     def describe(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def autoattack_cfg(cfg: AuditCfg, eps: float) -> AutoAttackCfg:
+    """The audit's AutoAttack at `eps`."""
+    return AutoAttackCfg(eps=eps, components=tuple(c.value for c in cfg.components), apgd_steps=cfg.apgd_steps,
+                         square_queries=cfg.square_queries, seed=cfg.seed)
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
 """The Ray Tune edge of the pure layer: the function trainables of a study trial and of a reproduction cell.
 
-The trial itself is `trainables.pipeline.run_trial` (Ray-free, through the one training loop `engine.fit`);
+The trial itself is `trainables.trial.run_trial` (Ray-free, through the one training loop `training.fit`);
 this module only connects it to Tune: `tune.report(metrics, checkpoint=...)` each epoch, resuming from
 `tune.get_checkpoint()`. Data and base weights arrive once per worker through `tune.with_parameters` (the
 object store), not re-read per trial. A diverged trial reports its reason under `error` (the searcher marks
@@ -18,13 +18,13 @@ from typing import Any
 import torch
 from ray import tune
 
-from trainables.cell import ReproSetup, run_cell
-from trainables.engine import pick_device
-from trainables.pipeline import TrialSetup, TrialState, run_trial
+from trainables.perf import pick_device
+from trainables.reproduce_cell import ReproSetup, run_cell
+from trainables.trial import TrialSetup, TrialState, run_trial
 
 
 def finetune_trial(config: dict[str, Any], setup: TrialSetup) -> None:
-    """A study trial: `pipeline.run_trial`, reporting to Tune and resuming from Tune's last checkpoint."""
+    """A study trial: `trial.run_trial`, reporting to Tune and resuming from Tune's last checkpoint."""
     resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -55,6 +55,6 @@ def _where(device: torch.device) -> dict[str, str]:
 
 
 def reproduce_trial(config: dict[str, Any], setup: ReproSetup) -> None:
-    """One (seed, method) of the reproduction grid (`trainables.cell.run_cell`), reported to Tune."""
+    """One (seed, cell) of the reproduction grid (`trainables.reproduce_cell.run_cell`), reported to Tune."""
     device = pick_device()
-    tune.report({**run_cell(int(config["seed"]), setup.cells[config["method"]], setup, device), **_where(device)})
+    tune.report({**run_cell(int(config["seed"]), setup.cells[config["cell"]], setup, device), **_where(device)})

@@ -18,18 +18,18 @@ the plain model in eval mode, or for ttt/ttt_eot the model behind a fresh random
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.attacks import eval_mode, run_attack
+from trainables.attacks import eval_mode
 from trainables.augment import make_generator, patch_augment
-from trainables.config import AttackCfg, AugCfg
-from trainables.data import Split, iterate_batches
-from trainables.engine import accuracies
+from trainables.config import AttackCfg, AttackName, AugCfg
+from trainables.data import Split
+from trainables.evaluation import Probe, accuracies, robust_masks
+from trainables.perf import configure_backends
 from trainables.vocab import Setting, values
 
 VARIANTS = values(Setting)
@@ -72,9 +72,13 @@ class RandomPatchModel(nn.Module):
         return logits.view(self.draws, x.shape[0], -1).mean(0)
 
 
-def _crafters(model: nn.Module, base: nn.Module, aug: AugCfg, generator: torch.Generator,
-              eot_draws: int) -> dict[str, nn.Module]:
-    return {
+def variant_probes(model: nn.Module, base: nn.Module, attacks: list[AttackCfg], *, aug: AugCfg, pixel_std: float,
+                   generator: torch.Generator, deployed_ttt: nn.Module, eot_draws: int) -> dict[str, AttackCfg | Probe]:
+    """Every (setting, attack) as what the one robust-mask loop scores: `ttt/clean` (the deployed test-time
+    transform's clean accuracy), then per attack the white-box attack and one probe per other setting."""
+    probes: dict[str, AttackCfg | Probe] = {"ttt/clean": Probe(AttackCfg(name=AttackName.CLEAN, eps=1.0),
+                                                               judge=deployed_ttt)}
+    crafters = {
         "transfer": base,
         "softmax": SoftmaxOutput(model),
         "trainmode": AlwaysTrainMode(model),
@@ -82,57 +86,35 @@ def _crafters(model: nn.Module, base: nn.Module, aug: AugCfg, generator: torch.G
         "ttt": RandomPatchModel(model, aug, generator, 1),
         "ttt_eot": RandomPatchModel(model, aug, generator, eot_draws),
     }
+    for attack in attacks:
+        name = attack.name.value
+        probes[f"whitebox/{name}"] = attack
+        for variant, crafter in crafters.items():
+            cfg = attack
+            if variant == "normeps":
+                cfg = attack.replace(eps=min(1.0, attack.eps * pixel_std), alpha=min(1.0, attack.alpha * pixel_std))
+            probes[f"{variant}/{name}"] = Probe(cfg, crafter=crafter,
+                                                judge=deployed_ttt if variant.startswith("ttt") else None)
+    return probes
 
 
-def variant_masks(
-    model: nn.Module,
-    base: nn.Module,
-    data: Split,
-    attacks: list[AttackCfg],
-    *,
-    aug: AugCfg,
-    pixel_std: float,
-    device: torch.device,
-    batch_size: int = 250,
-    seed: int = 0,
-    eot_draws: int = 8,
-) -> dict[str, torch.Tensor]:
+def variant_masks(model: nn.Module, base: nn.Module, data: Split, attacks: list[AttackCfg], *, aug: AugCfg,
+                  pixel_std: float, device: torch.device, batch_size: int = 250, seed: int = 0,
+                  eot_draws: int = 8) -> dict[str, torch.Tensor]:
     """Per sample (bool, on the CPU, in data order), whether the model gets it right under every (setting,
-    attack): keys `clean`, `ttt/clean` and `<setting>/<attack>`.
+    attack): keys `clean`, `ttt/clean` and `<setting>/<attack>`, in fp32.
 
     `whitebox` counts the worst case over iterates (as everywhere else); the other settings score the
     deployed model on the crafted examples' last iterate. A sample counts as robust only if the deployed
     model also classifies its clean image correctly.
     """
     generator = make_generator(seed, device)
-    crafters = _crafters(model, base, aug, generator, eot_draws)
     deployed_ttt = RandomPatchModel(model, aug, make_generator(seed + 1, device), 1)
-    keys = ["clean", "ttt/clean", *(f"{v}/{a.name.value}" for v in VARIANTS for a in attacks)]
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
-    with eval_mode(model), eval_mode(base):
-        for x, y in iterate_batches(data, batch_size, device):
-            with torch.no_grad():
-                ok = model(x).argmax(1) == y
-                ok_ttt = deployed_ttt(x).argmax(1) == y
-            parts["clean"].append(ok.cpu())
-            parts["ttt/clean"].append(ok_ttt.cpu())
-            for attack in attacks:
-                name = attack.name.value
-                fooled = run_attack(model, x, y, attack, generator=generator).fooled
-                parts[f"whitebox/{name}"].append((ok & ~fooled).cpu())
-                for variant, crafter in crafters.items():
-                    cfg = dataclasses.replace(attack, last_iterate=True)
-                    if variant == "normeps":
-                        cfg = dataclasses.replace(cfg, eps=min(1.0, attack.eps * pixel_std),
-                                                  alpha=min(1.0, attack.alpha * pixel_std))
-                    x_adv = run_attack(crafter, x, y, cfg, generator=generator).x_adv
-                    with torch.no_grad():
-                        if variant.startswith("ttt"):
-                            robust = ok_ttt & (deployed_ttt(x_adv).argmax(1) == y)
-                        else:
-                            robust = ok & (model(x_adv).argmax(1) == y)
-                    parts[f"{variant}/{name}"].append(robust.cpu())
-    return {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.bool) for k, v in parts.items()}
+    probes = variant_probes(model, base, attacks, aug=aug, pixel_std=pixel_std, generator=generator,
+                            deployed_ttt=deployed_ttt, eot_draws=eot_draws)
+    with eval_mode(base):
+        return robust_masks(model, data, probes, device=device, batch_size=batch_size, generator=generator,
+                            autocast=configure_backends(device, exact=True))
 
 
 def evaluate_variants(model: nn.Module, base: nn.Module, data: Split, attacks: list[AttackCfg], **kw: Any) -> dict[str, float]:

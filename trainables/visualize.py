@@ -21,7 +21,7 @@ def augment_grid(images_u8: torch.Tensor, cfg: AugCfg, *, seed: int, path: str |
     x = images_u8.float() / 255.0
     rows = [("original", x)]
     for op in cfg.pool:
-        single = AugCfg(**{**cfg.__dict__, "pool": (op,), "prob": 1.0})
+        single = cfg.replace(pool=(op,), prob=1.0)
         rows.append((op.value, patch_augment(x, single, make_generator(seed))))
     n = x.shape[0]
     fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n + 0.8, 1.3 * len(rows)), squeeze=False)

@@ -20,24 +20,38 @@ class UserError(Exception):
     the CLI can catch every kind without importing torch."""
 
 
+class Name(str, enum.Enum):
+    """A name users type: it prints as its value ("adam", not "Optimizer.ADAM"), as `enum.StrEnum` does, and is
+    interchangeable with it as a key."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+    def __hash__(self) -> int:  # equal to its value, so it hashes like it: a mapping keyed by names takes either
+        return hash(self.value)
+
+
 class ConfigError(UserError, ValueError):
     """A user-supplied setting is invalid; the message names the setting and the bad value."""
 
 
-class Dataset(str, enum.Enum):
+class Dataset(Name):
     FMNIST = "fmnist"
     CIFAR10 = "cifar10"
     IMAGENETTE = "imagenette"
 
 
-class Arch(str, enum.Enum):
+class Arch(Name):
     """Model architectures; `trainables.models` registers one factory per member."""
 
     CNN3 = "cnn3"
     VGG16 = "vgg16"
 
 
-class Optimizer(str, enum.Enum):
+class Optimizer(Name):
     ADAM = "adam"
     RMSPROP = "rmsprop"
     SGD = "sgd"
@@ -48,7 +62,7 @@ OPTIMIZER_LABELS: Mapping[Optimizer, str] = {Optimizer.ADAM: "Adam", Optimizer.R
                                              Optimizer.SGD: "SGD", Optimizer.ADAMW: "AdamW"}
 
 
-class PatchOp(str, enum.Enum):
+class PatchOp(Name):
     ROTATE = "rotate"
     TRANSLATE = "translate"
     FLIP = "flip"
@@ -56,44 +70,53 @@ class PatchOp(str, enum.Enum):
     OCCLUDE = "occlude"
 
 
-class AttackName(str, enum.Enum):
+class AttackName(Name):
     CLEAN = "clean"
     FGSM = "fgsm"
     IFGSM = "ifgsm"
     PGD = "pgd"
 
 
-class Method(str, enum.Enum):
-    """Fine-tuning methods (trainables/methods.py); each but `patch` can be combined with the patch augmentation."""
+class Method(Name):
+    """How fine-tuning builds its training batches (trainables/methods.py); each but `patch` can be combined with
+    the patch augmentation (the adversary then attacks clean (+) patch-modified images)."""
 
     PATCH = "patch"  # the paper's: clean (+) patch-modified images, no adversary
     FGSM_RS = "fgsm_rs"  # FGSM from a random start, alpha = 1.25 eps (Wong, Rice & Kolter 2020)
     PGD_AT = "pgd_at"  # PGD-k adversarial training, alpha = 2.5 eps / k (Madry et al. 2018)
     TRADES = "trades"  # CE on clean + beta * KL(adversarial || clean) (Zhang et al. 2019)
+    # The paper's Table 2 baselines: adversarial training on its own attacks, at its alpha 0.01 and 10 steps
+    PAPER_FGSM_AT = "paper_fgsm_at"
+    PAPER_IFGSM_AT = "paper_ifgsm_at"
+    PAPER_PGD_AT = "paper_pgd_at"
 
 
-# The parameters each method reads (besides the optimizer and its lr); a value given for any other is refused.
-METHOD_PARAMS: Mapping[Method, tuple[str, ...]] = {
-    Method.PATCH: (),
-    Method.FGSM_RS: ("eps", "warmup"),
-    Method.PGD_AT: ("eps", "steps", "warmup"),
-    Method.TRADES: ("eps", "steps", "beta", "warmup"),
+@dataclasses.dataclass(frozen=True)
+class MethodInfo:
+    label: str  # how tables and figures name it
+    params: tuple[str, ...]  # the `MethodCfg` parameters it reads (besides the optimizer and its lr)
+    attack: AttackName | None  # the attack that crafts its training examples (None: no adversary)
+    paper_baseline: bool = False  # one of the paper's adversarial-training baselines (Table 2)
+
+
+METHODS: Mapping[Method, MethodInfo] = {
+    Method.PATCH: MethodInfo("patch", (), None),
+    Method.FGSM_RS: MethodInfo("FGSM-RS", ("train_eps", "eps_warmup"), AttackName.PGD),
+    Method.PGD_AT: MethodInfo("PGD-AT", ("train_eps", "at_steps", "eps_warmup"), AttackName.PGD),
+    Method.TRADES: MethodInfo("TRADES", ("train_eps", "at_steps", "beta", "eps_warmup"), AttackName.PGD),
+    Method.PAPER_FGSM_AT: MethodInfo("paper FGSM-AT", ("train_eps",), AttackName.FGSM, paper_baseline=True),
+    Method.PAPER_IFGSM_AT: MethodInfo("paper IFGSM-AT", ("train_eps", "at_steps", "at_alpha"), AttackName.IFGSM,
+                                      paper_baseline=True),
+    Method.PAPER_PGD_AT: MethodInfo("paper PGD-AT", ("train_eps", "at_steps", "at_alpha"), AttackName.PGD,
+                                    paper_baseline=True),
 }
-METHOD_LABELS: Mapping[Method, str] = {Method.PATCH: "patch", Method.FGSM_RS: "FGSM-RS", Method.PGD_AT: "PGD-AT",
-                                       Method.TRADES: "TRADES"}
+# The robust fine-tuning methods (an adversary at a step size that reaches eps), the paper's baselines aside.
+ROBUST_METHODS: tuple[Method, ...] = tuple(m for m, i in METHODS.items() if i.attack is not None and not i.paper_baseline)
 
 
 def not_a_parameter(method: Method) -> str:
     """Why a parameter `method` does not read is refused (the spec and the configs say it alike)."""
-    return f"is not a parameter of method {method.value} (it takes {', '.join(METHOD_PARAMS[method]) or 'none'})"
-
-
-DEFAULT_AT_STEPS = 5  # PGD-AT / TRADES attack steps: alpha = 2.5 eps / 5 reaches 2 eps
-DEFAULT_TRADES_BETA = 6.0  # Zhang et al.'s choice for CIFAR-10 and MNIST
-# Share of a run's training steps over which an adversarial method's eps (and alpha with it) grows linearly to
-# its full value. 0 = full eps from the first step, the methods as published; at F-MNIST's eps 0.3 that
-# collapsed PGD-5-AT fine-tuning to a constant prediction, which a warm-up of 0.3 avoided (README).
-DEFAULT_EPS_WARMUP = 0.0
+    return f"is not a parameter of method {method.value} (it takes {', '.join(METHODS[method].params) or 'none'})"
 
 
 def warmup_text(share: float) -> str:
@@ -101,38 +124,14 @@ def warmup_text(share: float) -> str:
     return f"eps warmed up over the first {share:.0%} of the steps"
 
 
-class Defense(str, enum.Enum):
-    """How a reproduction cell's model is defended (the results' `defense` column): not at all, the paper's
-    patch fine-tuning, or robust fine-tuning (the `finetune` column says which method). The paper's
-    adversarial-training baselines are `at_defense(attack)`, "<attack>_at"."""
-
-    NONE = "none"
-    PATCH = "patch"
-    ROBUST = "robust"
-
-
-AT_SUFFIX = "_at"
-
-
-def at_defense(attack: AttackName) -> str:
-    return f"{attack.value}{AT_SUFFIX}"
-
-
-def at_attack(defense: str) -> str | None:
-    """The attack of an adversarial-training defense ("pgd" of "pgd_at"), None for the other defenses."""
-    if defense in values(Defense) or not defense.endswith(AT_SUFFIX):
-        return None
-    return defense.removesuffix(AT_SUFFIX)
-
-
-class Objective(str, enum.Enum):
+class Objective(Name):
     """What a study's trials maximise on the validation split (see `ObjectiveCfg`)."""
 
     PGD_ACC = "pgd_acc"
     ROBUST_AUC = "robust_auc"
 
 
-class ExtraObjective(str, enum.Enum):
+class ExtraObjective(Name):
     """What a multi-objective study optimises beside its objective (`objective.multi_objective: [clean, cost]`)."""
 
     CLEAN = "clean"
@@ -147,7 +146,7 @@ EXTRA_OBJECTIVE_METRICS: dict[ExtraObjective, tuple[str, str]] = {
 }
 
 
-class Component(str, enum.Enum):
+class Component(Name):
     """AutoAttack's components, in the order the standard version runs them."""
 
     APGD_CE = "apgd-ce"
@@ -156,7 +155,7 @@ class Component(str, enum.Enum):
     SQUARE = "square"
 
 
-class Setting(str, enum.Enum):
+class Setting(Name):
     """Evaluation settings of the reproduction (trainables/variants.py): the usual ways an evaluation goes soft."""
 
     WHITEBOX = "whitebox"
@@ -175,21 +174,36 @@ SETTING_LABELS: Mapping[Setting, str] = {
 }
 
 
-class SchedulerType(str, enum.Enum):
+class SchedulerType(Name):
     ASHA = "asha"
     FIFO = "fifo"
 
 
-class SamplerType(str, enum.Enum):
+class SamplerType(Name):
     TPE = "tpe"
     RANDOM = "random"
     NSGA2 = "nsga2"
 
 
-class SplitName(str, enum.Enum):
+class SplitName(Name):
     TRAIN = "train"
     VAL = "val"  # held out from the training split: hyperparameters are chosen here
     TEST = "test"  # final reports only
+
+
+class EvalSplit(Name):
+    """The splits a model may be scored on (never the one it trained on)."""
+
+    TEST = "test"
+    VAL = "val"
+
+
+class GridPart(Name):
+    """Which cells `patchtune reproduce --grid` trains."""
+
+    ALL = "all"  # the paper's cells, then the robust fine-tuning cells
+    PAPER = "paper"  # the paper's cells only
+    ROBUST = "robust"  # the robust fine-tuning cells beside the undefended model and the paper's two patch fine-tunes
 
 
 E = TypeVar("E", bound=enum.Enum)
@@ -264,16 +278,21 @@ class DatasetInfo:
         return max(2, round(self.side * PATCH_AREA_SIDE_FRACTION))
 
 
+_DATASETS: Mapping[Dataset, DatasetInfo] = {
+    Dataset.FMNIST: DatasetInfo(Dataset.FMNIST, 1, 28, 28, 10, (0.2860,), (0.3530,), FMNIST_CLASSES, Arch.CNN3, 0.3),
+    Dataset.CIFAR10: DatasetInfo(Dataset.CIFAR10, 3, 32, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+                                 CIFAR10_CLASSES, Arch.VGG16, 0.03),
+    Dataset.IMAGENETTE: DatasetInfo(Dataset.IMAGENETTE, 3, IMAGENETTE_DEFAULT_SIZE, IMAGENETTE_DEFAULT_SIZE, 10,
+                                    IMAGENET_MEAN, IMAGENET_STD, IMAGENETTE_CLASSES, Arch.VGG16, 0.03),
+}
+
+
 def dataset_info(name: Dataset | str, image_size: int | None = None) -> DatasetInfo:
-    """The data set's description; `image_size` is the side Imagenette is resized to (default 160)."""
-    name = parse_enum(Dataset, name, "dataset")
-    if name is Dataset.FMNIST:
-        return DatasetInfo(name, 1, 28, 28, 10, (0.2860,), (0.3530,), FMNIST_CLASSES, Arch.CNN3, 0.3)
-    if name is Dataset.CIFAR10:
-        return DatasetInfo(name, 3, 32, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), CIFAR10_CLASSES,
-                           Arch.VGG16, 0.03)
-    side = image_size or IMAGENETTE_DEFAULT_SIZE
-    return DatasetInfo(name, 3, side, side, 10, IMAGENET_MEAN, IMAGENET_STD, IMAGENETTE_CLASSES, Arch.VGG16, 0.03)
+    """The data set's description; `image_size` is the side a resized data set (Imagenette) is cropped to."""
+    info = _DATASETS[parse_enum(Dataset, name, "dataset")]
+    if image_size is None or info.name is not Dataset.IMAGENETTE:
+        return info
+    return dataclasses.replace(info, height=image_size, width=image_size)
 
 
 def paper_eps(dataset: Dataset | str) -> float:

@@ -29,12 +29,12 @@ REPRO_DIR = os.environ.get("PATCHTUNE_REPRO_DIR", "runs/reproductions/latest")
 from IPython.display import Markdown, display
 
 from analysis import plots, tables
+from analysis.load import load_reproduction_files
 from analysis.reproduction import SETTING_LABELS, SETTINGS, findings, paper_by_method, settings_table, table2
-from study import api
 
-repro = api.load_reproduction(REPRO_DIR)  # api.Reproduction: reproduction.json and results.parquet
-results, meta, dataset = repro.results, repro.meta, repro.dataset
-print(f"{dataset}: {results['seed'].nunique()} seeds x {results['method'].nunique()} methods")
+meta, results = load_reproduction_files(REPRO_DIR)  # reproduction.json and results.parquet
+dataset = meta["data"]["dataset"]
+print(f"{dataset}: {results['seed'].nunique()} seeds x {results['cell'].nunique()} cells")
 
 # %% [markdown]
 # ## Table 2

@@ -35,7 +35,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from analysis import grid, plots, tables
-from analysis.load import epochs_long
+from analysis.load import epochs_long, load_reproduction_files, load_study
 from analysis.report import optimizer_finding, optuna_importances
 from analysis.reproduction import (
     findings,
@@ -45,21 +45,19 @@ from analysis.reproduction import (
     robust_table,
     table1,
 )
-from study import api
 
-found = api.load(STUDY_DIR)  # api.Study: the study's files, its verdict
-study = found.analysis()  # the same files as the tidy frames the plots take
+study = load_study(STUDY_DIR)  # the study's files as the tidy frames the plots take, and its verdict
 print(f"study {study.name}: {len(study.results)} trials, objective {study.objective}")
-print(found.verdict or "study incomplete: no verdict yet")
+print(study.verdict or "study incomplete: no verdict yet")
 
 # %% [markdown]
 # ## Table 1
 
 # %%
 repro = None
-dataset = study.spec.get("dataset", "fmnist")
+dataset = study.dataset
 if REPRO_DIR and Path(REPRO_DIR, "results.parquet").is_file():
-    repro = api.load_reproduction(REPRO_DIR).results
+    repro = load_reproduction_files(REPRO_DIR)[1]
     display(Markdown("### Table 1 (reproduction, mean ± 95 % CI over seeds)\n\n" + tables.markdown(table1(repro, dataset))))
     display(Markdown("\n".join(f"- {s}" for s in findings(repro, dataset))))
 if study.best:
