@@ -68,7 +68,7 @@ CONTROL_INIT ?= scratch
 CONTROL_ARGS ?=
 control: setup
 	$(if $(filter-out scratch base,$(CONTROL_INIT)),$(error CONTROL_INIT must be scratch or base, got '$(CONTROL_INIT)'))
-	@$(BIN)/python -c "import sys; from trainables.vocab import METHOD_PARAMS; ok = [m.value for m, p in METHOD_PARAMS.items() if 'steps' in p]; \
+	@$(BIN)/python -c "import sys; from trainables.vocab import ROBUST_METHODS, METHODS; ok = [m.value for m in ROBUST_METHODS if 'at_steps' in METHODS[m].params]; \
 		sys.argv[1] in ok or sys.exit(f'CONTROL_METHOD must be one of {\", \".join(ok)} (a method with attack steps), got {sys.argv[1]!r}')" '$(CONTROL_METHOD)'
 	@mkdir -p $(CONTROL_DIR)
 	test -f $(CONTROL_DIR)/base.pt || $(BIN)/patchtune pretrain --epochs 4 --limit-train 20000 --out $(CONTROL_DIR)/base.pt --quiet
