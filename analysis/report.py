@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis import grid, plots, stats, tables, versus_base
+from analysis import grid, plots, repro_plots, stats, tables, versus_base
 from analysis.audit_tables import bars_frame, checks_frame, headline, side_by_side
 from analysis.html import render_page
 from analysis.load import (
@@ -26,14 +26,8 @@ from analysis.load import (
     open_optuna_storage,
 )
 from analysis.paper import paper_value
-from analysis.reproduction import (
-    SETTING_LABELS,
-    SETTINGS,
-    paper_by_method,
-    render,
-    robust_axis_label,
-    robust_measure,
-)
+from analysis.repro_tables import SETTING_LABELS, SETTINGS, paper_by_method, robust_axis_label, robust_measure
+from analysis.reproduction import render
 from trainables.atomic import atomic_write_bytes
 from trainables.vocab import warmup_text
 
@@ -216,16 +210,16 @@ def write_reproduction_report(path: str | Path) -> Path:
     out = path / "report"
     out.mkdir(exist_ok=True)
     images = {
-        "method_bars": _save(plots.method_bars(results, paper=paper_by_method(results, dataset), dataset=dataset), out, "method_bars"),
-        "settings_bars": _save(plots.settings_bars(
+        "method_bars": _save(repro_plots.method_bars(results, paper=paper_by_method(results, dataset), dataset=dataset), out, "method_bars"),
+        "settings_bars": _save(repro_plots.settings_bars(
             results, SETTINGS, SETTING_LABELS, paper=paper_by_method(results, dataset, defended_only=True)),
             out, "settings_bars"),
     }
     if grid.robust_cells(results):
         key, label = robust_measure(results)[0], robust_axis_label(results, dataset)
-        images["optimizer_bars"] = _save(plots.optimizer_bars(results, key, label), out, "optimizer_bars")
+        images["optimizer_bars"] = _save(repro_plots.optimizer_bars(results, key, label), out, "optimizer_bars")
         if "cost_device_s" in results:
-            images["robust_vs_cost"] = _save(plots.reproduction_cost(results, key, label), out, "robust_vs_cost")
+            images["robust_vs_cost"] = _save(repro_plots.reproduction_cost(results, key, label), out, "robust_vs_cost")
     header = (f"# Reproduction: {dataset}, {arch}\n\n{meta['train_images']} fine-tuning images, "
               f"{meta['test_images']} test images, {meta['epochs']} epochs, lr {meta['lr']:g}"
               + (f"; robust fine-tunes: {warmup_text(meta['eps_warmup'])}" if meta.get("eps_warmup") else "")

@@ -21,16 +21,19 @@ import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 
 from analysis import versus_base
 from analysis.load import StudyData, load_reproduction_files, load_study
+from study.options import Output
 from study.settings import REPRODUCE_KEYWORDS, RayOptions, ReproCfg
 from study.spec import RUN_OVERRIDES, StudySpec
 from trainables.config import AuditCfg
-from trainables.config.spine import nested
+from trainables.config.spine import Settings, nested
+
+M = TypeVar("M", bound=Settings)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,23 +155,23 @@ def load_spec(spec: str | Path, **overrides: Any) -> StudySpec:
     return load(str(spec), {RUN_OVERRIDES[k]: v for k, v in overrides.items() if v is not None})
 
 
-def run(spec: StudySpec | str | Path, *, address: str | None = None, dashboard: bool = False,
+def run(spec: StudySpec | str | Path, *, address: str | None = None, dashboard: bool | None = None,
         dashboard_host: str | None = None) -> Study:
     """Run a study to the end (`patchtune run`): checks first, then the base model, the trials on Ray (a local
-    instance unless `address` names a cluster), the best trial on the test split. Returns it loaded."""
+    instance unless `address` names a cluster), the best trial on the test split. Returns it loaded. The keywords
+    are `RayOptions`' (not given: its defaults)."""
     from study.runner import run_study
 
-    ray = RayOptions.parse({k: v for k, v in {"address": address, "dashboard": dashboard,
-                                              "dashboard_host": dashboard_host}.items() if v is not None})
+    ray = _given(RayOptions, address=address, dashboard=dashboard, dashboard_host=dashboard_host)
     return load(run_study(spec if isinstance(spec, StudySpec) else load_spec(spec), ray))
 
 
-def resume(study_dir: str | Path, *, address: str | None = None, dashboard: bool = False) -> Study:
+def resume(study_dir: str | Path, *, address: str | None = None, dashboard: bool | None = None) -> Study:
     """Continue an interrupted study (`patchtune resume`): unfinished and errored trials resume from their last
     checkpoint; the results files are written again."""
     from study.runner import resume_study
 
-    return load(resume_study(_study_dir(study_dir), RayOptions(address=address, dashboard=dashboard)))
+    return load(resume_study(_study_dir(study_dir), _given(RayOptions, address=address, dashboard=dashboard)))
 
 
 def reproduction_cfg(dataset: str, **keywords: Any) -> ReproCfg:
@@ -243,7 +246,7 @@ def report(study_dir: str | Path) -> Report:
 
 
 def audit(checkpoint: str | Path, *, base: str | Path | None = None, data_root: str | None = None,
-          device: str = "auto", progress: bool = False, log: Callable[[str], None] | None = None,
+          device: str | None = None, progress: bool = False, log: Callable[[str], None] | None = None,
           **settings: Any) -> Audit:
     """`patchtune audit`: the strong-attack audit of one checkpoint; `settings` are `AuditCfg`'s fields (`eps=[0.1,
     0.3]`, `limit=500`, `strong_steps=100`, ...; not given: the model's defaults, the eps the paper's for the data
@@ -255,13 +258,12 @@ def audit(checkpoint: str | Path, *, base: str | Path | None = None, data_root: 
     eps = settings.get("eps")
     if isinstance(eps, (int, float)):
         settings["eps"] = (float(eps),)
-    return audit_checkpoint(checkpoint, AuditCfg.parse({k: v for k, v in settings.items() if v is not None}),
-                            base=base, data={"root": data_root} if data_root else {}, device=device,
-                            progress=progress, log=log)
+    return audit_checkpoint(checkpoint, _given(AuditCfg, **settings), base=base,
+                            data={"root": data_root} if data_root else {}, device=device, progress=progress, log=log)
 
 
 def audit_checkpoint(checkpoint: str | Path, cfg: AuditCfg, *, base: str | Path | None = None,
-                     data: dict[str, Any] | None = None, device: str = "auto", progress: bool = False,
+                     data: dict[str, Any] | None = None, device: str | None = None, progress: bool = False,
                      log: Callable[[str], None] | None = None) -> Audit:
     """`audit` with its settings as one `AuditCfg`, and `data` the data settings given (a root)."""
     from trainables.checkpoint import load_checkpoint
@@ -280,6 +282,7 @@ def audit_checkpoint(checkpoint: str | Path, cfg: AuditCfg, *, base: str | Path 
                           f"{ck.dataset.value} {ck.arch}")
     eps = list(cfg.budgets(ck.dataset))
     data_cfg = ck.data_cfg(**(data or {}), **{f"limit_{cfg.split.value}": cfg.limit})
+    device = _given(Output, device=device).device
     try:
         dev = pick_device(device)
     except (ValueError, RuntimeError) as exc:
@@ -293,6 +296,11 @@ def audit_checkpoint(checkpoint: str | Path, cfg: AuditCfg, *, base: str | Path 
                           progress=progress, log=log)
     return Audit(checkpoint=Path(checkpoint), base=Path(base) if base is not None else None, dataset=ck.dataset.value,
                  arch=ck.arch, split=cfg.split.value, device=str(dev), reports=reports)
+
+
+def _given(model: type[M], **keywords: Any) -> M:
+    """`model` from the keywords given (None: not given, the model's default)."""
+    return model.parse({k: v for k, v in keywords.items() if v is not None})
 
 
 def _known(keywords: dict[str, Any], views: dict[str, str], call: str) -> None:

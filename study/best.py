@@ -17,13 +17,13 @@ from study.spec import StudySpec
 from trainables.atomic import atomic_write_text
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import (
-    TRIAL_CONFIG_KEYS,
     AttackCfg,
     AuditCfg,
     DataCfg,
     ObjectiveCfg,
     paper_attacks,
     trial_cfgs,
+    trial_config,
 )
 from trainables.vocab import Objective, decode_outcomes
 
@@ -54,13 +54,6 @@ def audit_measure(cfg: AuditCfg, eps: float) -> str:
         aa = ", AutoAttack" + (f" ({'; '.join(parts)})" if parts else "")
     return (f"at the audit's worst case at eps {eps:g} (paper FGSM, IFGSM-10 and PGD-10, PGD-{strong.steps} x"
             f"{strong.restarts}{aa})")
-
-
-def _plain(value: Any) -> Any:
-    """A results cell as JSON: missing (NaN / None) as None, numpy scalars as Python numbers."""
-    if value is None or (isinstance(value, float) and value != value):
-        return None
-    return value.item() if hasattr(value, "item") else value
 
 
 def _evaluate_remote(arch: str, cfg: DataCfg, state: dict[str, Any], attacks: list[AttackCfg],
@@ -102,7 +95,7 @@ def evaluate_trial_on_test(spec: StudySpec, row: dict[str, Any], base_path: Path
     base = load_checkpoint(base_path)
     test, val = run_where_gpu(_evaluate_remote, spec.arch, spec.data, state, attacks, base.state_dict, spec.objective,
                               spec.seed, cpus=spec.resources.cpus_per_trial)
-    config = {k: _plain(row.get(k)) for k in TRIAL_CONFIG_KEYS}
+    config = trial_config(row)
     train, aug, method = trial_cfgs(config, jitter=spec.search.jitter)
     model = build_model(spec.arch, base.input_spec())
     model.load_state_dict(state)

@@ -23,3 +23,21 @@ def test_pure_modules_do_not_import_ray() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_notebooks_import_only_the_analysis_layer() -> None:
+    """The notebooks sit in analysis/ and arrange what it computes: they import analysis.*, never a layer above
+    it (study) or the tensor layer (import-linter cannot see them: they are not modules of a package)."""
+    import ast
+    from pathlib import Path
+
+    notebooks = sorted((Path(__file__).resolve().parents[1] / "analysis" / "notebooks").glob("*.py"))
+    assert notebooks
+    for path in notebooks:
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module.split(".")[0])
+        assert "analysis" in names and not names & {"study", "trainables", "benchmarks", "torch", "ray"}, (path, names)

@@ -15,9 +15,9 @@ from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
 from repro_frame import CELLS, GRID, repro_frame
 
-from analysis import plots
+from analysis import plots, repro_plots
 from analysis.load import OPS, epochs_long, eps_curves, pareto_front, tidy_results
-from analysis.reproduction import SETTING_LABELS, SETTINGS, paper_by_method
+from analysis.repro_tables import SETTING_LABELS, SETTINGS, paper_by_method
 
 
 @pytest.fixture
@@ -142,7 +142,7 @@ def _bar_colours(fig: Figure) -> dict[str, str]:
 
 def test_method_bars_take_methods_labels_and_colours_from_the_metadata() -> None:
     frame = repro_frame(seeds=3, shuffle=True)
-    fig = plots.method_bars(frame, paper=paper_by_method(frame, "fmnist"), dataset="fmnist")
+    fig = repro_plots.method_bars(frame, paper=paper_by_method(frame, "fmnist"), dataset="fmnist")
     ax = fig.axes[0]
     colours = _bar_colours(fig)
     assert list(colours) == ["undefended", "patch + Adam", "patch + RMSProp", "patch + Adam (long)",
@@ -158,15 +158,15 @@ def test_method_bars_take_methods_labels_and_colours_from_the_metadata() -> None
     ticks = [line for line in ax.lines if line.get_linewidth() == 2 and line.get_color() == "black"]
     assert len(ticks) == 4 + 3 + 3  # the paper's values: undefended (4 keys), patch + Adam / RMSProp (3 attacks each)
     renamed = frame.assign(cell=frame["cell"] + "_x")  # the names are only identifiers
-    assert _bar_colours(plots.method_bars(renamed)) == colours
+    assert _bar_colours(repro_plots.method_bars(renamed)) == colours
     ticks = [t.get_text() for t in ax.get_xticklabels()]
     assert ticks == ["clean", "FGSM", "IFGSM\n(cannot reach eps)", "PGD-10\n(cannot reach eps)"]  # F-MNIST's eps 0.3
-    assert [t.get_text() for t in plots.method_bars(frame, dataset="cifar10").axes[0].get_xticklabels()][3] == "PGD-10"
+    assert [t.get_text() for t in repro_plots.method_bars(frame, dataset="cifar10").axes[0].get_xticklabels()][3] == "PGD-10"
 
 
 def test_optimizer_bars_group_the_methods_and_colour_the_optimizers() -> None:
     frame = repro_frame(seeds=3, shuffle=True, strong=True)
-    fig = plots.optimizer_bars(frame, "strong/pgd", "PGD-100 x5 accuracy at eps 0.3 (%)")
+    fig = repro_plots.optimizer_bars(frame, "strong/pgd", "PGD-100 x5 accuracy at eps 0.3 (%)")
     clean, robust = fig.axes
     assert [t.get_text() for t in robust.get_xticklabels()] == ["patch", "FGSM-RS", "PGD-5-AT"]
     assert robust.get_title() == "PGD-100 x5 accuracy at eps 0.3 (%)" and clean.get_title() == "clean"
@@ -184,7 +184,7 @@ def test_optimizer_bars_group_the_methods_and_colour_the_optimizers() -> None:
 
 def test_reproduction_cost_puts_each_fine_tuned_model_at_its_compute() -> None:
     frame = repro_frame(seeds=2, strong=True)
-    fig = plots.reproduction_cost(frame, "strong/pgd", "PGD-100 x5 accuracy at eps 0.3 (%)")
+    fig = repro_plots.reproduction_cost(frame, "strong/pgd", "PGD-100 x5 accuracy at eps 0.3 (%)")
     ax = fig.axes[0]
     fine_tuned = [m for m in CELLS if not GRID[m].undefended]  # every cell but the base itself
     assert sum(len(c.get_offsets()) for c in ax.collections) == 2 * len(fine_tuned)
@@ -196,7 +196,7 @@ def test_reproduction_cost_puts_each_fine_tuned_model_at_its_compute() -> None:
 
 def test_settings_bars_show_the_table1_models_with_the_paper_lines() -> None:
     frame = repro_frame(seeds=2)
-    fig = plots.settings_bars(frame, SETTINGS, SETTING_LABELS, paper=paper_by_method(frame, "fmnist", defended_only=True))
+    fig = repro_plots.settings_bars(frame, SETTINGS, SETTING_LABELS, paper=paper_by_method(frame, "fmnist", defended_only=True))
     ax = fig.axes[0]
     assert list(_bar_colours(fig)) == ["undefended", "patch + Adam", "patch + RMSProp", "patch + Adam (long)",
                                        "patch + RMSProp (long)"]

@@ -14,19 +14,8 @@ import torch
 from repro_frame import CELLS, repro_frame
 from torch import nn
 
-from analysis.reproduction import (
-    findings,
-    fmt_count,
-    matching_setting,
-    paired,
-    paper_by_method,
-    render,
-    robust_findings,
-    robust_table,
-    settings_table,
-    table1,
-    table2,
-)
+from analysis.repro_tables import fmt_count, paper_by_method, robust_table, settings_table, table1, table2
+from analysis.reproduction import findings, matching_setting, paired, render, robust_findings
 from trainables.augment import make_generator
 from trainables.config import AugCfg, Dataset, paper_attacks
 from trainables.variants import VARIANTS, AlwaysTrainMode, RandomPatchModel, evaluate_variants

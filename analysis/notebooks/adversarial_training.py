@@ -28,9 +28,10 @@ REPRO_DIR = os.environ.get("PATCHTUNE_REPRO_DIR", "runs/reproductions/latest")
 # %%
 from IPython.display import Markdown, display
 
-from analysis import plots, tables
+from analysis import repro_plots, tables
 from analysis.load import load_reproduction_files
-from analysis.reproduction import SETTING_LABELS, SETTINGS, findings, paper_by_method, settings_table, table2
+from analysis.repro_tables import SETTING_LABELS, SETTINGS, paper_by_method, settings_table, table2
+from analysis.reproduction import findings
 
 meta, results = load_reproduction_files(REPRO_DIR)  # reproduction.json and results.parquet
 dataset = meta["data"]["dataset"]
@@ -43,14 +44,14 @@ print(f"{dataset}: {results['seed'].nunique()} seeds x {results['cell'].nunique(
 display(Markdown(tables.markdown(table2(results, dataset))))
 
 # %%
-fig = plots.method_bars(results, paper=paper_by_method(results, dataset), dataset=dataset)
+fig = repro_plots.method_bars(results, paper=paper_by_method(results, dataset), dataset=dataset)
 
 # %% [markdown]
 # ## PGD-10 under each evaluation setting
 
 # %%
 display(Markdown(tables.markdown(settings_table(results, dataset))))
-fig = plots.settings_bars(results, SETTINGS, SETTING_LABELS, paper=paper_by_method(results, dataset, defended_only=True))
+fig = repro_plots.settings_bars(results, SETTINGS, SETTING_LABELS, paper=paper_by_method(results, dataset, defended_only=True))
 
 # %%
 display(Markdown("\n".join(f"- {s}" for s in findings(results, dataset))))

@@ -34,17 +34,11 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import Markdown, display
 
-from analysis import grid, plots, tables
+from analysis import grid, plots, repro_plots, tables
 from analysis.load import epochs_long, load_reproduction_files, load_study
 from analysis.report import optimizer_finding, optuna_importances
-from analysis.reproduction import (
-    findings,
-    robust_axis_label,
-    robust_findings,
-    robust_measure,
-    robust_table,
-    table1,
-)
+from analysis.repro_tables import robust_axis_label, robust_measure, robust_table, table1
+from analysis.reproduction import findings, robust_findings
 
 study = load_study(STUDY_DIR)  # the study's files as the tidy frames the plots take, and its verdict
 print(f"study {study.name}: {len(study.results)} trials, objective {study.objective}")
@@ -78,9 +72,9 @@ if repro is not None and grid.robust_cells(repro):
     display(Markdown(tables.markdown(robust_table(repro, dataset))))
     display(Markdown("\n".join(f"- {s}" for s in robust_findings(repro, dataset))))
     # figures made in a cell are shown once by the inline backend: no display() (it would show them twice)
-    plots.optimizer_bars(repro, key, robust_label)
+    repro_plots.optimizer_bars(repro, key, robust_label)
     if "cost_device_s" in repro:
-        plots.reproduction_cost(repro, key, robust_label)
+        repro_plots.reproduction_cost(repro, key, robust_label)
 else:
     print("no robust fine-tuning cells in the reproduction (PATCHTUNE_REPRO_DIR unset, or an older run)")
 

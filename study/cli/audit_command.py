@@ -8,7 +8,7 @@ from typing import Any
 
 from study.cli.common import data_flags, output_flags
 from study.cli.flags import Flags, readable_dir, require_files, say, writable_target
-from study.cli.options import AuditOptions, Output
+from study.options import AuditOptions, Output
 from trainables.config import AuditCfg, DataCfg
 
 
@@ -17,8 +17,8 @@ def add(sub: Any) -> None:
     p.add_argument("checkpoint", metavar="CKPT")
     flags = Flags(p, "audit")
     flags.add(AuditCfg, "eps", default="the paper's for the data set")
-    for name in ("limit", "split", "strong_steps", "strong_restarts", "autoattack", "components", "check_limit",
-                 "batch_size", "seed"):
+    for name in ("limit", "split", "strong_steps", "strong_restarts", "autoattack", "components", "square_queries",
+                 "check_limit", "batch_size", "seed"):
         flags.add(AuditCfg, name)
     flags.add(AuditOptions, "base", metavar="CKPT")
     flags.add(AuditOptions, "out", metavar="FILE")

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from study.cli.flags import Flags, device, readable_dir
-from study.cli.options import Output
+from study.options import Output
 from trainables.config import AugCfg, DataCfg, TrainCfg
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from study.cli.common import data_flags, output, output_flags
 from study.cli.flags import Flags, UsageError, readable_dir, require_files, say
-from study.cli.options import EvalOptions
+from study.options import EvalOptions
 from trainables.config import AttackCfg, DataCfg
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from study.cli.common import aug_flags, data_flags, output, output_flags, train_flags
 from study.cli.flags import Flags, UsageError, readable_dir, require_files, say, writable_target
-from study.cli.options import FinetuneOptions
+from study.options import FinetuneOptions
 from trainables.config import AugCfg, ConfigError, DataCfg, MethodCfg, TrainCfg
 from trainables.vocab import Arch, warmup_text
 

@@ -12,7 +12,6 @@ import argparse
 import enum
 import os
 import re
-import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any, NoReturn, TypeVar
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import PydanticUndefined
 
-from trainables.config.spine import Settings, config_error, field_path_of
+from trainables.config.spine import Settings, config_error, field_path_of, value_type
 from trainables.vocab import UserError
 
 EXIT_USAGE = 2
@@ -40,17 +39,6 @@ class Parser(argparse.ArgumentParser):
 
 # (command, flag) -> "Model.path": every flag of every command and the setting it is a view of.
 FLAGS: dict[tuple[str, str], str] = {}
-
-
-def _inner(annotation: Any) -> Any:
-    """`X` of `X | None` (and of Annotated[X, ...])."""
-    origin = typing.get_origin(annotation)
-    if origin is typing.Annotated:
-        return _inner(typing.get_args(annotation)[0])
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return _inner(args[0]) if len(args) == 1 else annotation
-    return annotation
 
 
 def _default_text(info: Any) -> str:
@@ -81,7 +69,7 @@ class Flags:
         info = field_path_of(model, path)
         flag = flag or "--" + path.rsplit(".", 1)[-1].replace("_", "-")
         dest = flag.lstrip("-").replace("-", "_")
-        kind = _inner(info.annotation)
+        kind = value_type(info.annotation)
         description = info.description or ""
         if "(null: " in description:  # the description says what not giving it means
             help_text = description.replace("(null: ", "(default: ")
@@ -140,7 +128,7 @@ class Flags:
 
 def _enum_items(kind: Any) -> type[enum.Enum] | None:
     args = typing.get_args(kind)
-    inner = _inner(args[0]) if args else None
+    inner = value_type(args[0]) if args else None
     return inner if isinstance(inner, type) and issubclass(inner, enum.Enum) else None
 
 
@@ -148,7 +136,7 @@ def _scalar(annotation: Any) -> Callable[[str], Any]:
     """A parser of one value for a field typed `annotation` (constraints included): the text read as the field's
     Python type, then validated by pydantic; an argparse error names the value and what was expected."""
     adapter: TypeAdapter[Any] = TypeAdapter(annotation)
-    base = _inner(annotation)
+    base = value_type(annotation)
     reader: Callable[[str], Any] = int if base is int else float if base is float else str
 
     def parse(text: str) -> Any:

@@ -7,7 +7,7 @@ from typing import Any
 
 from study.cli.common import data_cfg, data_flags, output, output_flags, train_flags
 from study.cli.flags import Flags, say, writable_target
-from study.cli.options import PretrainOptions
+from study.options import PretrainOptions
 from trainables.config import DataCfg, ModelCfg, TrainCfg
 
 

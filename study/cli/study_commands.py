@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from study.cli.flags import Flags, say
-from study.cli.options import RunOptions
+from study.options import RunOptions
 from study.settings import RayOptions
 from study.spec import RUN_OVERRIDES, StudySpec, preset_names
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from study.cli.common import aug_flags, data_cfg
 from study.cli.flags import Flags, UsageError, say, writable_target
-from study.cli.options import SchemaOptions, ShowAugmentOptions
+from study.options import SchemaOptions, ShowAugmentOptions
 from trainables.config import AugCfg, ConfigError, DataCfg
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from trainables.config.inputs import AugCfg, DataCfg, ModelCfg
 from trainables.config.recipe import FINETUNE_EPOCHS, ROBUST_AT_STEPS, MethodCfg, PretrainCfg, TrainCfg
-from trainables.config.spine import Settings, as_jsonable, settings_fields
+from trainables.config.spine import Settings, as_jsonable, settings_fields, value_type
 from trainables.config.threat import (
     AttackCfg,
     AuditCfg,
@@ -30,7 +30,7 @@ __all__ = [
     "FINETUNE_EPOCHS", "ROBUST_AT_STEPS", "TRIAL_CONFIG_KEYS", "TRIAL_METHOD_KEYS", "AttackCfg", "AttackName",
     "AugCfg", "AuditCfg", "ConfigError", "DataCfg", "Dataset", "Method", "MethodCfg", "ModelCfg", "ObjectiveCfg",
     "Optimizer", "PatchOp", "PretrainCfg", "Settings", "TrainCfg", "as_jsonable", "madry_alpha", "paper_attacks",
-    "reaches", "settings_fields", "strong_pgd", "trial_cfgs",
+    "reaches", "settings_fields", "strong_pgd", "trial_cfgs", "trial_config",
 ]
 
 # The keys of a study trial's Tune config, each a field of the model it configures: the method's, then the
@@ -39,6 +39,29 @@ TRIAL_METHOD_KEYS: tuple[str, ...] = tuple(MethodCfg.model_fields)
 _TRIAL_TRAIN_KEYS = ("optimizer", "lr", "batch_size", "epochs", "seed")
 _TRIAL_AUG_KEYS = ("patch_size", "num_patches", "pool")
 TRIAL_CONFIG_KEYS: tuple[str, ...] = (*TRIAL_METHOD_KEYS, *_TRIAL_TRAIN_KEYS, *_TRIAL_AUG_KEYS)
+
+
+def _integer_keys() -> frozenset[str]:
+    models: dict[str, type[Settings]] = {**dict.fromkeys(TRIAL_METHOD_KEYS, MethodCfg),
+                                         **dict.fromkeys(_TRIAL_TRAIN_KEYS, TrainCfg),
+                                         **dict.fromkeys(_TRIAL_AUG_KEYS, AugCfg)}
+    return frozenset(k for k, m in models.items() if value_type(m.model_fields[k].annotation) is int)
+
+
+def trial_config(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's config read back from a results table: missing cells (NaN) as None, and the integers a column with
+    gaps turned into floats (4.0) integers again."""
+    out: dict[str, Any] = {}
+    for key in TRIAL_CONFIG_KEYS:
+        value: Any = row.get(key)
+        if hasattr(value, "item"):  # numpy scalars
+            value = value.item()
+        if isinstance(value, float) and value != value:
+            value = None
+        if key in INTEGER_KEYS and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        out[key] = value
+    return out
 
 
 def trial_cfgs(config: Mapping[str, Any], *, jitter: int = 0) -> tuple[TrainCfg, AugCfg | None, MethodCfg]:
@@ -54,3 +77,6 @@ def trial_cfgs(config: Mapping[str, Any], *, jitter: int = 0) -> tuple[TrainCfg,
     train = TrainCfg.parse({**given(_TRIAL_TRAIN_KEYS), "plateau_patience": 0}, "trial config")
     aug = AugCfg.parse({**given(_TRIAL_AUG_KEYS), "jitter": jitter}, "trial config") if method.augmented else None
     return train, aug, method
+
+
+INTEGER_KEYS = _integer_keys()

@@ -38,7 +38,7 @@ from typing_extensions import Self
 from trainables.vocab import ConfigError
 
 __all__ = ["Count", "FieldError", "Flag", "PathText", "Number", "Positive", "Settings", "Share", "Unit", "UnitClosed", "as_jsonable",
-           "config_error", "field_path_of", "merged", "nested", "settings_fields"]
+           "config_error", "field_path_of", "merged", "nested", "settings_fields", "value_type"]
 
 # Shared field types. Strict: YAML's "3" or true never silently becomes a number.
 Number = Annotated[StrictFloat, Field(allow_inf_nan=False)]
@@ -246,6 +246,18 @@ def settings_fields(model: type[BaseModel], prefix: str = "") -> dict[str, Field
         else:
             out[path] = info
     return out
+
+
+def value_type(annotation: Any) -> Any:
+    """The type a setting's values have: `X` of `X | None` and of `Annotated[X, ...]` (a union of several types
+    stays a union)."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return value_type(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return value_type(args[0]) if len(args) == 1 else annotation
+    return annotation
 
 
 def _direct_model(annotation: Any) -> type[BaseModel] | None:
