@@ -9,16 +9,19 @@ FMNIST_DEB := /usr/share/datasets/fashion-mnist
 # 3.5.1 (the latest) pins requests~=2.25.1 and MLflow's databricks-sdk needs requests>=2.28, so one resolve of both
 # backtracks for ever. torchattacks never imports requests; pip's warning about that pin is expected.
 MLFLOW := 'mlflow-skinny>=2.16,<4'
+# The docs site's tools (make docs) take the same second call for the same reason: mkdocs-material needs
+# requests>=2.33. Both become ordinary extras once torchattacks' pin is gone (issue 31).
+DOCS := 'mkdocs>=1.6' 'mkdocs-material>=9.5'
 
-.PHONY: setup data browser run test bench lint clean control
+.PHONY: setup data browser run test bench lint docs clean control
 
 setup: $(STAMP) data
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev,watch]'
-	$(BIN)/python -m pip install -q $(MLFLOW)
+	$(BIN)/python -m pip install -q $(MLFLOW) $(DOCS)
 	@touch $(STAMP)
 
 # Real Fashion-MNIST from Debian where apt-get is available as root; elsewhere the loader downloads it.
@@ -40,8 +43,8 @@ browser:
 	  echo "apt-get could not install chromium; the browser tests will skip"; \
 	fi
 
-# Main job: the `quick` study on real Fashion-MNIST (8 trials, ~10 min on 2 CPU cores, ~7 once the base is cached): a base cnn3 pretrained
-# once (cached), then Optuna + Ray Tune search optimizer, lr, batch size, patch size/count and transform pool,
+# Main job: the `quick` study on real Fashion-MNIST (8 trials, 3-8 min on 2 CPU cores after set-up): a base cnn3 pretrained
+# once (cached), then Optuna + Ray Tune search the fine-tuning method, optimizer, lr, batch size and the patch parameters,
 # maximising robust accuracy on the validation split; the best trial is evaluated on the test split.
 STUDY_NAME ?= quick-$(shell date +%Y%m%d-%H%M%S)
 run: setup
@@ -49,13 +52,13 @@ run: setup
 
 # Two pytest workers, a test file at a time (tests/conftest.py: the longest files first).
 PYTEST_WORKERS ?= 2
-test: lint browser
+test: lint docs browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 # The audit's positive control: a robust cnn3 trained as the reference recipe does (MTandHJ/PyTorch-Robust), from
 # scratch: PGD-AT at the paper's eps 0.3 (PGD-10, alpha x steps = 2.5 eps), eps grown over the first CONTROL_WARMUP
 # of the steps, on all training images; audited with the reference strong attacks against a pretrained base.
-# The defaults take about 35 min on 2 CPU cores (README: "A positive control"). CONTROL_INIT=base fine-tunes the
+# The defaults take about 35 min on 2 CPU cores (docs/record/2026-11-27-positive-control.md). CONTROL_INIT=base fine-tunes the
 # base instead; CONTROL_METHOD pgd_at or trades (checked before anything runs); CONTROL_ARGS goes to
 # `patchtune finetune` as is.
 CONTROL_DIR ?= runs/control
@@ -83,9 +86,13 @@ bench: setup
 
 # ruff, strict mypy on trainables/ and study/, and the layer contracts in pyproject.toml (import-linter)
 lint: setup
-	$(BIN)/ruff check study trainables analysis tests benchmarks
+	$(BIN)/ruff check study trainables analysis tests benchmarks docs
 	$(BIN)/mypy trainables study
 	$(BIN)/lint-imports
 
+# The documentation site, strictly: a broken link, a missing page or a stale reference fails.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache

@@ -1,6 +1,6 @@
 """Where a user's minutes go: the `quick` study (`make run`'s job) timed phase by phase.
 
-    .venv/bin/python benchmarks/bench_study.py        (also a row of `make bench`; ~7 min on 2 CPU cores)
+    .venv/bin/python -m benchmarks.bench_study        (also a row of `make bench`; ~7 min on 2 CPU cores)
 
 Runs `patchtune run quick` into a fresh temporary storage (so the base is pretrained too, as on a fresh clone)
 and reads back what the study recorded: `timings.json` (wall seconds per phase: preflight and data, Ray start,

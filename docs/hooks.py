@@ -6,7 +6,6 @@ from __future__ import annotations
 import enum
 import json
 import typing
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -132,8 +131,12 @@ def on_page_markdown(markdown: str, **_: Any) -> str:
     return markdown
 
 
-def on_post_build(config: Any, **_: Any) -> None:
-    """Publish the spec's JSON Schema beside the reference (`patchtune schema` prints the same)."""
+def on_files(files: Any, config: Any, **_: Any) -> Any:
+    """Publish the spec's JSON Schema as a file of the site (`patchtune schema` prints the same), so the reference
+    can link to it and the strict build checks that link."""
+    from mkdocs.structure.files import File
+
     from study.spec import json_schema
 
-    Path(config["site_dir"], "spec.schema.json").write_text(json_schema() + "\n")
+    files.append(File.generated(config, "spec.schema.json", content=json_schema() + "\n"))
+    return files

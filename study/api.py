@@ -27,6 +27,7 @@ import pandas as pd
 
 from analysis import versus_base
 from analysis.load import StudyData, load_reproduction_files, load_study
+from study.errors import StudyError
 from study.options import Output
 from study.settings import REPRODUCE_KEYWORDS, RayOptions, ReproCfg
 from study.spec import RUN_OVERRIDES, StudySpec
@@ -193,9 +194,9 @@ def load_reproduction(path: str | Path) -> Reproduction:
     try:
         meta, results = load_reproduction_files(path)
     except FileNotFoundError as exc:
-        raise _error(str(exc)) from None
+        raise StudyError(str(exc)) from None
     except (OSError, ValueError) as exc:
-        raise _error(f"{str(path)!r} is not readable: {str(exc).splitlines()[0]}") from None
+        raise StudyError(f"{str(path)!r} is not readable: {str(exc).splitlines()[0]}") from None
     return Reproduction(path=Path(path).expanduser().resolve(), meta=meta, results=results)
 
 
@@ -230,7 +231,7 @@ def report(study_dir: str | Path) -> Report:
 
     path = Path(study_dir).expanduser()
     if not (path / "results.parquet").is_file():
-        raise _error(f"{str(study_dir)!r} is not a finished patchtune study or reproduction directory "
+        raise StudyError(f"{str(study_dir)!r} is not a finished patchtune study or reproduction directory "
                          "(no results.parquet)")
     results = _parquet(path / "results.parquet")  # a file that only claims to be one: one line, not a traceback
     reproduction = (path / "reproduction.json").is_file()
@@ -238,7 +239,7 @@ def report(study_dir: str | Path) -> Report:
                             else ("study", "spec.yaml", ("trial_id", "objective", "status")))
     missing = [c for c in needed if c not in results.columns]
     if not (path / marker).is_file() or missing:
-        raise _error(f"{str(study_dir)!r} is not a patchtune {kind} directory ("
+        raise StudyError(f"{str(study_dir)!r} is not a patchtune {kind} directory ("
                      + (f"no {marker}" if not (path / marker).is_file() else
                         f"its results.parquet has no {', '.join(missing)} column") + ")")
     md = write_reproduction_report(path) if reproduction else write_study_report(path)
@@ -274,7 +275,7 @@ def audit_checkpoint(checkpoint: str | Path, cfg: AuditCfg, *, base: str | Path 
 
     for p in (checkpoint, base):
         if p is not None and not Path(p).is_file():
-            raise _error(f"checkpoint not found: {p}")
+            raise StudyError(f"checkpoint not found: {p}")
     ck = load_checkpoint(checkpoint)
     base_ck = load_checkpoint(base) if base is not None else None
     if base_ck is not None and (base_ck.dataset is not ck.dataset or base_ck.input_spec() != ck.input_spec()):
@@ -309,12 +310,6 @@ def _known(keywords: dict[str, Any], views: dict[str, str], call: str) -> None:
         raise TypeError(f"{call}() got unknown keyword(s) {', '.join(unknown)}; known: {', '.join(views)}")
 
 
-def _error(message: str) -> Exception:
-    from study.errors import StudyError  # imports torch: only when there is something to say
-
-    return StudyError(message)
-
-
 def _spec_of(path: Path) -> StudySpec:
     from study.preflight import load_study_spec
 
@@ -324,7 +319,7 @@ def _spec_of(path: Path) -> StudySpec:
 def _study_dir(study_dir: str | Path) -> Path:
     path = Path(study_dir).expanduser()
     if not path.is_dir():
-        raise _error(f"study directory {str(study_dir)!r} does not exist")
+        raise StudyError(f"study directory {str(study_dir)!r} does not exist")
     return path.resolve()
 
 
@@ -334,7 +329,7 @@ def _parquet(path: Path) -> pd.DataFrame:
     try:
         return pd.read_parquet(path)
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise _error(f"{path} is not a readable Parquet file: {str(exc).splitlines()[0]}") from None
+        raise StudyError(f"{path} is not a readable Parquet file: {str(exc).splitlines()[0]}") from None
 
 
 def _json(path: Path) -> dict[str, Any] | None:
@@ -343,5 +338,5 @@ def _json(path: Path) -> dict[str, Any] | None:
     try:
         payload = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise _error(f"{path} is not readable JSON: {exc}") from None
+        raise StudyError(f"{path} is not readable JSON: {exc}") from None
     return payload if isinstance(payload, dict) else None

@@ -22,6 +22,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from doc_blocks import block_run_by
 from nbclient import NotebookClient
 from repro_frame import CELLS, GRID
 
@@ -33,15 +34,14 @@ NOTEBOOKS = ROOT / "analysis" / "notebooks"
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def readme_python_example() -> str:
-    """The README's Python API example, as a user would paste it."""
-    section = (ROOT / "README.md").read_text().split("### Python API", 1)[1]
-    return section.split("```python\n", 1)[1].split("```", 1)[0]
+def api_example() -> str:
+    """The Python API page's example (docs/guide/api.md), as a user would paste it."""
+    return block_run_by("tests/test_end_to_end.py::test_python_api_gives_the_study_files_as_typed_objects").text
 
 
 @pytest.fixture(scope="module")
 def api_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The README's Python API example run as written, in a directory holding a small real `study.yaml`; the
+    """The Python API page's example run as written, in a directory holding a small real `study.yaml`; the
     names it defines (`study`, `curves`, `report`, ...) are returned. Its study is the one this module checks: a
     base pretrained first, TPE + ASHA over 4 trials of 2 epochs (one at a time, so ASHA's decisions do not depend
     on timing), the best trial on the test split, the `audit:` option, and every trial logged to an MLflow file
@@ -65,7 +65,7 @@ def api_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     cwd = os.getcwd()
     os.chdir(work)
     try:
-        exec(compile(readme_python_example(), "README.md (Python API)", "exec"), names)
+        exec(compile(api_example(), "docs/guide/api.md (Python API)", "exec"), names)
     finally:
         os.chdir(cwd)
     return names
@@ -309,7 +309,7 @@ def test_adversarial_training_notebook(tiny_repro_dir: Path) -> None:
 def test_report_writes_every_figure(api_run: dict[str, Any], tiny_study_dir: Path, tiny_repro_dir: Path) -> None:
     from analysis.report import write_reproduction_report
 
-    report = api_run["report"].markdown  # the README example's `api.report`
+    report = api_run["report"].markdown  # the API example's `api.report`
     assert report == tiny_study_dir / "report" / "report.md"
     text = report.read_text()
     for name in ("robust_vs_lr", "robust_by_optimizer", "optimizer_patch_heatmap", "transform_effect",
@@ -375,7 +375,7 @@ def test_tensorboard_reads_each_trials_objective(tiny_study_dir: Path) -> None:
 
 @pytest.fixture(scope="module")
 def optuna_dashboard(tiny_study_dir: Path) -> Iterator[str]:
-    """The real optuna-dashboard server on the study's storage, started as the README says (bound to 127.0.0.1)."""
+    """The real optuna-dashboard server on the study's storage, started as docs/guide/watching.md says (bound to 127.0.0.1)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
