@@ -37,8 +37,18 @@ def row_label(name: str, params: Mapping[str, Any]) -> str:
     if name in ROW_LABELS:
         return ROW_LABELS[name]
     if name.startswith("strong_pgd"):
-        return f"PGD-{params.get('steps')} x{params.get('restarts')} restarts, alpha {params.get('alpha', 0):.3g}"
+        return f"PGD-{params.get('steps')} x{params.get('restarts')} restarts, {_step_text(params)}"
     return name
+
+
+def _step_text(params: Mapping[str, Any]) -> str:
+    """The strong PGD's step grows with eps, so it is shown as a share of eps: audits at several eps then share one
+    row (alpha = eps/20, not 0.005 at eps 0.1 and 0.015 at eps 0.3)."""
+    alpha, eps = float(params.get("alpha", 0)), params.get("eps")
+    if not eps or not alpha:
+        return f"alpha {alpha:.3g}"
+    ratio = float(eps) / alpha
+    return f"alpha = eps/{round(ratio)}" if abs(ratio - round(ratio)) < 1e-6 else f"alpha = {alpha / float(eps):.3g}·eps"
 
 
 def rows_frame(report: Mapping[str, Any]) -> pd.DataFrame:

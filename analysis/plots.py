@@ -284,7 +284,7 @@ def audit_bars(frame: pd.DataFrame) -> Figure:
         err = np.vstack([acc - sub["ci_lo_pct"].to_numpy(dtype=float), sub["ci_hi_pct"].to_numpy(dtype=float) - acc])
         bars = ax.bar(xs, acc, width, yerr=err, capsize=2, color=colors[model], label=model)
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=3)  # 0 % bars are otherwise invisible
-    paper_rows = [i for i, a in enumerate(attacks) if "(paper)" in a]
+    paper_rows = [i for i, a in enumerate(attacks) if "(paper" in a]
     if paper_rows:
         ax.axvline(max(paper_rows) + 0.5, color="grey", lw=1, ls="--")
     ax.set_xticks(np.arange(len(attacks)), attacks, rotation=25, ha="right", fontsize=8)

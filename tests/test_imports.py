@@ -41,3 +41,21 @@ def test_notebooks_import_only_the_analysis_layer() -> None:
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names.add(node.module.split(".")[0])
         assert "analysis" in names and not names & {"study", "trainables", "benchmarks", "torch", "ray"}, (path, names)
+
+
+def test_no_source_file_is_ignored_by_git() -> None:
+    """A package git ignores passes every check here and is missing from every clone (a `data/` pattern once hid
+    trainables/data/)."""
+    import shutil
+    from pathlib import Path
+
+    import pytest
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    folders = ["study", "trainables", "analysis", "benchmarks", "tests", "docs"]
+    ignored = subprocess.run(["git", "ls-files", "--others", "--ignored", "--exclude-standard", "--", *folders],
+                             cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    sources = [f for f in ignored if f.endswith((".py", ".md", ".yaml", ".yml", ".css", ".ipynb", ".sh"))]
+    assert not sources, f"git ignores these source files: {sources}"

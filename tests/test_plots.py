@@ -114,14 +114,16 @@ def test_audit_bars() -> None:
     rep = {"eps": 0.3, "worst_case_acc": 0.0, "worst_case_ci95": [0.0, 0.07],
            "rows": [{"name": "clean", "params": {}, "acc": 0.9, "ci95": [0.8, 0.95]},
                     {"name": "paper_pgd10", "params": {}, "acc": 0.5, "ci95": [0.4, 0.6]},
-                    {"name": "strong_pgd100x5", "params": {"steps": 100, "restarts": 5, "alpha": 0.0075}, "acc": 0.02,
-                     "ci95": [0.0, 0.05]}]}
+                    {"name": "strong_pgd100x5", "params": {"eps": 0.3, "steps": 100, "restarts": 5, "alpha": 0.0075},
+                     "acc": 0.02, "ci95": [0.0, 0.05]}]}
     frame = bars_frame([rep, rep], ["a", "b"])
-    assert list(frame["attack"][:4]) == ["Clean", "PGD-10, alpha 0.01 (paper; cannot reach eps > 0.1)", "PGD-100 x5 restarts, alpha 0.0075",
-                                         "Worst case"]
+    assert list(frame["attack"][:4]) == ["Clean", "PGD-10, alpha 0.01 (paper; cannot reach eps > 0.1)",
+                                         "PGD-100 x5 restarts, alpha = eps/40", "Worst case"]
     fig = audit_bars(frame)
     ax = fig.axes[0]
     assert len(ax.patches) == 8 and "accuracy (%)" in ax.get_ylabel()
+    # the dashed line parts the paper's attacks (left) from the strong ones (right)
+    assert [line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == "--"] == [1.5]
     assert [round(p.get_height(), 1) for p in ax.patches[:4]] == [90.0, 50.0, 2.0, 0.0]
     from analysis.audit_tables import headline
 
@@ -262,7 +264,8 @@ def test_report_page_embeds_figures_renders_tables_and_escapes_html(tmp_path) ->
 
 def test_audit_table_names_what_ran_in_the_audits_order() -> None:
     """A reduced AutoAttack is named (components, Square queries), never "standard"; rows keep the audit's order
-    (clean, paper, strong PGD, AutoAttack, worst case) across budgets whose strong-PGD alpha differs."""
+    (clean, paper, strong PGD, AutoAttack, worst case), and the strong PGD, whose step grows with eps, is one row
+    across budgets."""
     from analysis.audit_tables import side_by_side
 
     def rep(eps: float, components: list[str], queries: int) -> dict[str, object]:
@@ -270,7 +273,7 @@ def test_audit_table_names_what_ran_in_the_audits_order() -> None:
         return {"eps": eps, "worst_case_acc": 0.1, "worst_case_ci95": [0.05, 0.2], "seconds": 4, "rows": [
             {"name": "clean", "params": {}, "acc": 0.9, "ci95": [0.8, 0.95], "max_linf": 0, "seconds": 1},
             {"name": "paper_pgd10", "params": {}, "acc": 0.5, "ci95": [0.4, 0.6], "max_linf": eps, "seconds": 1},
-            {"name": "strong_pgd50x3", "params": {"steps": 50, "restarts": 3, "alpha": alpha}, "acc": 0.2,
+            {"name": "strong_pgd50x3", "params": {"eps": eps, "steps": 50, "restarts": 3, "alpha": alpha}, "acc": 0.2,
              "ci95": [0.1, 0.3], "max_linf": eps, "seconds": 1},
             {"name": "autoattack", "params": {"components": components, "square_queries": queries}, "acc": 0.1,
              "ci95": [0.05, 0.2], "max_linf": eps, "seconds": 1}]}
@@ -278,7 +281,7 @@ def test_audit_table_names_what_ran_in_the_audits_order() -> None:
     table = side_by_side([rep(0.1, ["apgd-ce", "apgd-t", "square"], 1000), rep(0.3, ["apgd-ce", "apgd-t", "square"], 1000)],
                          ["t", "t"])
     assert list(table["attack"]) == ["Clean", "PGD-10, alpha 0.01 (paper; cannot reach eps > 0.1)",
-                                     "PGD-50 x3 restarts, alpha 0.005", "PGD-50 x3 restarts, alpha 0.015",
+                                     "PGD-50 x3 restarts, alpha = eps/20",
                                      "AutoAttack (apgd-ce, apgd-t, square; Square 1000 queries)",
                                      "Worst case (per sample, all rows)"]
     standard = side_by_side([rep(0.3, ["apgd-ce", "apgd-t", "fab-t", "square"], 5000)], ["t"])
