@@ -104,18 +104,21 @@ class StudySpec(Settings):
     # ------------------------------------------------------------------------------------------- derived
 
     def resolved(self) -> StudySpec:
-        """Every default that depends on another setting filled in: the architecture (the data set's), the
-        objective's eps (the paper's) and alpha (Madry's), the audit's budgets (the objective's eps), the base's
-        pretraining lr and epochs (the paper's for the arch), the sampler's seed (the study's)."""
+        """Every default that depends on another setting filled in: the image side (imagenette's), the architecture
+        (the data set's), the objective's eps (the paper's) and alpha (Madry's), the audit's budgets (the objective's
+        eps), the base's pretraining lr and epochs (the paper's for the arch), the sampler's seed (the study's), the
+        MLflow experiment (the study's name)."""
         model = self.model.resolved(self.data.dataset)
         assert model.arch is not None
         objective = self.objective.resolved(self.data.dataset)
         assert objective.eps is not None
         pretrain = self.base.pretrain
         base = self.base if pretrain is None else self.base.replace(pretrain=pretrain.resolved(model.arch, finetune=False))
-        return self.replace(model=model, objective=objective, base=base, search=self.search.resolved(objective.eps),
+        return self.replace(data=self.data.resolved(), model=model, objective=objective, base=base,
+                            search=self.search.resolved(objective.eps),
                             audit=self.audit.replace(eps=self.audit.eps or (objective.eps,)),
-                            sampler=self.sampler.replace(seed=self.sampler_seed))
+                            sampler=self.sampler.replace(seed=self.sampler_seed),
+                            tracking=self.tracking.replace(experiment=self.tracking.experiment or self.name))
 
     @property
     def arch(self) -> str:

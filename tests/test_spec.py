@@ -48,12 +48,15 @@ def test_the_resolved_spec_leaves_nothing_to_compute() -> None:
             return [p for k, v in node.items() for p in nulls(v, f"{path}.{k}")]
         return [path] if node is None else []
 
-    # what is still null means "none" (no root, no limit, no checkpoint, no tracking), never "a default"
+    # what is still null means "none" (no root, no limit, no checkpoint, no tracking), never "a default"; but for
+    # optuna_storage: the study directory's own optuna.db, wherever that directory is moved to
     assert set(nulls(bare)) == {".data.root", ".data.limit_train", ".data.limit_val", ".data.limit_test",
                                 ".data.image_size", ".base.checkpoint", ".base.pretrain.limit_train",
                                 ".base.pretrain.limit_eval", ".search.methods.patch.at_steps",
-                                ".search.methods.patch.beta", ".optuna_storage", ".tracking.mlflow",
-                                ".tracking.experiment"}
+                                ".search.methods.patch.beta", ".optuna_storage", ".tracking.mlflow"}
+    assert bare["tracking"]["experiment"] == "bare"
+    nette = yaml.safe_load(parse_spec({"name": "n", "data": {"dataset": "imagenette"}}).to_yaml())
+    assert nette["data"]["image_size"] == 160
 
 
 def test_extra_objectives() -> None:

@@ -48,6 +48,12 @@ class DataCfg(Settings):
             raise FieldError("image_size", f"is only settable for imagenette, got dataset {self.dataset.value}")
         return self
 
+    def resolved(self) -> DataCfg:
+        """The image side filled in where it applies (imagenette's default)."""
+        if self.image_size is None and self.dataset is Dataset.IMAGENETTE:
+            return self.replace(image_size=IMAGENETTE_DEFAULT_SIZE)
+        return self
+
     @property
     def info(self) -> DatasetInfo:
         """Shape, classes and normalisation of the images these settings load."""
@@ -56,7 +62,7 @@ class DataCfg(Settings):
     def split_meta(self) -> dict[str, Any]:
         """What defines the splits (the limits are per-command choices): a checkpoint records it, so evaluating the
         checkpoint later uses the same validation split."""
-        return {"val_fraction": self.val_fraction, "split_seed": self.split_seed, "image_size": self.image_size}
+        return {"val_fraction": self.val_fraction, "split_seed": self.split_seed, "image_size": self.resolved().image_size}
 
 
 class ModelCfg(Settings):
