@@ -14,7 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from doc_blocks import ROOT, all_blocks, doc_files
+from doc_blocks import ROOT, all_blocks, blocks, doc_files
 
 from trainables.config.spine import Settings, settings_fields
 
@@ -127,23 +127,25 @@ def _flags_of_commands() -> dict[str, set[str]]:
             for name, parser in sub.choices.items()}
 
 
-def _command_lines(text: str) -> list[str]:
-    """Each `patchtune COMMAND ...` the text shows, in code blocks (with their continuation lines) or inline."""
+def _command_lines(path: Path) -> list[str]:
+    """Each `patchtune COMMAND ...` the page shows, in code blocks (with their continuation lines) or inline."""
     lines: list[str] = []
-    for block in re.findall(r"```\w*\n(.*?)```", text, re.S):
-        for line in block.splitlines():
+    for block in blocks(path):
+        shown: list[str] = []
+        for line in block.text.splitlines():
             if re.match(r"\s*(\.venv/bin/)?patchtune ", line):
-                lines.append(line.split("#", 1)[0])
-            elif lines and line.startswith(" ") and (line.strip().startswith("[") or lines[-1].rstrip().endswith("\\")):
-                lines[-1] += " " + line.split("#", 1)[0]
-    lines += re.findall(r"`(?:\.venv/bin/)?(patchtune [^`]+)`", text)
-    return lines
+                shown.append(line.split("#", 1)[0])
+            elif shown and line.startswith(" ") and (line.strip().startswith("[") or shown[-1].rstrip().endswith("\\")):
+                shown[-1] += " " + line.split("#", 1)[0]
+        lines += shown
+    prose = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    return lines + re.findall(r"`(?:\.venv/bin/)?(patchtune [^`]+)`", prose)
 
 
 @pytest.mark.parametrize("path", doc_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_the_commands_the_docs_show_take_the_flags_they_show(path: Path) -> None:
     commands = _flags_of_commands()
-    for line in _command_lines(path.read_text()):
+    for line in _command_lines(path):
         words = re.sub(r"^\s*(\.venv/bin/)?patchtune\s+", "", line).split()
         if not words or words[0].startswith("-") or words[0].isupper() or words[0].endswith(":"):
             continue  # `patchtune --help`, a placeholder (`patchtune COMMAND`), an error message's prefix
