@@ -27,6 +27,15 @@ ROW_LABELS = {
 AUTOATTACK_STANDARD: dict[str, Any] = {"components": list(values(Component)), "square_queries": 5000}
 
 
+# The audit's rows in its own order, by name prefix; the per-sample worst case comes after them all.
+ROW_KINDS = ("clean", "paper_", "strong_pgd", "autoattack")
+WORST = "Worst case (per sample, all rows)"
+
+
+def row_kind(name: str) -> int:
+    return next((i for i, kind in enumerate(ROW_KINDS) if name.startswith(kind)), len(ROW_KINDS))
+
+
 def row_label(name: str, params: Mapping[str, Any]) -> str:
     if name == "autoattack" and params.get("components") is not None:
         parts = [] if list(params["components"]) == AUTOATTACK_STANDARD["components"] else [", ".join(params["components"])]
@@ -65,21 +74,22 @@ def rows_frame(report: Mapping[str, Any]) -> pd.DataFrame:
             "note": r.get("note", ""),
         })
     lo, hi = report["worst_case_ci95"]
-    out.append({"attack": "Worst case (per sample, all rows)", "accuracy_pct": 100 * report["worst_case_acc"],
+    out.append({"attack": WORST, "accuracy_pct": 100 * report["worst_case_acc"],
                 "ci95_pct": f"[{100 * lo:.1f}, {100 * hi:.1f}]", "max_linf": math.nan,
                 "seconds": report["seconds"], "note": ""})
     return pd.DataFrame(out)
 
 
 def bars_frame(reports: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> pd.DataFrame:
-    """Long frame for `plots.audit_bars`: model, attack, accuracy and its interval in percent."""
+    """Long frame for `plots.audit_bars`: model, attack, whether it is one of the paper's, accuracy and its
+    interval in percent."""
     out = []
     for label, rep in zip(labels, reports, strict=True):
         rows = [*rep["rows"], {"name": "worst", "params": {}, "acc": rep["worst_case_acc"], "ci95": rep["worst_case_ci95"]}]
         for r in rows:
             name = "Worst case" if r["name"] == "worst" else row_label(r["name"], r["params"])
-            out.append({"model": f"{label} (eps {rep['eps']:g})", "attack": name, "accuracy_pct": 100 * r["acc"],
-                        "ci_lo_pct": 100 * r["ci95"][0], "ci_hi_pct": 100 * r["ci95"][1]})
+            out.append({"model": f"{label} (eps {rep['eps']:g})", "attack": name, "paper": r["name"].startswith("paper_"),
+                        "accuracy_pct": 100 * r["acc"], "ci_lo_pct": 100 * r["ci95"][0], "ci_hi_pct": 100 * r["ci95"][1]})
     return pd.DataFrame(out)
 
 
@@ -89,14 +99,13 @@ def checks_frame(report: Mapping[str, Any]) -> pd.DataFrame:
 
 def side_by_side(reports: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> pd.DataFrame:
     """Paper-parameter vs strong-attack accuracy (%) of several audited models, one column each."""
-    cols, order = {}, []
+    cols, kinds = {}, {WORST: len(ROW_KINDS)}
     for label, rep in zip(labels, reports, strict=True):
-        f = rows_frame(rep)
-        cols[f"{label} (eps {rep['eps']:g})"] = f.set_index("attack")["accuracy_pct"]
-        order += [a for a in f["attack"] if a not in order]
+        cols[f"{label} (eps {rep['eps']:g})"] = rows_frame(rep).set_index("attack")["accuracy_pct"]
+        for r in rep["rows"]:
+            kinds.setdefault(row_label(r["name"], r["params"]), row_kind(r["name"]))
     # rows in the audit's own order (clean, paper, strong, AutoAttack, worst case), not pandas' sorted union
-    kinds = ("Clean", "(paper", "PGD-", "AutoAttack", "Worst case")
-    order.sort(key=lambda a: next((i for i, k in enumerate(kinds) if a.startswith(k) or k in a), len(kinds)))
+    order = sorted(kinds, key=kinds.__getitem__)
     return pd.DataFrame(cols).reindex(order).reset_index().rename(columns={"index": "attack"})
 
 

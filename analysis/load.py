@@ -39,7 +39,7 @@ class StudyData:
     def verdict(self) -> str | None:
         """The line every summary leads with: does the best trial beat its own base model, by how much, under
         which attack and on which split. None until the study is complete."""
-        return versus_base.headline(self.best["trials"]) if self.best else None
+        return versus_base.verdict(self.best)
 
     @property
     def dataset(self) -> str:

@@ -269,8 +269,8 @@ def learning_curves(epochs: pd.DataFrame, metric: str = "objective", label: str 
 def audit_bars(frame: pd.DataFrame) -> Figure:
     """Audit accuracy (%) per attack, paper parameters first, strong attacks after, per audited model.
 
-    `frame`: columns model, attack, accuracy_pct, ci_lo_pct, ci_hi_pct (95 % Wilson), one row per (model, attack)
-    in the audit's order.
+    `frame`: columns model, attack, paper (the paper's parameters), accuracy_pct, ci_lo_pct, ci_hi_pct (95 %
+    Wilson), one row per (model, attack) in the audit's order.
     """
     attacks = list(dict.fromkeys(frame["attack"]))
     models = list(dict.fromkeys(frame["model"]))
@@ -284,7 +284,8 @@ def audit_bars(frame: pd.DataFrame) -> Figure:
         err = np.vstack([acc - sub["ci_lo_pct"].to_numpy(dtype=float), sub["ci_hi_pct"].to_numpy(dtype=float) - acc])
         bars = ax.bar(xs, acc, width, yerr=err, capsize=2, color=colors[model], label=model)
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=3)  # 0 % bars are otherwise invisible
-    paper_rows = [i for i, a in enumerate(attacks) if "(paper" in a]
+    paper = set(frame.loc[frame["paper"], "attack"])
+    paper_rows = [i for i, a in enumerate(attacks) if a in paper]
     if paper_rows:
         ax.axvline(max(paper_rows) + 0.5, color="grey", lw=1, ls="--")
     ax.set_xticks(np.arange(len(attacks)), attacks, rotation=25, ha="right", fontsize=8)

@@ -79,6 +79,11 @@ def headline(entries: Sequence[Mapping[str, Any]]) -> str | None:
     return f"NO TRIAL IS BETTER THAN THE BASE{caveat}: " + sentence(r, f"The best trial ({e['trial_id']})")
 
 
+def verdict(best: Mapping[str, Any] | None) -> str | None:
+    """The headline of a study's best.json; None until the study is complete (no best.json yet)."""
+    return headline(best["trials"]) if best else None
+
+
 def lines(entries: Sequence[Mapping[str, Any]]) -> list[str]:
     """The headline, then every other comparison of every best trial."""
     found = _headline_record(entries)

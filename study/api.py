@@ -63,7 +63,7 @@ class Study:
     def verdict(self) -> str | None:
         """The line every summary leads with: does the best trial beat its own base model, by how much, under
         which attack and on which split. None until the study is complete."""
-        return versus_base.headline(self.best["trials"]) if self.best else None
+        return versus_base.verdict(self.best)
 
     @property
     def best_checkpoint(self) -> Path | None:
@@ -221,7 +221,7 @@ def status(study_dir: str | Path) -> Status:
         trials = None
     best = _json(path / "best.json")
     return Status(path=path, text=status_table(path, trials), trials=pd.DataFrame() if trials is None else trials,
-                  verdict=versus_base.headline(best["trials"]) if best else None)
+                  verdict=versus_base.verdict(best))
 
 
 def report(study_dir: str | Path) -> Report:

@@ -53,9 +53,8 @@ def ensure_bases(storage: str | Path, arch: Arch, data: DataCfg, pretrains: Sequ
         print(f"pretraining the base {arch.value} on {data.dataset.value} "
               f"({p.resolved(arch, finetune=False).epochs} epochs, seed {p.seed}) as a Ray task; cached at {path}",
               flush=True)
-    full = data.replace(limit_train=None, limit_val=None, limit_test=None)
     task = ray.remote(num_cpus=max(1.0, cpus), num_gpus=gpus_for_task())(pretrain_base)
-    refs = [(path, task.remote(arch, full, p)) for p, path in missing]
+    refs = [(path, task.remote(arch, data, p)) for p, path in missing]  # the task sets the limits from `p`
     for path, ref in refs:
         state, meta = ray.get(ref)
         model = build_model(arch, InputSpec.of(data.info))

@@ -152,8 +152,7 @@ def audit_best(spec: StudySpec, entries: list[dict[str, Any]], base_path: Path) 
     entry gains `vs_base.test`: its worst case against the base's, sample by sample, at every eps."""
     a = spec.audit
     eps = list(a.eps or ())
-    split = "limit_test" if a.split.value == "test" else "limit_val"
-    data = spec.data.replace(**{split: a.limit})
+    data = spec.data.replace(**{f"limit_{a.split.value}": a.limit})
     per_entry, base_reports = run_where_gpu(_audit_remote, [e["checkpoint"] for e in entries], str(base_path), data,
                                             a, eps, cpus=spec.resources.cpus_per_trial)
     audits = []

@@ -54,6 +54,7 @@ def reproduce(cfg: ReproCfg, ray: RayOptions | None = None) -> Path:
     assert cfg.model.arch is not None and cfg.lr is not None
     data = load_data(cfg.data)
     cells = reproduction_grid(cfg.robust_methods, cfg.optimizers, cfg.grid, eps_warmup=cfg.eps_warmup)
+    by_key = {c.cell: c for c in cells}
     power = power_statement(cfg.seeds, len(data.test))
     print(power, flush=True)
     started = time.perf_counter()
@@ -69,14 +70,13 @@ def reproduce(cfg: ReproCfg, ray: RayOptions | None = None) -> Path:
             attacks=paper_attacks(cfg.data.dataset, (AttackName.FGSM, AttackName.IFGSM, AttackName.PGD)),
             eps=cfg.eps, strong=strong_pgd(cfg.eps, cfg.strong_steps, cfg.strong_restarts), eot_draws=cfg.eot_draws,
             long_epochs=cfg.long_epochs, at_from_scratch_epochs=cfg.pretrain.epochs if cfg.at_from_scratch else None,
-            cells={c.cell: c for c in cells})
+            cells=by_key)
         # the cell's key names the trial (Tune's status table shows it); the trainable finds the cell in the setup
         tuner = make_tuner(tune.with_parameters(reproduce_trial, setup=setup), cfg.resources, name=out.name,
                            storage_path=out.parent, max_failures=1,
                            param_space={"seed": tune.grid_search(seeds),
                                         "cell": tune.grid_search([c.cell for c in cells])})
         grid = tuner.fit()
-    by_key = {c.cell: c for c in cells}
     rows = []
     for index in range(len(grid)):
         result = grid[index]

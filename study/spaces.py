@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 
 from study.settings import SearchCfg
-from trainables.vocab import METHODS, Method
+from trainables.vocab import METHODS, Method, Optimizer
 
 
 def define_space(trial: optuna.Trial, search: SearchCfg, constants: Mapping[str, Any]) -> dict[str, Any]:
@@ -43,7 +43,7 @@ def define_space(trial: optuna.Trial, search: SearchCfg, constants: Mapping[str,
         out["eps_warmup"] = search.eps_warmup
 
     optimizer = trial.suggest_categorical("optimizer", sorted(o.value for o in search.lr))
-    out["lr"] = _float(trial, f"lr_{optimizer}", next(r for o, r in search.lr.items() if o.value == optimizer))
+    out["lr"] = _float(trial, f"lr_{optimizer}", search.lr[Optimizer(optimizer)])
     trial.suggest_categorical("batch_size", list(search.batch_size))
     if augment:
         out.update(_patch_space(trial, search))

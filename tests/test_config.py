@@ -14,9 +14,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from cli_flags import command_options
 
 from study import api
-from study.cli import build_parser
 from study.cli.flags import FLAGS
 from study.options import (
     AuditOptions,
@@ -53,21 +53,16 @@ def test_every_setting_has_a_type_a_default_rule_and_a_description() -> None:
             assert info.annotation is not None, f"{model.__name__}.{path} has no type"
 
 
-def _flags(parser: argparse.ArgumentParser) -> dict[tuple[str, str], argparse.Action]:
-    """Every (command, flag) the `patchtune` parser accepts, with its argparse action."""
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    out = {}
-    for command, p in sub.choices.items():
-        for action in p._actions:
-            for flag in action.option_strings:
-                if flag.startswith("--") and flag != "--help" and not flag.startswith("--no-"):
-                    out[(command, flag)] = action
-    return out
+def _flags() -> dict[tuple[str, str], argparse.Action]:
+    """Every (command, flag) the `patchtune` parser accepts, with its argparse action (one spelling per flag)."""
+    return {(command, flag): action for command, options in command_options().items()
+            for flag, action in options.items()
+            if flag.startswith("--") and flag != "--help" and not flag.startswith("--no-")}
 
 
 def test_every_cli_flag_is_a_view_of_one_setting_with_no_default_of_its_own() -> None:
     settings = all_settings()
-    flags = _flags(build_parser())
+    flags = _flags()
     assert len(flags) > 80
     for (command, flag), action in flags.items():
         assert (command, flag) in FLAGS, f"patchtune {command} {flag} is not declared as a view of a setting"

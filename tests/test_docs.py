@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from cli_flags import command_options
 from doc_blocks import ROOT, all_blocks, blocks, doc_files
 
 from trainables.config.spine import Settings, settings_fields
@@ -35,10 +36,11 @@ def hooks() -> ModuleType:
 
 
 def test_every_code_block_says_whether_the_suite_runs_it() -> None:
-    unmarked = [f"{b.where} ({b.marker!r})" for b in all_blocks() if b.lang != "text" and b.kind is None]
+    shown = all_blocks()
+    unmarked = [f"{b.where} ({b.marker!r})" for b in shown if b.lang != "text" and b.kind is None]
     assert not unmarked, "blocks without a '<!-- run -->' / '<!-- run by tests/F.py::T -->' / " \
         f"'<!-- not run: reason -->' line above them: {unmarked}"
-    assert sum(b.kind == "run" for b in all_blocks()) >= 3 and any(b.kind == "run by" for b in all_blocks())
+    assert sum(b.kind == "run" for b in shown) >= 3 and any(b.kind == "run by" for b in shown)
 
 
 @pytest.mark.parametrize("path", doc_files(), ids=lambda p: str(p.relative_to(ROOT)))
@@ -117,16 +119,6 @@ def test_the_generated_settings_reference_lists_every_settings_model() -> None:
     assert not missing, f"settings models missing from docs/reference/settings.md: {missing}"
 
 
-def _flags_of_commands() -> dict[str, set[str]]:
-    import argparse
-
-    from study.cli import build_parser
-
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return {name: {s for action in parser._actions for s in action.option_strings}
-            for name, parser in sub.choices.items()}
-
-
 def _command_lines(path: Path) -> list[str]:
     """Each `patchtune COMMAND ...` the page shows, in code blocks (with their continuation lines) or inline."""
     lines: list[str] = []
@@ -144,11 +136,11 @@ def _command_lines(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("path", doc_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_the_commands_the_docs_show_take_the_flags_they_show(path: Path) -> None:
-    commands = _flags_of_commands()
+    commands = command_options()
     for line in _command_lines(path):
         words = re.sub(r"^\s*(\.venv/bin/)?patchtune\s+", "", line).split()
         if not words or words[0].startswith("-") or words[0].isupper() or words[0].endswith(":"):
             continue  # `patchtune --help`, a placeholder (`patchtune COMMAND`), an error message's prefix
         assert words[0] in commands, f"{path.name} shows `patchtune {words[0]}`, which is not a command"
-        unknown = {f for f in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", line)} - commands[words[0]] - {"--help"}
+        unknown = {f for f in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", line)} - set(commands[words[0]])
         assert not unknown, f"{path.name}: `patchtune {words[0]}` has no {sorted(unknown)}"

@@ -33,6 +33,7 @@ def run(flags: Flags, args: argparse.Namespace) -> int:
     from study.reproduce import output_dir, reproduce  # imports torch: once the settings are known to be good
 
     out = output_dir(cfg)
+    cfg = cfg.replace(name=out.name)  # the timestamped default once: the directory checked is the one written
     writable_target(str(out / "results.parquet"), "--storage")
     if out.exists():
         raise UsageError(f"--name {cfg.name!r}: {out} already exists")
