@@ -18,7 +18,9 @@ from analysis.repro_tables import fmt_count, paper_by_method, robust_table, sett
 from analysis.reproduction import findings, matching_setting, paired, render, robust_findings
 from trainables.augment import make_generator
 from trainables.config import AugCfg, Dataset, paper_attacks
-from trainables.variants import VARIANTS, AlwaysTrainMode, RandomPatchModel, evaluate_variants
+from trainables.evaluation import accuracies
+from trainables.pipeline import evaluate_model
+from trainables.variants import VARIANTS, AlwaysTrainMode, RandomPatchModel, variant_probes
 from trainables.vocab import encode_outcomes
 
 
@@ -191,8 +193,10 @@ def test_grid_without_long_cells_or_metadata() -> None:
 def test_evaluation_settings_on_a_real_model(trained_cnn3, fmnist_small) -> None:
     test = fmnist_small.test.take(slice(0, 60))
     attacks = paper_attacks(Dataset.FMNIST, ("fgsm", "pgd"))
-    scores = evaluate_variants(trained_cnn3, trained_cnn3, test, attacks, aug=AugCfg(patch_size=8), pixel_std=0.353,
-                               device=torch.device("cpu"), eot_draws=2)
+    cpu = torch.device("cpu")
+    probes, generator = variant_probes(trained_cnn3, trained_cnn3, attacks, aug=AugCfg(patch_size=8), pixel_std=0.353,
+                                       device=cpu, seed=0, eot_draws=2)
+    scores = accuracies(evaluate_model(trained_cnn3, test, probes, device=cpu, batch_size=250, generator=generator))
     assert set(scores) == {"clean", "ttt/clean"} | {f"{v}/{a}" for v in VARIANTS for a in ("fgsm", "pgd")}
     for key, value in scores.items():
         limit = scores["ttt/clean"] if key.startswith("ttt") else scores["clean"]

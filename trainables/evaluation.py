@@ -118,7 +118,6 @@ def robust_masks(
     order += [k for k in probes if k not in nested]
     judges = {id(p.judge): p.judge for p in probes.values() if p.judge is not None}
     masks: dict[str, list[torch.Tensor]] = {k: [] for k in ("clean", *probes)}
-    stats = linf if linf is not None else {}
     with eval_mode(model):
         total = math.ceil((len(data) if isinstance(data, Split) else data[0].shape[0]) / batch_size)
         for x, y in tqdm(_batches(data, batch_size, device), total=total, desc="eval", unit="batch", leave=False,
@@ -133,7 +132,7 @@ def robust_masks(
                 right = ok if probe.judge is None else judged_ok[id(probe.judge)]
                 alive = right & ~broken if key in nested else right
                 robust = _robust(model, probe, x, y, alive, generator, autocast, graphs, batch_size,
-                                 stats.setdefault(key, Linf()) if linf is not None else None)
+                                 linf.setdefault(key, Linf()) if linf is not None else None)
                 if key in nested:
                     broken |= alive & ~robust
                 masks[key].append(robust)
@@ -185,12 +184,17 @@ def robust_accuracy(model: nn.Module, data: Split, attacks: Mapping[str, AttackC
                                    autocast=autocast, progress=progress))
 
 
+def by_label(attacks: Sequence[AttackCfg]) -> dict[str, AttackCfg]:
+    """Attacks keyed by their labels (`pgd10`, `fgsm`, ...), as every result names them; CLEAN is the `clean` mask
+    the loop always scores."""
+    return {a.label: a for a in attacks if a.name is not AttackName.CLEAN}
+
+
 def evaluate(model: nn.Module, data: Split, attacks: Sequence[AttackCfg], *, device: torch.device,
              batch_size: int | None = None, seed: int = 0, autocast: Autocast = nullcontext,
              progress: bool = False) -> dict[str, float]:
     """Accuracy in [0, 1] per attack label (`pgd10`, `fgsm`, ...); `clean` always included."""
-    named = {a.label: a for a in attacks if a.name is not AttackName.CLEAN}
-    return robust_accuracy(model, data, named, device=device, batch_size=batch_size, seed=seed, autocast=autocast,
+    return robust_accuracy(model, data, by_label(attacks), device=device, batch_size=batch_size, seed=seed, autocast=autocast,
                            progress=progress)
 
 

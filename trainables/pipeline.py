@@ -17,7 +17,7 @@ from torch import nn
 from trainables.audit import run_audit
 from trainables.config import AttackCfg, AuditCfg, AugCfg, DataCfg, MethodCfg, TrainCfg
 from trainables.data import DataBundle, Split
-from trainables.evaluation import Probe, evaluate_clean, robust_masks
+from trainables.evaluation import Probe, by_label, evaluate_clean, robust_masks
 from trainables.methods import adversary_of
 from trainables.models import InputSpec, fresh_model
 from trainables.perf import configure_backends, prepare_model
@@ -34,15 +34,12 @@ def accuracy_line(meta: dict[str, Any]) -> str:
             f"test acc {meta['test_acc']:.4f} ({meta['test_size']} images)")
 
 
-def _data_meta(data: DataBundle, cfg: DataCfg) -> dict[str, Any]:
-    return {"arch": None, "dataset": data.info.name.value, "image_size": cfg.image_size, "data": cfg.split_meta()}
-
-
 def pretrain(arch: str, data: DataBundle, data_cfg: DataCfg, cfg: TrainCfg, *, device: torch.device,
              progress: bool = True) -> tuple[nn.Module, dict[str, Any]]:
     """Train a fresh `arch` (from `cfg.seed`) on the training split with ReduceLROnPlateau on validation loss."""
     model = prepare_model(fresh_model(arch, input_spec(data), cfg.seed), device)
-    meta = {**_data_meta(data, data_cfg), "arch": arch, "kind": "pretrain",
+    meta = {"arch": arch, "dataset": data.info.name.value, "image_size": data_cfg.resolved().image_size,
+            "data": data_cfg.split_meta(), "kind": "pretrain",
             **_train_and_score(model, data, cfg, device=device, progress=progress, schedule=True)}
     return model, meta
 
@@ -87,15 +84,13 @@ def _train_and_score(model: nn.Module, data: DataBundle, cfg: TrainCfg, *, devic
             "history": [dataclasses.asdict(h) for h in history]}
 
 
-def evaluate_model(model: nn.Module, split: Split, attacks: Sequence[AttackCfg | Probe] | dict[str, AttackCfg | Probe],
+def evaluate_model(model: nn.Module, split: Split, attacks: Sequence[AttackCfg] | dict[str, AttackCfg | Probe],
                    *, device: torch.device, batch_size: int | None = None, seed: int = 0,
                    generator: torch.Generator | None = None, progress: bool = False) -> dict[str, torch.Tensor]:
     """The one evaluator of reported numbers: per-sample masks (`clean` and one per attack, keyed by its label or
     the given name) of `model` on `split`, in fp32. `patchtune eval`, a study's test-split scores and the
     reproduction's cells all come through here."""
-    named = attacks if isinstance(attacks, dict) else {
-        (a.attack if isinstance(a, Probe) else a).label: a for a in attacks
-        if (a.attack if isinstance(a, Probe) else a).name.value != "clean"}
+    named = attacks if isinstance(attacks, dict) else by_label(attacks)
     return robust_masks(prepare_model(model, device), split, named, device=device, batch_size=batch_size, seed=seed,
                         generator=generator, autocast=configure_backends(device, exact=True), progress=progress)
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 
-from trainables.augment import make_generator
 from trainables.cells import Cell
 from trainables.config import AttackCfg, AugCfg, TrainCfg
 from trainables.data import DatasetInfo, Split, place
@@ -22,7 +21,7 @@ from trainables.models import InputSpec, build_model, fresh_model
 from trainables.perf import configure_backends, prepare_model
 from trainables.pipeline import evaluate_model
 from trainables.training import fit
-from trainables.variants import RandomPatchModel, variant_probes
+from trainables.variants import variant_probes
 from trainables.vocab import METHODS, encode_outcomes
 
 
@@ -76,11 +75,9 @@ def run_cell(seed: int, cell: Cell, setup: ReproSetup, device: torch.device) -> 
                              device_s=sum(s.train_seconds for s in history))
     train_s = time.perf_counter() - t0
     model, base = prepare_model(model, device), prepare_model(base, device)
-    generator = make_generator(seed, device)
-    deployed_ttt = RandomPatchModel(model, setup.aug, make_generator(seed + 1, device), 1)
-    probes = variant_probes(model, base, setup.attacks, aug=setup.aug,
-                            pixel_std=sum(setup.info.std) / len(setup.info.std), generator=generator,
-                            deployed_ttt=deployed_ttt, eot_draws=setup.eot_draws)
+    probes, generator = variant_probes(model, base, setup.attacks, aug=setup.aug,
+                                       pixel_std=sum(setup.info.std) / len(setup.info.std), device=device, seed=seed,
+                                       eot_draws=setup.eot_draws)
     masks = evaluate_model(model, place(setup.test, device), {**probes, "strong/pgd": setup.strong}, device=device,
                            batch_size=250, generator=generator)
     per_image = json.dumps({k: encode_outcomes(m.tolist()) for k, m in masks.items()})

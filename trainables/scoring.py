@@ -12,7 +12,7 @@ from torch import nn
 
 from trainables.config import AttackCfg, ObjectiveCfg
 from trainables.data import Split, place
-from trainables.evaluation import robust_masks
+from trainables.evaluation import accuracies, robust_masks
 from trainables.perf import Autocast, configure_backends, prepare_model
 from trainables.vocab import Objective
 
@@ -47,14 +47,12 @@ def objective_per_sample(masks: dict[str, torch.Tensor], objective: ObjectiveCfg
 
 
 def scores_from_masks(masks: dict[str, torch.Tensor], objective: ObjectiveCfg) -> dict[str, float]:
-    def acc(key: str) -> float:
-        return int(masks[key].sum()) / max(masks[key].numel(), 1)
-
-    scores = {"val_clean_acc": acc("clean"), "val_pgd_acc": acc("pgd"),
-              "val_paper_pgd_acc": acc("paper" if "paper" in masks else "pgd")}
+    acc = accuracies(masks)
+    scores = {"val_clean_acc": acc["clean"], "val_pgd_acc": acc["pgd"],
+              "val_paper_pgd_acc": acc["paper" if "paper" in masks else "pgd"]}
     grid = objective.grid()
     for a in grid:
-        scores[f"val_pgd_acc_eps{a.eps:g}"] = acc(grid_key(objective, a))
+        scores[f"val_pgd_acc_eps{a.eps:g}"] = acc[grid_key(objective, a)]
     scores["val_robust_auc"] = sum(scores[f"val_pgd_acc_eps{a.eps:g}"] for a in grid) / len(grid)
     scores["objective"] = scores["val_robust_auc"] if objective.metric is Objective.ROBUST_AUC else scores["val_pgd_acc"]
     return scores

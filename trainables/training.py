@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-import random
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -52,12 +51,6 @@ def epoch_generator(seed: int, epoch: int, stream: Stream, device: torch.device 
     """
     state = np.random.SeedSequence([seed % 2**32, epoch, int(stream)]).generate_state(2, dtype=np.uint32)
     return make_generator(int(state[0]) << 32 | int(state[1]), device)
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
 
 
 # ------------------------------------------------------------------------------------------- training

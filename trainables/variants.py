@@ -18,18 +18,13 @@ the plain model in eval mode, or for ttt/ttt_eot the model behind a fresh random
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.attacks import eval_mode
 from trainables.augment import make_generator, patch_augment
 from trainables.config import AttackCfg, AttackName, AugCfg
-from trainables.data import Split
-from trainables.evaluation import Probe, accuracies, robust_masks
-from trainables.perf import configure_backends
+from trainables.evaluation import Probe
 from trainables.vocab import Setting, values
 
 VARIANTS = values(Setting)
@@ -73,9 +68,17 @@ class RandomPatchModel(nn.Module):
 
 
 def variant_probes(model: nn.Module, base: nn.Module, attacks: list[AttackCfg], *, aug: AugCfg, pixel_std: float,
-                   generator: torch.Generator, deployed_ttt: nn.Module, eot_draws: int) -> dict[str, AttackCfg | Probe]:
-    """Every (setting, attack) as what the one robust-mask loop scores: `ttt/clean` (the deployed test-time
-    transform's clean accuracy), then per attack the white-box attack and one probe per other setting."""
+                   device: torch.device, seed: int, eot_draws: int = 8
+                   ) -> tuple[dict[str, AttackCfg | Probe], torch.Generator]:
+    """Every (setting, attack) as what the one evaluator scores (`pipeline.evaluate_model`, given the returned
+    generator, which the test-time transforms draw from as well): `ttt/clean` (the deployed test-time transform's
+    clean accuracy), then per attack the white-box attack and one probe per other setting.
+
+    `whitebox` counts the worst case over iterates (as everywhere else); the other settings score the deployed
+    model on the crafted examples' last iterate, and a sample counts as robust only if the deployed model also
+    classifies its clean image correctly."""
+    generator = make_generator(seed, device)
+    deployed_ttt = RandomPatchModel(model, aug, make_generator(seed + 1, device), 1)
     probes: dict[str, AttackCfg | Probe] = {"ttt/clean": Probe(AttackCfg(name=AttackName.CLEAN, eps=1.0),
                                                                judge=deployed_ttt)}
     crafters = {
@@ -95,28 +98,5 @@ def variant_probes(model: nn.Module, base: nn.Module, attacks: list[AttackCfg], 
                 cfg = attack.replace(eps=min(1.0, attack.eps * pixel_std), alpha=min(1.0, attack.alpha * pixel_std))
             probes[f"{variant}/{name}"] = Probe(cfg, crafter=crafter,
                                                 judge=deployed_ttt if variant.startswith("ttt") else None)
-    return probes
+    return probes, generator
 
-
-def variant_masks(model: nn.Module, base: nn.Module, data: Split, attacks: list[AttackCfg], *, aug: AugCfg,
-                  pixel_std: float, device: torch.device, batch_size: int = 250, seed: int = 0,
-                  eot_draws: int = 8) -> dict[str, torch.Tensor]:
-    """Per sample (bool, on the CPU, in data order), whether the model gets it right under every (setting,
-    attack): keys `clean`, `ttt/clean` and `<setting>/<attack>`, in fp32.
-
-    `whitebox` counts the worst case over iterates (as everywhere else); the other settings score the
-    deployed model on the crafted examples' last iterate. A sample counts as robust only if the deployed
-    model also classifies its clean image correctly.
-    """
-    generator = make_generator(seed, device)
-    deployed_ttt = RandomPatchModel(model, aug, make_generator(seed + 1, device), 1)
-    probes = variant_probes(model, base, attacks, aug=aug, pixel_std=pixel_std, generator=generator,
-                            deployed_ttt=deployed_ttt, eot_draws=eot_draws)
-    with eval_mode(base):
-        return robust_masks(model, data, probes, device=device, batch_size=batch_size, generator=generator,
-                            autocast=configure_backends(device, exact=True))
-
-
-def evaluate_variants(model: nn.Module, base: nn.Module, data: Split, attacks: list[AttackCfg], **kw: Any) -> dict[str, float]:
-    """Accuracy in [0, 1] under every (setting, attack): the means of `variant_masks` (same arguments)."""
-    return accuracies(variant_masks(model, base, data, attacks, **kw))

@@ -34,18 +34,17 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from trainables.attacks import eval_mode
+from trainables.attacks import attack_plan, eval_mode
 from trainables.audit.checks import CheckInputs, batches, run_checks
 from trainables.audit.records import AuditReport, Check, CheckStatus, Row, tolerance
 from trainables.augment import make_generator
-from trainables.config import AttackCfg, AttackName, AuditCfg
+from trainables.config import AttackCfg, AuditCfg, reaches
 from trainables.data import Split, iterate_batches
 from trainables.evaluation import Linf, robust_masks
-from trainables.intervals import wilson
 from trainables.perf import Autocast
 from trainables.strong_attacks import auto_attack, autoattack_cfg
 
-__all__ = ["AuditReport", "Check", "CheckStatus", "Row", "run_audit", "tolerance", "wilson"]
+__all__ = ["AuditReport", "Check", "CheckStatus", "Row", "run_audit", "tolerance"]
 
 
 def _row(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackCfg, cfg: AuditCfg,
@@ -91,11 +90,11 @@ def run_audit(
 
     plan: list[tuple[str, AttackCfg, str]] = []
     for name, attack in cfg.paper(eps).items():
-        # PGD's iterates start anywhere in the ball: they need 2 eps of travel to reach every corner of it
-        need = 2 * attack.eps if attack.name is AttackName.PGD else attack.eps
-        reach = attack.alpha * attack.steps
-        note = "" if attack.name is AttackName.FGSM or reach >= need - 1e-9 else (
-            f"cannot reach eps: alpha*steps = {reach:.3g} < {'2*eps' if attack.name is AttackName.PGD else 'eps'} "
+        # a random start lies anywhere in the ball: from there it takes 2 eps of travel to reach every corner of it
+        run = attack_plan(attack)
+        need = (2 if run.random_init else 1) * attack.eps
+        note = "" if reaches(run.alpha, run.steps, need) else (
+            f"cannot reach eps: alpha*steps = {run.alpha * run.steps:.3g} < {'2*eps' if run.random_init else 'eps'} "
             f"= {need:.3g}")
         plan.append((name, attack, note))
     strong = cfg.strong(eps)
@@ -149,10 +148,7 @@ def run_audit(
 
     found = run_checks(CheckInputs(model, cfg, eps, x, y, ok, robust, rows, strong_name, base, aa_stats, broken_by,
                                    n_classes, gen, autocast, square_found)) if checks else []
-    config = {**cfg.to_json(), "eps": eps, "sweep": list(cfg.sweep(eps)), "autoattack_cfg": aa_cfg_json(cfg, eps)}
+    config = {**cfg.to_json(), "eps": eps, "sweep": list(cfg.sweep(eps)), "autoattack_cfg": autoattack_cfg(cfg, eps).describe()}
     return AuditReport(eps, n, int(ok.sum()), rows, found, int(worst.sum()), config,
                        time.perf_counter() - t_start, broken_by, worst.cpu().tolist())
 
-
-def aa_cfg_json(cfg: AuditCfg, eps: float) -> dict[str, object]:
-    return autoattack_cfg(cfg, eps).describe()
