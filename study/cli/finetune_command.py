@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from study.cli.common import aug_flags, data_flags, output, output_flags, train_flags
+from study.cli.common import aug_cfg, aug_flags, data_flags, output, output_flags, train_flags
 from study.cli.flags import Flags, UsageError, readable_dir, require_files, say, writable_target
 from study.options import FinetuneOptions
-from trainables.config import AugCfg, ConfigError, DataCfg, MethodCfg, TrainCfg
+from trainables.config import AugCfg, DataCfg, MethodCfg, TrainCfg
 from trainables.vocab import Arch, warmup_text
 
 
@@ -43,10 +43,7 @@ def run(flags: Flags, args: argparse.Namespace) -> int:
     readable_dir(args.data_root)
     data_cfg = ckpt.data_cfg(**flags.given(args, DataCfg))
     info = data_cfg.info
-    try:
-        aug = flags.build(args, AugCfg).resolved(info)
-    except ConfigError as exc:
-        raise UsageError(f"--{str(exc).replace('_', '-', 1)}") from None
+    aug = aug_cfg(flags, args, info)
     cfg = flags.build(args, TrainCfg).resolved(Arch(ckpt.arch), finetune=True)
     method = method.resolved(info.paper_eps)
     out = writable_target(opts.out or f"runs/finetune-{method.method.value.replace('_', '-')}-{cfg.optimizer.value}"

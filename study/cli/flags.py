@@ -13,14 +13,14 @@ import enum
 import os
 import re
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import PydanticUndefined
 
-from trainables.config.spine import Settings, config_error, field_path_of, value_type
+from trainables.config.spine import Settings, config_error, field_path_of, nested, value_type
 from trainables.vocab import UserError
 
 EXIT_USAGE = 2
@@ -98,32 +98,15 @@ class Flags:
         self.views[dest] = (model, path)
         FLAGS[(self.command, flag)] = f"{model.__name__}.{path}"
 
-    def given(self, args: argparse.Namespace, model: type[Settings], prefix: str = "") -> dict[str, Any]:
-        """The settings of `model` given on the command line (fields under `prefix.`), as nested keyword values."""
-        out: dict[str, Any] = {}
-        for dest, (owner, path) in self.views.items():
-            value = getattr(args, dest, None)
-            if owner is not model or value is None or (prefix and not path.startswith(prefix + ".")):
-                continue
-            node = out
-            *parents, leaf = (path.removeprefix(prefix + ".") if prefix else path).split(".")
-            for key in parents:
-                node = node.setdefault(key, {})
-            node[leaf] = tuple(value) if isinstance(value, list) else value
-        return out
+    def given(self, args: argparse.Namespace, model: type[Settings]) -> dict[str, Any]:
+        """The settings of `model` given on the command line, as nested keyword values."""
+        return nested({path: tuple(value) if isinstance(value, list) else value
+                       for dest, (owner, path) in self.views.items()
+                       if owner is model and (value := getattr(args, dest, None)) is not None})
 
-    def given_paths(self, args: argparse.Namespace, model: type[Settings]) -> dict[str, Any]:
-        """The settings of `model` given on the command line, by dotted path."""
-        out: dict[str, Any] = {}
-        for dest, (owner, path) in self.views.items():
-            value = getattr(args, dest, None)
-            if owner is model and value is not None:
-                out[path] = tuple(value) if isinstance(value, list) else value
-        return out
-
-    def build(self, args: argparse.Namespace, model: type[M], prefix: str = "", **fixed: Any) -> M:
-        """`model` from the flags given (and `fixed` values); the model fills in every other default."""
-        return model.parse({**self.given(args, model, prefix), **fixed})
+    def build(self, args: argparse.Namespace, model: type[M]) -> M:
+        """`model` from the flags given; the model fills in every other default."""
+        return model.parse(self.given(args, model))
 
 
 def _enum_items(kind: Any) -> type[enum.Enum] | None:
@@ -135,7 +118,7 @@ def _enum_items(kind: Any) -> type[enum.Enum] | None:
 def _scalar(annotation: Any) -> Callable[[str], Any]:
     """A parser of one value for a field typed `annotation` (constraints included): the text read as the field's
     Python type, then validated by pydantic; an argparse error names the value and what was expected."""
-    adapter: TypeAdapter[Any] = TypeAdapter(annotation)
+    adapter: TypeAdapter[Any] | None = None  # built on first use: every command's flags are declared on each call
     base = value_type(annotation)
     reader: Callable[[str], Any] = int if base is int else float if base is float else str
 
@@ -145,6 +128,8 @@ def _scalar(annotation: Any) -> Callable[[str], Any]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {'an integer' if reader is int else 'a number'}, "
                                              f"got {text!r}") from None
+        nonlocal adapter
+        adapter = adapter or TypeAdapter(annotation)
         try:
             return adapter.validate_python(value)
         except ValidationError as exc:
@@ -237,6 +222,3 @@ def device(name: str) -> Any:
     except (ValueError, RuntimeError) as exc:
         raise UsageError(f"--device {name!r}: {exc}") from None
 
-
-def as_mapping(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if v is not None}

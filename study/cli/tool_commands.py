@@ -6,17 +6,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from study.cli.common import aug_flags, data_cfg
+from study.cli.common import aug_cfg, aug_flags, data_cfg, data_flags
 from study.cli.flags import Flags, UsageError, say, writable_target
 from study.options import SchemaOptions, ShowAugmentOptions
-from trainables.config import AugCfg, ConfigError, DataCfg
 
 
 def add(sub: Any) -> None:
     p = sub.add_parser("show-augment", help="write a PNG grid of patch-augmentation examples, one row per op")
     flags = Flags(p, "show-augment")
-    flags.add(DataCfg, "dataset")
-    flags.add(DataCfg, "root", "--data-root", metavar="DIR")
+    data_flags(flags, limits=False)
     aug_flags(flags)
     for name in ("n", "seed", "out"):
         flags.add(ShowAugmentOptions, name)
@@ -31,10 +29,7 @@ def add(sub: Any) -> None:
 def show_augment(flags: Flags, args: argparse.Namespace) -> int:
     data = data_cfg(flags, args)
     opts = flags.build(args, ShowAugmentOptions)
-    try:
-        aug = flags.build(args, AugCfg).resolved(data.info)
-    except ConfigError as exc:
-        raise UsageError(f"--{str(exc).replace('_', '-', 1)}") from None
+    aug = aug_cfg(flags, args, data.info)
     out = writable_target(opts.out, "--out")
     if out.suffix.lower() != ".png":
         raise UsageError(f"--out {opts.out!r} must end in .png")

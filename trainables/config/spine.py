@@ -37,11 +37,10 @@ from typing_extensions import Self
 
 from trainables.vocab import ConfigError
 
-__all__ = ["Count", "FieldError", "Flag", "PathText", "Number", "Positive", "Settings", "Share", "Unit", "UnitClosed", "as_jsonable",
+__all__ = ["Count", "FieldError", "Flag", "PathText", "Positive", "Settings", "Share", "Unit", "UnitClosed", "as_jsonable",
            "config_error", "field_path_of", "merged", "nested", "settings_fields", "value_type"]
 
 # Shared field types. Strict: YAML's "3" or true never silently becomes a number.
-Number = Annotated[StrictFloat, Field(allow_inf_nan=False)]
 Positive = Annotated[StrictFloat, Field(gt=0, allow_inf_nan=False)]
 Unit = Annotated[StrictFloat, Field(gt=0, le=1, allow_inf_nan=False)]  # a pixel budget in (0, 1]
 UnitClosed = Annotated[StrictFloat, Field(ge=0, le=1, allow_inf_nan=False)]  # [0, 1]

@@ -23,7 +23,7 @@ from trainables.vocab import (
     EvalSplit,
     ExtraObjective,
     Objective,
-    dataset_info,
+    paper_eps,
 )
 
 
@@ -80,7 +80,7 @@ def strong_pgd(eps: float, steps: int, restarts: int = 1) -> AttackCfg:
 
 def paper_attacks(dataset: Dataset, names: tuple[AttackName | str, ...] | None = None) -> list[AttackCfg]:
     """The paper's attacks for `dataset` (clean, FGSM, IFGSM, PGD-10 by default): its eps, alpha 0.01, 10 steps."""
-    eps = dataset_info(dataset).paper_eps
+    eps = paper_eps(dataset)
     return [AttackCfg(name=AttackName(n), eps=eps) for n in (names or tuple(AttackName))]
 
 
@@ -128,7 +128,7 @@ class ObjectiveCfg(Settings):
 
     def resolved(self, dataset: Dataset) -> ObjectiveCfg:
         """eps and alpha filled in: the paper's eps for `dataset`, Madry's step size."""
-        eps = self.eps if self.eps is not None else dataset_info(dataset).paper_eps
+        eps = self.eps if self.eps is not None else paper_eps(dataset)
         return self.replace(eps=eps, alpha=self.alpha if self.alpha is not None else madry_alpha(eps, self.steps))
 
     def pgd(self) -> AttackCfg:
@@ -179,7 +179,7 @@ class AuditCfg(Settings):
         return value
 
     def budgets(self, dataset: Dataset) -> tuple[float, ...]:
-        return self.eps if self.eps is not None else (dataset_info(dataset).paper_eps,)
+        return self.eps if self.eps is not None else (paper_eps(dataset),)
 
     def strong(self, eps: float, steps: int | None = None, restarts: int | None = None) -> AttackCfg:
         """The strong PGD at `eps` (by default `strong_steps` x `strong_restarts`)."""
