@@ -20,7 +20,7 @@ setup: $(STAMP) data
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,watch]'
+	$(BIN)/python -m pip install -q -e '.[dev,watch,timm]'
 	$(BIN)/python -m pip install -q $(MLFLOW) $(DOCS)
 	@touch $(STAMP)
 

@@ -31,7 +31,7 @@ from study.errors import StudyError
 from study.options import Output
 from study.settings import REPRODUCE_KEYWORDS, RayOptions, ReproCfg
 from study.spec import RUN_OVERRIDES, StudySpec
-from trainables.config import AuditCfg
+from trainables.config import AuditCfg, ModelCfg
 from trainables.config.spine import Settings, nested
 
 M = TypeVar("M", bound=Settings)
@@ -247,53 +247,58 @@ def report(study_dir: str | Path) -> Report:
 
 
 def audit(checkpoint: str | Path, *, base: str | Path | None = None, data_root: str | None = None,
+          arch: str | None = None, dataset: str | None = None, image_size: int | None = None,
           device: str | None = None, progress: bool = False, log: Callable[[str], None] | None = None,
           **settings: Any) -> Audit:
     """`patchtune audit`: the strong-attack audit of one checkpoint; `settings` are `AuditCfg`'s fields (`eps=[0.1,
     0.3]`, `limit=500`, `strong_steps=100`, ...; not given: the model's defaults, the eps the paper's for the data
-    set). `base` (an undefended checkpoint) enables the transfer check. `log` is told what is audited, once every
-    input has been checked and the data loaded."""
+    set). `base` (an undefended checkpoint) enables the transfer check. A plain state dict needs `arch` and
+    `dataset`. `log` is told what is audited, once every input has been checked and the data loaded."""
     unknown = sorted(set(settings) - set(AuditCfg.model_fields))
     if unknown:
         raise TypeError(f"audit() got unknown setting(s) {', '.join(unknown)}; known: {', '.join(AuditCfg.model_fields)}")
     eps = settings.get("eps")
     if isinstance(eps, (int, float)):
         settings["eps"] = (float(eps),)
-    return audit_checkpoint(checkpoint, _given(AuditCfg, **settings), base=base,
-                            data={"root": data_root} if data_root else {}, device=device, progress=progress, log=log)
+    data = {k: v for k, v in {"root": data_root, "dataset": dataset, "image_size": image_size}.items() if v is not None}
+    return audit_checkpoint(checkpoint, _given(AuditCfg, **settings), base=base, data=data, arch=arch, device=device,
+                            progress=progress, log=log)
 
 
 def audit_checkpoint(checkpoint: str | Path, cfg: AuditCfg, *, base: str | Path | None = None,
-                     data: dict[str, Any] | None = None, device: str | None = None, progress: bool = False,
-                     log: Callable[[str], None] | None = None) -> Audit:
-    """`audit` with its settings as one `AuditCfg`, and `data` the data settings given (a root)."""
+                     data: dict[str, Any] | None = None, arch: str | None = None, device: str | None = None,
+                     progress: bool = False, log: Callable[[str], None] | None = None) -> Audit:
+    """`audit` with its settings as one `AuditCfg`, `data` the data settings given (a root, the data set of a
+    plain state dict) and `arch` that of a plain state dict."""
     from trainables.checkpoint import load_checkpoint
     from trainables.data import load_data
     from trainables.perf import pick_device
     from trainables.pipeline import audit_model
     from trainables.vocab import ConfigError
+    from trainables.zoo import check_inputs
 
     for p in (checkpoint, base):
         if p is not None and not Path(p).is_file():
             raise StudyError(f"checkpoint not found: {p}")
-    ck = load_checkpoint(checkpoint)
-    base_ck = load_checkpoint(base) if base is not None else None
-    if base_ck is not None and (base_ck.dataset is not ck.dataset or base_ck.input_spec() != ck.input_spec()):
-        raise ConfigError(f"base {base} is for {base_ck.dataset.value} {base_ck.arch}, but {checkpoint} is for "
-                          f"{ck.dataset.value} {ck.arch}")
+    given = dict(data or {})
+    arch = ModelCfg.parse({"arch": arch}, "model").arch if arch is not None else None
+    ck = load_checkpoint(checkpoint, arch=arch, dataset=given.get("dataset"))
+    base_ck = load_checkpoint(base, arch=arch, dataset=ck.dataset) if base is not None else None
+    data_cfg = ck.data_cfg(**given, **{f"limit_{cfg.split.value}": cfg.limit})
+    check_inputs(ck.arch, data_cfg.info)
     eps = list(cfg.budgets(ck.dataset))
-    data_cfg = ck.data_cfg(**(data or {}), **{f"limit_{cfg.split.value}": cfg.limit})
     device = _given(Output, device=device).device
     try:
         dev = pick_device(device)
     except (ValueError, RuntimeError) as exc:
         raise ConfigError(f"device {device!r}: {exc}") from None
-    model = ck.build()
     loaded = load_data(data_cfg)
+    model = ck.build(loaded.info)
+    base_model = base_ck.build(loaded.info) if base_ck is not None else None
     if log is not None:
         log(f"auditing {checkpoint} on {len(loaded.split(cfg.split.value))} {cfg.split.value} images on {dev} at eps "
             + ", ".join(f"{e:g}" for e in eps))
-    reports = audit_model(model, loaded, cfg, eps, device=dev, base=base_ck.build() if base_ck else None,
+    reports = audit_model(model, loaded, cfg, eps, device=dev, base=base_model,
                           progress=progress, log=log)
     return Audit(checkpoint=Path(checkpoint), base=Path(base) if base is not None else None, dataset=ck.dataset.value,
                  arch=ck.arch, split=cfg.split.value, device=str(dev), reports=reports)

@@ -13,18 +13,29 @@ from typing import Any
 from study.cluster import gpus_for_task
 from trainables.checkpoint import save_checkpoint
 from trainables.config import DataCfg, PretrainCfg
-from trainables.vocab import Arch
 
 
-def base_cache_path(storage: str | Path, arch: Arch, data: DataCfg, pretrain: PretrainCfg) -> Path:
-    """Where the base of (arch, data set and its splits, resolved pretraining settings) is cached."""
-    key = {"arch": arch.value, "data": {"dataset": data.dataset.value, **data.split_meta()},
-           "pretrain": pretrain.resolved(arch, finetune=False).to_json()}
+def weights_key(weights: str | None) -> str | None:
+    """What identifies pretrained weights in the cache key: a tag, or a file by its path, size and time."""
+    if weights is None or not Path(weights).is_file():
+        return weights
+    stat = Path(weights).stat()
+    return f"{Path(weights).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def base_cache_path(storage: str | Path, arch: str, data: DataCfg, pretrain: PretrainCfg,
+                    weights: str | None = None) -> Path:
+    """Where the base of (arch, its starting weights, data set and its splits, resolved pretraining settings) is
+    cached."""
+    key = {"arch": arch, "data": {"dataset": data.dataset.value, **data.split_meta()},
+           "pretrain": pretrain.resolved(arch, finetune=False).to_json(), "weights": weights_key(weights)}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(storage).expanduser().resolve() / "_bases" / f"{data.dataset.value}-{arch.value}-{digest}.pt"
+    name = arch.replace("/", "-")
+    return Path(storage).expanduser().resolve() / "_bases" / f"{data.dataset.value}-{name}-{digest}.pt"
 
 
-def pretrain_base(arch: Arch, data: DataCfg, pretrain: PretrainCfg) -> tuple[dict[str, Any], dict[str, Any]]:
+def pretrain_base(arch: str, data: DataCfg, pretrain: PretrainCfg,
+                  weights: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Pretrain a base (runs as a Ray task on whichever node gets it): its weights (on the CPU) and metadata."""
     from trainables.data import load_data
     from trainables.perf import pick_device
@@ -32,33 +43,33 @@ def pretrain_base(arch: Arch, data: DataCfg, pretrain: PretrainCfg) -> tuple[dic
 
     cfg = data.replace(limit_train=pretrain.limit_train, limit_val=pretrain.limit_eval, limit_test=pretrain.limit_eval)
     train = pretrain.resolved(arch, finetune=False).train()
-    model, meta = run_pretrain(arch.value, load_data(cfg), cfg, train, device=pick_device(), progress=False)
+    model, meta = run_pretrain(arch, load_data(cfg), cfg, train, device=pick_device(), weights=weights, progress=False,
+                               log=lambda line: print(line, flush=True))
     meta["seed"] = train.seed
     return {k: v.cpu() for k, v in model.state_dict().items()}, meta
 
 
-def ensure_bases(storage: str | Path, arch: Arch, data: DataCfg, pretrains: Sequence[PretrainCfg], *,
-                 cpus: float = 1.0) -> list[Path]:
-    """The cached bases, those not cached yet pretrained first, in parallel, as Ray tasks (needs a connected Ray)."""
-    paths = [base_cache_path(storage, arch, data, p) for p in pretrains]
+def ensure_bases(storage: str | Path, arch: str, data: DataCfg, pretrains: Sequence[PretrainCfg], *,
+                 weights: str | None = None, cpus: float = 1.0) -> list[Path]:
+    """The cached bases, those not cached yet pretrained first (from `weights` where given), in parallel, as Ray
+    tasks (needs a connected Ray)."""
+    paths = [base_cache_path(storage, arch, data, p, weights) for p in pretrains]
     missing = [(p, path) for p, path in zip(pretrains, paths, strict=True) if not path.is_file()]
     if not missing:
         return paths
     import ray
 
-    from trainables.models import InputSpec, build_model
+    from trainables.checkpoint import Checkpoint
     from trainables.pipeline import accuracy_line
 
     for p, path in missing:
-        print(f"pretraining the base {arch.value} on {data.dataset.value} "
+        print(f"pretraining the base {arch}{f' from {weights} weights' if weights else ''} on {data.dataset.value} "
               f"({p.resolved(arch, finetune=False).epochs} epochs, seed {p.seed}) as a Ray task; cached at {path}",
               flush=True)
     task = ray.remote(num_cpus=max(1.0, cpus), num_gpus=gpus_for_task())(pretrain_base)
-    refs = [(path, task.remote(arch, data, p)) for p, path in missing]  # the task sets the limits from `p`
+    refs = [(path, task.remote(arch, data, p, weights)) for p, path in missing]  # the task sets the limits from `p`
     for path, ref in refs:
         state, meta = ray.get(ref)
-        model = build_model(arch, InputSpec.of(data.info))
-        model.load_state_dict(state)
-        save_checkpoint(path, model, meta)
+        save_checkpoint(path, Checkpoint(meta, state).build(), meta)
         print(f"base model: {accuracy_line(meta)}", flush=True)
     return paths

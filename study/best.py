@@ -57,8 +57,8 @@ def audit_measure(cfg: AuditCfg, eps: float) -> str:
 
 
 def _evaluate_remote(arch: str, cfg: DataCfg, state: dict[str, Any], attacks: list[AttackCfg],
-                     base_state: dict[str, Any], objective: ObjectiveCfg,
-                     seed: int) -> tuple[dict[str, Any], dict[str, list[float]]]:
+                     base_state: dict[str, Any], objective: ObjectiveCfg, seed: int,
+                     channels: int | None = None) -> tuple[dict[str, Any], dict[str, list[float]]]:
     """The trial's weights on the test split, and the trial's and the base's per-sample objective on the
     validation subset (scored as the trials were: same attacks, seed and images)."""
     from trainables.data import load_data
@@ -72,7 +72,7 @@ def _evaluate_remote(arch: str, cfg: DataCfg, state: dict[str, Any], attacks: li
     device = pick_device()
     models = {}
     for who, weights in (("trial", state), ("base", base_state)):
-        models[who] = build_model(arch, InputSpec.of(data.info))
+        models[who] = build_model(arch, InputSpec.of(data.info), channels=channels)
         models[who].load_state_dict(weights)
     acc = accuracies(evaluate_model(models["trial"], data.test, attacks, device=device))
     val = {who: objective_samples(m, data.val, objective, device=device, seed=seed) for who, m in models.items()}
@@ -85,7 +85,6 @@ def evaluate_trial_on_test(spec: StudySpec, row: dict[str, Any], base_path: Path
     is), saved as best.pt (best-2.pt, ...) with the trial's settings, and compared with the base on validation."""
     import torch
 
-    from trainables.models import build_model
 
     ckpt_dirs = sorted(Path(row["path"]).glob("checkpoint_*"))
     if not ckpt_dirs:
@@ -94,14 +93,14 @@ def evaluate_trial_on_test(spec: StudySpec, row: dict[str, Any], base_path: Path
     attacks = paper_attacks(spec.data.dataset)
     base = load_checkpoint(base_path)
     test, val = run_where_gpu(_evaluate_remote, spec.arch, spec.data, state, attacks, base.state_dict, spec.objective,
-                              spec.seed, cpus=spec.resources.cpus_per_trial)
+                              spec.seed, base.channels, cpus=spec.resources.cpus_per_trial)
     config = trial_config(row)
     train, aug, method = trial_cfgs(config, jitter=spec.search.jitter)
-    model = build_model(spec.arch, base.input_spec())
+    model = base.build()
     model.load_state_dict(state)
     path = spec.study_dir() / ("best.pt" if rank == 0 else f"best-{rank + 1}.pt")
     save_checkpoint(path, model, {
-        **{k: base.meta.get(k) for k in ("arch", "dataset", "image_size", "data")},
+        **{k: base.meta.get(k) for k in ("arch", "dataset", "image_size", "data", "input")},
         "kind": "finetune", "init": "base", "train": train.to_json(), "method": method.describe(),
         "augment": aug.to_json() if aug is not None else None,
         "study": spec.name, "trial_id": row["trial_id"], "test_acc": test["accuracy"]["clean"],

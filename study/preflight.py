@@ -18,9 +18,10 @@ from study import tracking
 from study.bases import base_cache_path
 from study.errors import StudyError
 from study.spec import StudySpec, parse_spec
-from trainables.checkpoint import CheckpointError, load_checkpoint
+from trainables.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from trainables.config import ConfigError
 from trainables.data import DataBundle, load_data
+from trainables.zoo import check_arch, check_inputs, fetch_weights
 
 
 @dataclasses.dataclass
@@ -29,6 +30,7 @@ class Prepared:
     data: DataBundle
     base_path: Path | None  # None: the base is pretrained first (cached at `base_cache`)
     base_cache: Path
+    base: Checkpoint | None = None  # the given base, read (a plain state dict is written into the study directory)
 
 
 def _check_writable(path: Path, what: str) -> None:
@@ -75,18 +77,28 @@ def preflight(spec: StudySpec) -> Prepared:
         raise StudyError(f"data.root {spec.data.root!r} is not a directory")
     check_optuna_storage(spec, fresh=True)
     tracking.check(spec)
-    base_path = None
+    check_arch(spec.arch)
+    check_inputs(spec.arch, spec.data.info)
+    if spec.base.weights is not None:  # weights that cannot be had stop here, not in Ray
+        fetch_weights(spec.arch, spec.base.weights)
+    base = None
     if spec.base.checkpoint is not None:
-        base_path = Path(spec.base.checkpoint).expanduser().resolve()
         try:
-            load_checkpoint(base_path, arch=spec.arch, dataset=spec.data.dataset)
+            base = load_checkpoint(Path(spec.base.checkpoint).expanduser().resolve(), arch=spec.arch,
+                                   dataset=spec.data.dataset)
         except CheckpointError as exc:
             raise StudyError(f"base.checkpoint: {exc}") from None
     data = load_data(spec.data)
-    if base_path is not None:
-        return Prepared(spec, data, base_path, base_path)
+    if base is not None:
+        try:
+            base.build(data.info)  # a state dict that does not fit the arch or the classes stops here
+        except CheckpointError as exc:
+            raise StudyError(f"base.checkpoint: {exc}") from None
+        assert base.path is not None
+        return Prepared(spec, data, base.path, base.path, base)
     assert spec.model.arch is not None and spec.base.pretrain is not None
-    return Prepared(spec, data, None, base_cache_path(spec.storage, spec.model.arch, spec.data, spec.base.pretrain))
+    return Prepared(spec, data, None, base_cache_path(spec.storage, spec.model.arch, spec.data, spec.base.pretrain,
+                                                      spec.base.weights))
 
 
 def load_study_spec(study_dir: Path) -> StudySpec:

@@ -63,8 +63,8 @@ def reproduce(cfg: ReproCfg, ray: RayOptions | None = None) -> Path:
         bases = ensure_bases(cfg.storage, cfg.model.arch, cfg.data, [cfg.pretrain.replace(seed=s) for s in seeds],
                              cpus=cfg.resources.cpus_per_trial)
         setup = ReproSetup(
-            arch=cfg.model.arch.value, info=data.info, train=data.train, val=data.val, test=data.test,
-            bases={s: load_checkpoint(p, arch=cfg.model.arch.value, dataset=cfg.data.dataset).state_dict
+            arch=cfg.model.arch, info=data.info, train=data.train, val=data.val, test=data.test,
+            bases={s: load_checkpoint(p, arch=cfg.model.arch, dataset=cfg.data.dataset).state_dict
                    for s, p in zip(seeds, bases, strict=True)},
             lr=cfg.lr, epochs=cfg.epochs, batch_size=128, aug=cfg.aug,
             attacks=paper_attacks(cfg.data.dataset, (AttackName.FGSM, AttackName.IFGSM, AttackName.PGD)),
@@ -110,7 +110,7 @@ def _header(cfg: ReproCfg, train: int, test: int, seconds: float, power: str) ->
               else f"{', '.join(m.value for m in cfg.robust_methods)} x {', '.join(o.value for o in cfg.optimizers)} at "
                    f"eps {cfg.eps:g}" + (f", {warmup_text(cfg.eps_warmup)}" if cfg.eps_warmup else ""))
     assert cfg.model.arch is not None and cfg.lr is not None
-    return (f"# Reproduction: {cfg.data.dataset.value}, {cfg.model.arch.value}\n\n{train} fine-tuning images, {test} "
+    return (f"# Reproduction: {cfg.data.dataset.value}, {cfg.model.arch}\n\n{train} fine-tuning images, {test} "
             f"test images, {cfg.epochs} fine-tuning epochs ({cfg.long_epochs} for the long cells), lr {cfg.lr:g}, "
             f"patch {cfg.aug.patch_size} px (all five ops), adversarial training "
             f"{'from scratch' if cfg.at_from_scratch else 'from the base'}; robust fine-tuning {robust}; "

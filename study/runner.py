@@ -34,7 +34,7 @@ from study.settings import RayOptions
 from study.spec import StudySpec
 from study.tuner import study_trainable, study_tuner, with_resources
 from trainables.atomic import atomic_write_text
-from trainables.checkpoint import load_checkpoint
+from trainables.checkpoint import input_meta, load_checkpoint, save_checkpoint
 from trainables.data import DataBundle, load_data
 
 log = logging.getLogger("patchtune")
@@ -63,12 +63,21 @@ class Phases:
 
 
 def ensure_base(prep: Prepared) -> Path:
-    """The base checkpoint: given, or pretrained (cached for later studies)."""
+    """The base checkpoint: given, or pretrained (cached for later studies). A plain state dict is written into
+    the study directory as a checkpoint (`base.pt`), so that the trials, the evaluation and the audit read one
+    kind of file."""
     spec = prep.spec
+    if prep.base is not None and prep.base.plain:
+        path = spec.study_dir() / "base.pt"
+        model = prep.base.build(prep.data.info)
+        save_checkpoint(path, model, {**prep.base.meta, "data": spec.data.split_meta(),
+                                      "input": input_meta(prep.data.info, model)})
+        return path
     if prep.base_path is not None:
         return prep.base_path
     assert spec.model.arch is not None and spec.base.pretrain is not None
-    return ensure_bases(spec.storage, spec.model.arch, spec.data, [spec.base.pretrain], cpus=spec.resources.cpus_per_trial)[0]
+    return ensure_bases(spec.storage, spec.model.arch, spec.data, [spec.base.pretrain], weights=spec.base.weights,
+                        cpus=spec.resources.cpus_per_trial)[0]
 
 
 def score_base(spec: StudySpec, data: DataBundle, base_path: Path) -> dict[str, float]:
@@ -76,7 +85,7 @@ def score_base(spec: StudySpec, data: DataBundle, base_path: Path) -> dict[str, 
     from trainables.perf import pick_device
     from trainables.scoring import score_objective
 
-    model = load_checkpoint(base_path, arch=spec.arch, dataset=spec.data.dataset).build()
+    model = load_checkpoint(base_path, arch=spec.arch, dataset=spec.data.dataset).build(data.info)
     return score_objective(model, data.val, spec.objective, device=pick_device("cpu"), seed=spec.seed)
 
 

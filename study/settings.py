@@ -15,7 +15,7 @@ from trainables.cells import DEFAULT_OPTIMIZERS, DEFAULT_ROBUST_METHODS
 from trainables.config import AuditCfg, AugCfg, DataCfg, MethodCfg, ModelCfg, PretrainCfg
 from trainables.config.spine import Count, FieldError, Flag, PathText, Positive, Settings, Share, Unit
 from trainables.vocab import (
-    ARCHS,
+    DEFAULT_WEIGHTS,
     METHODS,
     ROBUST_METHODS,
     Dataset,
@@ -25,7 +25,9 @@ from trainables.vocab import (
     PatchOp,
     SamplerType,
     SchedulerType,
+    arch_info,
     not_a_parameter,
+    paper_eps,
     patches_need_jitter,
 )
 
@@ -52,12 +54,20 @@ def _ordered(pair: tuple[Any, Any] | None) -> tuple[Any, Any] | None:
 class BaseCfg(Settings):
     """The base model the trials fine-tune: a checkpoint, or pretrained first (once, cached by these settings)."""
 
-    checkpoint: PathText | None = Field(None, description="a patchtune checkpoint (`patchtune pretrain`)")
+    checkpoint: PathText | None = Field(None, description="a model of the data set: a patchtune checkpoint "
+                                                          "(`patchtune pretrain`) or a plain PyTorch state dict of "
+                                                          "model.arch")
+    weights: Annotated[str, Field(min_length=1, strict=True)] | None = Field(
+        None, description=f"pretrain the base from a library model's weights: {DEFAULT_WEIGHTS} (the library's "
+                          f"recommended), a named tag (IMAGENET1K_V2, a1_in1k) or a weights file (null: from scratch)")
     pretrain: PretrainCfg | None = Field(None, description="pretrain the base first (null with no checkpoint: "
                                                            "the defaults)")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> BaseCfg:
+        if self.checkpoint is not None and self.weights is not None:
+            raise FieldError("weights", f"{self.weights!r} pretrains a base; checkpoint {self.checkpoint!r} is one "
+                                        "already: give one of them")
         if self.checkpoint is not None and self.pretrain is not None:
             raise ValueError("give exactly one of checkpoint (a path) or pretrain (settings)")
         if self.checkpoint is None and self.pretrain is None:
@@ -261,6 +271,9 @@ class ReproCfg(Settings):
 
     @model_validator(mode="after")
     def _consistent(self) -> ReproCfg:
+        if self.data.dataset not in REPRO_BUDGETS:
+            raise FieldError("data.dataset", f"the paper does not cover {self.data.dataset.value}: reproduce runs on "
+                                             f"{', '.join(d.value for d in REPRO_BUDGETS)} (a study runs on any data)")
         bad = [m.value for m in self.robust_methods if m not in ROBUST_METHODS]
         if bad:
             raise FieldError("robust_methods", f"{', '.join(bad)} is not a robust fine-tuning method (choose from "
@@ -285,12 +298,12 @@ class ReproCfg(Settings):
                                             if k not in self.pretrain.given()})
         own = {k: v for k, v in budget.items() if k not in ("data", "pretrain") and k not in self.given()}
         return self.replace(data=data, model=model, pretrain=pretrain.resolved(model.arch, finetune=False),
-                            aug=self.aug.resolved(data.info), lr=self.lr or ARCHS[model.arch].paper_lr, **own)
+                            aug=self.aug.resolved(data.info), lr=self.lr or arch_info(model.arch).lr, **own)
 
     @property
     def eps(self) -> float:
         """The paper's eps for the data set: every cell trains and is scored at it."""
-        return self.data.info.paper_eps
+        return paper_eps(self.data.dataset)
 
 
 # `patchtune reproduce`'s flags and `api.reproduce`'s keywords: each the view of one setting (keyword -> path).

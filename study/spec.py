@@ -33,7 +33,7 @@ from study.settings import (
 )
 from trainables.config import AuditCfg, DataCfg, ModelCfg, ObjectiveCfg
 from trainables.config.spine import Count, FieldError, PathText, Settings, merged, nested
-from trainables.vocab import ConfigError, SamplerType, SchedulerType
+from trainables.vocab import ConfigError, SamplerType, SchedulerType, arch_library
 
 PRESET_DIR = Path(__file__).with_name("presets")
 # Keys an older spec had, and where they live now: a spec that still uses one is told where it went.
@@ -96,6 +96,9 @@ class StudySpec(Settings):
         if self.sampler.type is SamplerType.NSGA2 and not self.objective.extra_objectives:
             raise FieldError("sampler.type", "nsga2 is a multi-objective sampler; set objective.multi_objective: true "
                                              "or use tpe")
+        if self.base.weights is not None and arch_library(self.arch) is None:
+            raise FieldError("base.weights", f"{self.base.weights!r}: {self.arch} has no library weights (weights "
+                                             "need model.arch torchvision/NAME or timm/NAME)")
         if self.scheduler.grace_period > self.epochs:
             raise FieldError("scheduler.grace_period", f"must be <= epochs ({self.epochs}), got "
                                                        f"{self.scheduler.grace_period}")
@@ -124,7 +127,7 @@ class StudySpec(Settings):
     def arch(self) -> str:
         arch = self.model.resolved(self.data.dataset).arch
         assert arch is not None
-        return arch.value
+        return arch
 
     @property
     def sampler_seed(self) -> int:

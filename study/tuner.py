@@ -65,7 +65,7 @@ def study_trainable(spec: StudySpec, data: DataBundle, base_path: Path) -> Any:
 
     base = load_checkpoint(base_path, arch=spec.arch, dataset=spec.data.dataset)
     setup = TrialSetup(arch=spec.arch, info=data.info, train=data.train, val=data.val, base_state=base.state_dict,
-                       objective=spec.objective, jitter=spec.search.jitter)
+                       objective=spec.objective, jitter=spec.search.jitter, channels=base.channels)
     return tune.with_parameters(finetune_trial, setup=setup)
 
 

@@ -140,7 +140,7 @@ def test_bad_checkpoints_are_refused(tmp_path: Path, tiny_base: Path) -> None:
     (tmp_path / "NOTES.txt").write_text("hello")  # once a KeyError traceback from torch's unpickler
     for name in ("corrupt.pt", "NOTES.txt"):
         proc = patchtune_here("eval", name, cwd=tmp_path)
-        assert proc.returncode == 2 and "not a readable patchtune checkpoint" in proc.stderr, proc.stderr
+        assert proc.returncode == 2 and "is not a checkpoint or state dict" in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     proc = patchtune_here("finetune", "--base", str(tiny_base), "--patch-size", "40", "--out", "ft.pt", cwd=tmp_path)
     assert proc.returncode == 2 and "--patch-size 40 is larger than the 28x28" in proc.stderr
@@ -259,7 +259,7 @@ def test_audit_table_json_and_out_file(tmp_path: Path, tiny_base: Path) -> None:
     torch.save(ck, other)
     proc = patchtune_here("audit", str(tiny_base), "--base", str(other), cwd=tmp_path)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
-    assert f"base {other} is for cifar10 cnn3, but {tiny_base} is for fmnist cnn3" in proc.stderr
+    assert f"{other} was trained on 'cifar10', not 'fmnist'" in proc.stderr
 
 
 def test_show_augment_writes_a_png(tmp_path: Path) -> None:
@@ -344,7 +344,7 @@ def test_run_refuses_bad_input_before_ray_starts(tmp_path: Path, ray_must_not_st
     corrupt.mkdir()
     (corrupt / "garbage.pt").write_bytes(b"\x00garbage" * 50)
     cases.append((["run", str(_spec_file(corrupt, base={"checkpoint": str(corrupt / "garbage.pt")}))],
-                  "is not a readable patchtune checkpoint"))
+                  "is not a checkpoint or state dict"))
     methods = tmp_path / "methods"
     methods.mkdir()
     cases.append((["run", str(_spec_file(methods, search={**read_spec_dict("quick")["search"],

@@ -28,7 +28,7 @@ from study.options import (
     SchemaOptions,
     ShowAugmentOptions,
 )
-from study.settings import REPRODUCE_KEYWORDS, RayOptions, ReproCfg
+from study.settings import REPRODUCE_KEYWORDS, BaseCfg, RayOptions, ReproCfg
 from study.spec import RUN_OVERRIDES, StudySpec, json_schema, preset_names, read_spec_dict
 from trainables import config
 from trainables.config.spine import Settings, settings_fields
@@ -36,7 +36,8 @@ from trainables.config.spine import Settings, settings_fields
 ROOT = Path(__file__).resolve().parents[1]
 MODELS: tuple[type[Settings], ...] = (
     config.DataCfg, config.ModelCfg, config.AugCfg, config.TrainCfg, config.PretrainCfg, config.MethodCfg,
-    config.AttackCfg, config.ObjectiveCfg, config.AuditCfg, StudySpec, ReproCfg, RayOptions, Output, PretrainOptions,
+    config.AttackCfg, config.ObjectiveCfg, config.AuditCfg, StudySpec, BaseCfg, ReproCfg, RayOptions, Output,
+    PretrainOptions,
     FinetuneOptions, EvalOptions, AuditOptions, RunOptions, ShowAugmentOptions, SchemaOptions,
 )
 
@@ -90,7 +91,8 @@ KEYWORDS = {
             "dashboard_host": "RayOptions.dashboard_host"},
     "resume": {"address": "RayOptions.address", "dashboard": "RayOptions.dashboard"},
     "reproduce": {"address": "RayOptions.address"},
-    "audit": {"base": "AuditOptions.base", "data_root": "DataCfg.root", "device": "Output.device"},
+    "audit": {"base": "AuditOptions.base", "data_root": "DataCfg.root", "arch": "ModelCfg.arch",
+              "dataset": "DataCfg.dataset", "image_size": "DataCfg.image_size", "device": "Output.device"},
 }
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainables.models import InputSpec, Normalize, build_model, model_names
+from trainables.models import InputLayer, InputSpec, build_model, model_names
 from trainables.vocab import Arch, ConfigError, Dataset, dataset_info, values
 
 
@@ -33,7 +33,7 @@ def test_registry_has_a_factory_for_every_arch() -> None:
 def test_forward_backward_channels_last(name: str, spec: InputSpec) -> None:
     torch.manual_seed(0)
     model = build_model(name, spec).eval()
-    assert isinstance(model[0], Normalize)
+    assert isinstance(model[0], InputLayer)
     x = torch.rand(3, spec.channels, spec.height, spec.width)
     out = model(x)
     assert out.shape == (3, spec.num_classes) and torch.isfinite(out).all()
@@ -53,5 +53,7 @@ def test_normalize_is_the_first_layer_and_uses_the_spec() -> None:
 def test_unknown_or_unfit_models_are_refused() -> None:
     with pytest.raises(ConfigError, match="'resnet'"):
         build_model("resnet", FMNIST)
-    with pytest.raises(ConfigError, match="at least 32x32"):
-        build_model("vgg16", FMNIST)
+    with pytest.raises(ConfigError, match="closest: torchvision/resnet18"):
+        build_model("torchvision/resnet81", FMNIST)
+    # a fixed image side below the arch's smallest is upsampled by the input layer: 28 px F-MNIST into VGG-16
+    assert build_model("vgg16", FMNIST)(torch.rand(2, 1, 28, 28)).shape == (2, 10)

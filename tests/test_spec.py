@@ -51,7 +51,7 @@ def test_the_resolved_spec_leaves_nothing_to_compute() -> None:
     # what is still null means "none" (no root, no limit, no checkpoint, no tracking), never "a default"; but for
     # optuna_storage: the study directory's own optuna.db, wherever that directory is moved to
     assert set(nulls(bare)) == {".data.root", ".data.limit_train", ".data.limit_val", ".data.limit_test",
-                                ".data.image_size", ".base.checkpoint", ".base.pretrain.limit_train",
+                                ".data.image_size", ".base.checkpoint", ".base.weights", ".base.pretrain.limit_train",
                                 ".base.pretrain.limit_eval", ".search.methods.patch.at_steps",
                                 ".search.methods.patch.beta", ".optuna_storage", ".tracking.mlflow"}
     assert bare["tracking"]["experiment"] == "bare"
@@ -77,7 +77,7 @@ def test_overrides_apply_dotted_keys() -> None:
 BAD = [
     ({"epochs": 0}, "epochs: must be >= 1, got 0"),
     ({"epochs": "3"}, "epochs: must be an integer, got '3'"),
-    ({"data": {"dataset": "mnist"}}, "data.dataset: must be one of fmnist, cifar10, imagenette, got 'mnist'"),
+    ({"data": {"dataset": "mnist"}}, "data.dataset: must be one of fmnist, cifar10, imagenette, imagefolder, got 'mnist'"),
     ({"frobnicate": 1}, "unknown key 'frobnicate' (allowed: name, data, model, base, search,"),
     ({"search": {"lr": {"adagrad": [1e-3, 1e-2]}}}, "search.lr: unknown key 'adagrad' (choose from adam, rmsprop"),
     ({"search": {"lr": {"adam": [1e-2, 1e-3]}}}, "search.lr.adam: lower bound must be <= upper bound, got [0.01, 0.001]"),
@@ -128,9 +128,10 @@ BAD = [
     ({"base": {"pretrain": {"limit_eval": 0}}}, "base.pretrain.limit_eval: must be >= 1, got 0"),
     ({"data": {"val_fraction": 0}}, "data.val_fraction: must be > 0, got 0"),
     ({"data": {"val_fraction": 0.95}}, "data.val_fraction: must be <= 0.9, got 0.95"),
-    ({"data": {"image_size": 64}}, "data.image_size: is only settable for imagenette, got dataset fmnist"),
+    ({"data": {"image_size": 64}}, "data.image_size: is only settable for imagenette and imagefolder, got dataset fmnist"),
     ({"data": {"dataset": "imagenette", "image_size": 16}}, "data.image_size: must be >= 32, got 16"),
-    ({"model": {"arch": "resnet"}}, "model.arch: must be one of cnn3, vgg16, got 'resnet'"),
+    ({"model": {"arch": "resnet"}}, "model.arch: must be cnn3, vgg16, torchvision/NAME or timm/NAME; got 'resnet' (did you mean "
+                                       "torchvision/resnet or timm/resnet?)"),
     ({"audit": {"enabled": "yes"}}, "audit.enabled: must be true or false, got 'yes'"),
     ({"audit": {"eps": [0.3, 2]}}, "audit.eps: must be <= 1, got 2"),
     ({"audit": {"limit": 0}}, "audit.limit: must be >= 1, got 0"),

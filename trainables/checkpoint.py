@@ -1,8 +1,12 @@
 """Checkpoints: model weights plus a JSON-safe metadata record, written atomically, read with weights_only=True.
 
-Layout: {"format": "patchtune-ckpt/1", "meta": {...}, "state_dict": {...}}. `meta` holds arch, data set,
-input shape, clean accuracy, seed, the training config and library versions; it is what lets `eval` rebuild
-the model and refuse a checkpoint that does not fit the requested architecture or data set.
+Layout: {"format": "patchtune-ckpt/1", "meta": {...}, "state_dict": {...}}. `meta` holds arch, data set, the
+input record (shape, classes, normalisation, the network's channels), clean accuracy, seed, the training config
+and library versions; it is what lets `eval` rebuild the model and refuse a checkpoint that does not fit the
+requested architecture or data set.
+
+A plain PyTorch state dict (`torch.save(model.state_dict(), FILE)`, or a dict holding one under `state_dict` or
+`model`) is read too; the caller says what it is (its arch and data set), and the data set's images say its input.
 """
 
 from __future__ import annotations
@@ -19,20 +23,32 @@ from torch import nn
 
 from trainables.atomic import atomic_open
 from trainables.config import DataCfg, Dataset, as_jsonable
-from trainables.models import InputSpec, build_model
-from trainables.vocab import UserError, dataset_info
+from trainables.models import InputSpec, build_model, network_channels
+from trainables.vocab import DatasetInfo, UserError, dataset_info
+from trainables.zoo import WeightsError, check_arch, state_dict_in
 
 FORMAT = "patchtune-ckpt/1"
+PLAIN = "plain"  # the `kind` of a plain state dict read as a checkpoint
 
 
 class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, corrupt, or does not fit what was asked for."""
 
 
+def input_meta(info: DatasetInfo, model: nn.Module) -> dict[str, Any]:
+    """What a checkpoint records of its inputs: the images' shape, classes and normalisation, and the network's
+    input channels (which may differ from the images')."""
+    spec = InputSpec.of(info)
+    layer = model[0] if isinstance(model, nn.Sequential) else None
+    return {**dataclasses.asdict(spec), "classes": list(info.classes),
+            "model_channels": getattr(layer, "channels", spec.channels)}
+
+
 @dataclasses.dataclass(frozen=True)
 class Checkpoint:
     meta: dict[str, Any]
     state_dict: dict[str, torch.Tensor]
+    path: Path | None = None
 
     @property
     def arch(self) -> str:
@@ -42,27 +58,70 @@ class Checkpoint:
     def dataset(self) -> Dataset:
         return Dataset(self.meta["dataset"])
 
+    @property
+    def plain(self) -> bool:
+        """A plain state dict: its input is the data set's, and it holds the network's weights alone."""
+        return self.meta.get("kind") == PLAIN
+
+    @property
+    def channels(self) -> int | None:
+        """The network's input channels (None: the default for its images)."""
+        recorded = self.meta.get("input") or {}
+        return recorded.get("model_channels") or network_channels(self.state_dict)
+
     def data_cfg(self, **given: Any) -> DataCfg:
         """The data this checkpoint was trained on (its data set and its train/val split), with `given` settings
         (a root, limits) on top: evaluating it later uses the same validation split."""
         split = self.meta.get("data") or {}
-        kept = {k: split[k] for k in ("val_fraction", "split_seed", "image_size") if split.get(k) is not None}
+        kept = {k: split[k] for k in ("val_fraction", "split_seed", "image_size", "root") if split.get(k) is not None}
         return DataCfg.parse({"dataset": self.dataset, **kept, **given})
 
-    def input_spec(self) -> InputSpec:
-        image_size = self.meta.get("image_size")
-        info = dataset_info(self.dataset, image_size if self.dataset is Dataset.IMAGENETTE else None)
-        return InputSpec.of(info)
+    def input_spec(self, info: DatasetInfo | None = None) -> InputSpec:
+        """Its images' description: recorded, or (a plain state dict, an older checkpoint) the data set's, `info`
+        where the images were loaded."""
+        recorded = self.meta.get("input")
+        if recorded:
+            fields = {f.name: recorded[f.name] for f in dataclasses.fields(InputSpec)}
+            return InputSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+        if info is not None:
+            return InputSpec.of(info)
+        if self.dataset is Dataset.IMAGEFOLDER:
+            raise CheckpointError(f"{self.path}: an imagefolder model needs its images to be rebuilt (load the data)")
+        return InputSpec.of(dataset_info(self.dataset, self.meta.get("image_size")))
 
-    def build(self) -> nn.Module:
-        """The model with these weights (on CPU; the caller moves it)."""
-        model = build_model(self.arch, self.input_spec())
+    def build(self, info: DatasetInfo | None = None) -> nn.Module:
+        """The model with these weights (on CPU; the caller moves it); `info`: the loaded images' description,
+        which a plain state dict needs."""
+        spec = self.input_spec(info)
+        model = build_model(self.arch, spec, channels=self.channels)
+        whole = "0.mean" in self.state_dict  # a patchtune model's own state dict, saved without the metadata
+        target = model if (whole or not self.plain) else model[1]
         try:
-            model.load_state_dict(self.state_dict)
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[0]
-            raise CheckpointError(f"weights do not fit arch {self.arch!r}: {first}") from None
+            _fit(target, self.state_dict, spec.num_classes, self.arch)
+        except WeightsError as exc:
+            raise CheckpointError(f"{self.path or 'the checkpoint'}: {exc}") from None
         return model
+
+
+def _fit(net: nn.Module, state: dict[str, torch.Tensor], num_classes: int, arch: str) -> None:
+    """Load `state` strictly, or a WeightsError naming the first key that does not fit (a classifier for another
+    number of classes is named as such: a base must classify the data set's classes)."""
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    for kind, keys in (("unexpected", unexpected), ("missing", missing)):
+        if keys:
+            more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
+            raise WeightsError(f"weights do not fit arch {arch!r}: {kind} key {keys[0]!r}{more}")
+    for k, v in own.items():
+        if state[k].shape != v.shape:
+            if state[k].shape[1:] == v.shape[1:] and v.shape[0] == num_classes:
+                raise WeightsError(f"its classifier ({k!r}) has {state[k].shape[0]} classes, the data set "
+                                   f"{num_classes}: pretrain a head for the data set first (patchtune pretrain "
+                                   f"--weights FILE)")
+            raise WeightsError(f"weights do not fit arch {arch!r}: {k!r} has shape {tuple(state[k].shape)}, the model's "
+                               f"{tuple(v.shape)}")
+    net.load_state_dict(state)
 
 
 def versions() -> dict[str, str]:
@@ -87,8 +146,11 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
 
 
 def load_checkpoint(path: str | Path, *, arch: str | None = None, dataset: Dataset | str | None = None) -> Checkpoint:
-    """Read a checkpoint safely; refuse corrupt files and ones for another arch or data set."""
+    """Read a checkpoint safely; refuse corrupt files and ones for another arch or data set. A plain state dict
+    is what `arch` and `dataset` say it is (both needed)."""
     p = Path(path)
+    if arch is not None:
+        check_arch(str(arch))
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
     # torch.save writes a zip archive; anything else (a text file, random bytes) would reach torch's legacy
@@ -96,22 +158,31 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, dataset: Datas
     try:
         is_zip = zipfile.is_zipfile(p)
     except OSError as exc:
-        raise CheckpointError(f"{p} is not a readable patchtune checkpoint ({exc.strerror or exc})") from None
+        raise CheckpointError(f"{p} is not a readable checkpoint ({exc.strerror or exc})") from None
     if not is_zip:
-        raise CheckpointError(f"{p} is not a readable patchtune checkpoint (not a PyTorch zip archive)")
+        raise CheckpointError(f"{p} is not a checkpoint or state dict (not a PyTorch zip archive)")
     try:
         blob = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged archive can fail in any way: every failure means "not a checkpoint"
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{p} is not a readable patchtune checkpoint ({reason[:200]})") from None
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT or "meta" not in blob or "state_dict" not in blob:
-        raise CheckpointError(f"{p} is not a patchtune checkpoint (expected format {FORMAT})")
-    ckpt = Checkpoint(meta=dict(blob["meta"]), state_dict=dict(blob["state_dict"]))
+        raise CheckpointError(f"{p} is not a readable checkpoint ({reason[:200]})") from None
+    if isinstance(blob, dict) and blob.get("format") == FORMAT and "meta" in blob and "state_dict" in blob:
+        ckpt = Checkpoint(meta=dict(blob["meta"]), state_dict=dict(blob["state_dict"]), path=p)
+    else:
+        try:
+            state = state_dict_in(blob, p)
+        except WeightsError as exc:
+            raise CheckpointError(f"{exc} or a patchtune checkpoint") from None
+        if arch is None or dataset is None:
+            raise CheckpointError(f"{p} is a plain state dict: say what it is with --arch and --dataset (a spec: "
+                                  "model.arch and data.dataset)")
+        ckpt = Checkpoint(meta={"arch": str(arch), "dataset": Dataset(dataset).value, "kind": PLAIN,
+                                "source": str(p)}, state_dict=state, path=p)
     try:
         ckpt_dataset = ckpt.dataset
     except ValueError:
         raise CheckpointError(f"{p}: unknown data set {ckpt.meta.get('dataset')!r} in metadata") from None
-    if arch is not None and ckpt.arch != arch:
+    if arch is not None and ckpt.arch != str(arch):
         raise CheckpointError(f"{p} holds arch {ckpt.arch!r}, not {arch!r}")
     if dataset is not None and ckpt_dataset.value != Dataset(dataset).value:
         raise CheckpointError(f"{p} was trained on {ckpt_dataset.value!r}, not {Dataset(dataset).value!r}")

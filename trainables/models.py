@@ -1,7 +1,11 @@
-"""Models by name. Normalisation is each model's first layer, so inputs and attack budgets stay in [0, 1] pixels.
+"""Models by name: the paper's (`cnn3`, `vgg16`) and any classification model of torchvision or timm
+(`trainables.zoo`). Every model is `nn.Sequential(InputLayer, network)`: the input layer takes images in [0, 1]
+pixels, so inputs and attack budgets stay in pixel units whatever the network expects: it converts gray images to
+the network's three channels (or colour to its one), upsamples images smaller than the network takes, and
+normalises with the weights' mean and std (or the data set's).
 
-Factories are device-agnostic (no `.cuda()`); callers move the model. A new architecture is a member of
-`trainables.vocab.Arch` (with its paper defaults in `vocab.ARCHS`) plus a factory registered here with
+Factories are device-agnostic (no `.cuda()`); callers move the model. A new paper architecture is a member of
+`trainables.vocab.Arch` (with its defaults in `vocab.ARCHS`) plus a factory registered here with
 `@register_model(Arch.NAME)`.
 """
 
@@ -12,8 +16,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from trainables.vocab import Arch, ConfigError, DatasetInfo, parse_enum
+from trainables import zoo
+from trainables.vocab import Arch, ConfigError, DatasetInfo, arch_library, parse_enum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,34 +57,109 @@ def model_names() -> list[str]:
     return sorted(a.value for a in _REGISTRY)
 
 
-def build_model(name: Arch | str, spec: InputSpec) -> nn.Module:
-    """Build `name` for inputs described by `spec`; a ConfigError names an unknown architecture."""
-    arch = parse_enum(Arch, name, "arch")
-    if arch not in _REGISTRY:
-        raise ConfigError(f"arch {arch.value!r} has no registered factory (registered: {', '.join(model_names())})")
-    return nn.Sequential(Normalize(spec.mean, spec.std), _REGISTRY[arch](spec))
+def build_model(name: Arch | str, spec: InputSpec, *, channels: int | None = None) -> nn.Module:
+    """`name` with fresh weights for inputs described by `spec`; `channels`: the network's input channels where
+    they differ from the images' (a saved network's). A ConfigError names an unknown architecture."""
+    model, _ = model_with_weights(name, spec, None, channels=channels)
+    return model
 
 
-def fresh_model(name: Arch | str, spec: InputSpec, seed: int) -> nn.Module:
+def model_with_weights(name: Arch | str, spec: InputSpec, weights: str | None, *,
+                       channels: int | None = None) -> tuple[nn.Module, zoo.Weights | None]:
+    """`name` for `spec`'s images with `weights` (a library model's: DEFAULT, a tag or a file; None: fresh) and
+    what they brought (their normalisation, a replaced head)."""
+    arch = str(getattr(name, "value", name))
+    if arch_library(arch) is None:
+        arch_enum = parse_enum(Arch, arch, "arch")
+        if weights is not None:
+            zoo.fetch_weights(arch, weights)  # refuses: the paper's architectures have no library weights
+        net_channels = channels or spec.channels
+        height, width = _upsampled(spec.height, spec.width, zoo.min_side(arch))
+        net = _REGISTRY[arch_enum](dataclasses.replace(spec, channels=net_channels, height=height, width=width))
+        loaded = None
+    else:
+        zoo.check_arch(arch)
+        net_channels = channels or 3
+        net, loaded = zoo.library_net(arch, spec.num_classes, net_channels, weights)
+    mean = loaded.mean if loaded is not None and loaded.mean is not None else spec.mean
+    std = loaded.std if loaded is not None and loaded.std is not None else spec.std
+    model = nn.Sequential(InputLayer(mean, std, channels=net_channels, min_side=zoo.min_side(arch)), net)
+    if arch_library(arch) is not None:
+        _probe(model, arch, spec)
+    return model, loaded
+
+
+def _probe(model: nn.Module, arch: str, spec: InputSpec) -> None:
+    """A forward pass of one blank image: a network that cannot take the inputs fails here, in one line."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, spec.channels, spec.height, spec.width))
+    except RuntimeError as exc:
+        raise ConfigError(f"arch {arch} cannot take {spec.height}x{spec.width} images: "
+                          f"{str(exc).splitlines()[0][:160]}") from None
+    finally:
+        model.train(was_training)
+
+
+def fresh_model(name: Arch | str, spec: InputSpec, seed: int, *, channels: int | None = None) -> nn.Module:
     """A fresh initialisation of `name` drawn from `seed` alone: what "from scratch" means everywhere (pretraining,
     `patchtune finetune --from-scratch`, the reproduction's adversarial training from scratch)."""
     torch.manual_seed(seed)
-    return build_model(name, spec)
+    return build_model(name, spec, channels=channels)
 
 
-class Normalize(nn.Module):
-    """(x - mean) / std per channel, as buffers so they move with the model and are saved with it."""
+def network_channels(state: dict[str, torch.Tensor]) -> int | None:
+    """The input channels of a saved network: those of its first convolution (None: it has none)."""
+    return next((int(v.shape[1]) for k, v in state.items() if v.ndim == 4 and k.endswith("weight")), None)
+
+
+class InputLayer(nn.Module):
+    """Pixels in [0, 1] to what the network takes: gray to its three channels (or colour to its one, by
+    luminance), images below its smallest side upsampled (bilinear), then (x - mean) / std per channel. The mean
+    and std are buffers, so they move with the model and are saved with it."""
 
     mean: torch.Tensor
     std: torch.Tensor
+    _LUMA = (0.299, 0.587, 0.114)
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(self, mean: Sequence[float], std: Sequence[float], *, channels: int | None = None,
+                 min_side: int = 1) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        channels = channels or len(mean)
+        self.channels, self.min_side = channels, min_side
+        self.register_buffer("mean", _per_channel(mean, channels).view(1, -1, 1, 1))
+        self.register_buffer("std", _per_channel(std, channels).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1 and self.channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        elif x.shape[1] == 3 and self.channels == 1:
+            luma = torch.tensor(self._LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+            x = (x * luma).sum(1, keepdim=True)
+        size = _upsampled(x.shape[-2], x.shape[-1], self.min_side)
+        if size != tuple(x.shape[-2:]):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         return (x - self.mean) / self.std
+
+
+def _upsampled(height: int, width: int, min_side: int) -> tuple[int, int]:
+    """The size an image of `height` x `width` takes for a network whose smallest side is `min_side`."""
+    side = min(height, width)
+    if side >= min_side:
+        return height, width
+    return round(height * min_side / side), round(width * min_side / side)
+
+
+def _per_channel(values: Sequence[float], channels: int) -> torch.Tensor:
+    """A statistic per channel of the network: a gray one repeated for colour, a colour one averaged for gray."""
+    t = torch.tensor(list(values), dtype=torch.float32)
+    if len(t) == channels:
+        return t
+    if len(t) == 1:
+        return t.repeat(channels)
+    return t.mean().view(1).repeat(channels)
 
 
 @register_model(Arch.CNN3)

@@ -15,11 +15,12 @@ import torch
 from torch import nn
 
 from trainables.audit import run_audit
+from trainables.checkpoint import input_meta
 from trainables.config import AttackCfg, AuditCfg, AugCfg, DataCfg, MethodCfg, TrainCfg
 from trainables.data import DataBundle, Split
 from trainables.evaluation import Probe, by_label, evaluate_clean, robust_masks
 from trainables.methods import adversary_of
-from trainables.models import InputSpec, fresh_model
+from trainables.models import InputSpec, fresh_model, model_with_weights
 from trainables.perf import configure_backends, prepare_model
 from trainables.training import fit
 
@@ -35,11 +36,20 @@ def accuracy_line(meta: dict[str, Any]) -> str:
 
 
 def pretrain(arch: str, data: DataBundle, data_cfg: DataCfg, cfg: TrainCfg, *, device: torch.device,
-             progress: bool = True) -> tuple[nn.Module, dict[str, Any]]:
-    """Train a fresh `arch` (from `cfg.seed`) on the training split with ReduceLROnPlateau on validation loss."""
-    model = prepare_model(fresh_model(arch, input_spec(data), cfg.seed), device)
+             weights: str | None = None, progress: bool = True,
+             log: Callable[[str], None] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Train `arch` on the training split with ReduceLROnPlateau on validation loss: a fresh initialisation (from
+    `cfg.seed`), or the library's pretrained `weights` (DEFAULT, a tag or a file) with a fresh head where their
+    classes differ from the data set's."""
+    torch.manual_seed(cfg.seed)
+    model, loaded = model_with_weights(arch, input_spec(data), weights)
+    line = loaded.head_line(arch, data.info.num_classes) if loaded is not None else None
+    if line and log is not None:
+        log(line)
+    model = prepare_model(model, device)
     meta = {"arch": arch, "dataset": data.info.name.value, "image_size": data_cfg.resolved().image_size,
-            "data": data_cfg.split_meta(), "kind": "pretrain",
+            "data": data_cfg.split_meta(), "input": input_meta(data.info, model), "kind": "pretrain",
+            "weights": loaded.describe() if loaded is not None else None,
             **_train_and_score(model, data, cfg, device=device, progress=progress, schedule=True)}
     return model, meta
 
@@ -56,17 +66,19 @@ def finetune(base: nn.Module, base_meta: dict[str, Any], data: DataBundle, cfg: 
     if aug is not None:
         aug = aug.resolved(data.info)
     adversary = adversary_of(method, default_eps)
-    model = fresh_model(base_meta["arch"], input_spec(data), cfg.seed) if from_scratch else base
+    channels = getattr(base[0], "channels", None)
+    model = fresh_model(base_meta["arch"], input_spec(data), cfg.seed, channels=channels) if from_scratch else base
     torch.manual_seed(cfg.seed)
     model = prepare_model(model, device)
     meta = {
-        **{k: base_meta[k] for k in ("arch", "dataset", "image_size", "data")},
+        "arch": base_meta["arch"], "dataset": data.info.name.value, "image_size": data.info.height
+        if data.info.resizable else None, "data": base_meta.get("data"), "input": input_meta(data.info, model),
         "kind": "finetune",
         "init": "scratch" if from_scratch else "base",
         "method": method.describe(),
         "augment": aug.to_json() if aug is not None else None,
         "adversarial": adversary.describe() if adversary else None,
-        "base": {k: base_meta.get(k) for k in ("kind", "train", "test_acc", "created")},
+        "base": {k: base_meta.get(k) for k in ("kind", "train", "test_acc", "created", "source")},
         **_train_and_score(model, data, cfg, device=device, progress=progress, augment=aug, adversarial=adversary),
     }
     return model, meta

@@ -31,6 +31,7 @@ class TrialSetup:
     base_state: dict[str, torch.Tensor]
     objective: ObjectiveCfg  # resolved
     jitter: int = 0
+    channels: int | None = None  # the network's input channels, where they differ from the images' (the base's)
 
 
 TrialState = dict[str, Any]  # {"model": state_dict, "optimizer": state_dict, "epoch": epochs done}
@@ -53,7 +54,7 @@ def run_trial(config: Mapping[str, Any], setup: TrialSetup, *, report: ReportFn,
     adversary = adversary_of(method, setup.objective.pgd().eps)
     device = device or pick_device()
     autocast = configure_backends(device)
-    model = build_model(setup.arch, InputSpec.of(setup.info))
+    model = build_model(setup.arch, InputSpec.of(setup.info), channels=setup.channels)
     model.load_state_dict(setup.base_state)
     prepare_model(model, device)
     optimizer = make_optimizer(model.parameters(), train_cfg, device)

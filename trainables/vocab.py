@@ -42,13 +42,39 @@ class Dataset(Name):
     FMNIST = "fmnist"
     CIFAR10 = "cifar10"
     IMAGENETTE = "imagenette"
+    IMAGEFOLDER = "imagefolder"  # the user's own images: torchvision's ImageFolder layout under data.root
 
 
 class Arch(Name):
-    """Model architectures; `trainables.models` registers one factory per member."""
+    """The paper's architectures; `trainables.models` registers one factory per member. Any classification model
+    of a library is named `LIBRARY/NAME` (`ARCH_LIBRARIES`): `torchvision/resnet18`, `timm/convnext_tiny`."""
 
     CNN3 = "cnn3"
     VGG16 = "vgg16"
+
+
+ARCH_LIBRARIES = ("torchvision", "timm")  # model registries an arch name may point into ("torchvision/resnet18")
+ARCH_PATTERN = r"^(cnn3|vgg16|(torchvision|timm)/[A-Za-z0-9_.-]+)$"
+DEFAULT_WEIGHTS = "DEFAULT"  # the library's recommended pretrained weights of an architecture
+
+
+def check_arch_name(value: object) -> str:
+    """`value` as an arch name (a paper architecture or LIBRARY/NAME); whether the library has NAME is checked
+    where the library is imported (`trainables.zoo.check_arch`)."""
+    text = str(getattr(value, "value", value)).strip()
+    library, _, name = text.partition("/")
+    if text.lower() in values(Arch):
+        return text.lower()
+    if library in ARCH_LIBRARIES and name and all(c.isalnum() or c in "_.-" for c in name):
+        return text
+    hint = (f" (did you mean {' or '.join(f'{lib}/{text}' for lib in ARCH_LIBRARIES)}?)" if "/" not in text else "")
+    raise ConfigError(f"must be {', '.join(values(Arch))}, torchvision/NAME or timm/NAME; got {text!r}{hint}")
+
+
+def arch_library(arch: str) -> str | None:
+    """The library an arch name points into, or None for the paper's architectures."""
+    library, sep, _ = arch.partition("/")
+    return library if sep else None
 
 
 class Optimizer(Name):
@@ -236,14 +262,23 @@ PATCH_AREA_SIDE_FRACTION = 0.3  # default patch side: ~0.3 x the image side (~1/
 
 @dataclasses.dataclass(frozen=True)
 class ArchInfo:
-    paper_lr: float  # the paper's lr for pretraining (with its adaptive schedule) and fine-tuning (fixed)
+    lr: float  # the lr of pretraining (with its adaptive schedule) and fine-tuning (fixed): the paper's for its own
     pretrain_epochs: int  # cnn3 reaches ~91 % F-MNIST test accuracy in 10; the paper trained VGG-16 for 200
+    min_side: int = 1  # the smallest input side the network takes (smaller images are upsampled to it)
 
 
 ARCHS: Mapping[Arch, ArchInfo] = {
-    Arch.CNN3: ArchInfo(paper_lr=1e-3, pretrain_epochs=10),
-    Arch.VGG16: ArchInfo(paper_lr=1e-4, pretrain_epochs=200),
+    Arch.CNN3: ArchInfo(lr=1e-3, pretrain_epochs=10, min_side=8),
+    Arch.VGG16: ArchInfo(lr=1e-4, pretrain_epochs=200, min_side=32),
 }
+# A library model: Adam at 1e-4 is the usual rate for fine-tuning a pretrained network (and VGG-16's in the paper);
+# 10 epochs of pretraining adapt a pretrained network's new head and features to a small data set.
+LIBRARY_ARCH = ArchInfo(lr=1e-4, pretrain_epochs=10)
+
+
+def arch_info(arch: str) -> ArchInfo:
+    """Training defaults of an arch: the paper's for its own, `LIBRARY_ARCH` for a library model."""
+    return ARCHS[Arch(arch)] if arch_library(arch) is None else LIBRARY_ARCH
 
 FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -252,6 +287,13 @@ IMAGENETTE_CLASSES = ("tench", "English springer", "cassette player", "chain saw
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENETTE_DEFAULT_SIZE = 160  # pixels: shorter side resized to this, then a centre crop to a square
+IMAGEFOLDER_DEFAULT_SIZE = 224  # pixels: the input side ImageNet-pretrained networks were trained at
+# A data set the paper does not cover has no paper eps: 8/255, the usual L-inf budget for natural images
+# (CIFAR-10, ImageNet), is its default.
+NATURAL_EPS = 8 / 255
+# Gray images normalised like ImageNet's: the mean of its channel statistics.
+IMAGENET_GRAY_MEAN = (0.449,)
+IMAGENET_GRAY_STD = (0.226,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,8 +308,23 @@ class DatasetInfo:
     mean: tuple[float, ...]  # per-channel, applied by the model's first layer
     std: tuple[float, ...]
     classes: tuple[str, ...]
-    default_arch: Arch
-    paper_eps: float  # the paper's L-inf budget for this data set
+    default_arch: str
+    paper_eps: float | None  # the paper's L-inf budget for this data set (None: the paper does not cover it)
+
+    @property
+    def default_eps(self) -> float:
+        """The budget a run takes when none is given: the paper's, else `NATURAL_EPS`."""
+        return self.paper_eps if self.paper_eps is not None else NATURAL_EPS
+
+    @property
+    def eps_source(self) -> str:
+        """Where `default_eps` comes from, in words."""
+        return "the paper's" if self.paper_eps is not None else "8/255, the usual budget for natural images"
+
+    @property
+    def resizable(self) -> bool:
+        """Whether its images are decoded at a chosen side (`data.image_size`)."""
+        return self.name in (Dataset.IMAGENETTE, Dataset.IMAGEFOLDER)
 
     @property
     def side(self) -> int:
@@ -284,19 +341,32 @@ _DATASETS: Mapping[Dataset, DatasetInfo] = {
                                  CIFAR10_CLASSES, Arch.VGG16, 0.03),
     Dataset.IMAGENETTE: DatasetInfo(Dataset.IMAGENETTE, 3, IMAGENETTE_DEFAULT_SIZE, IMAGENETTE_DEFAULT_SIZE, 10,
                                     IMAGENET_MEAN, IMAGENET_STD, IMAGENETTE_CLASSES, Arch.VGG16, 0.03),
+    # The user's own images: their classes and channels are read from the tree (`trainables.data`); until then
+    # it is RGB with no classes. ImageNet's statistics normalise it, as nearly every pretrained network expects.
+    Dataset.IMAGEFOLDER: DatasetInfo(Dataset.IMAGEFOLDER, 3, IMAGEFOLDER_DEFAULT_SIZE, IMAGEFOLDER_DEFAULT_SIZE, 0,
+                                     IMAGENET_MEAN, IMAGENET_STD, (), "torchvision/resnet18", None),
 }
 
 
 def dataset_info(name: Dataset | str, image_size: int | None = None) -> DatasetInfo:
-    """The data set's description; `image_size` is the side a resized data set (Imagenette) is cropped to."""
+    """The data set's description; `image_size` is the side a resized data set (Imagenette, an ImageFolder tree)
+    is cropped to."""
     info = _DATASETS[parse_enum(Dataset, name, "dataset")]
-    if image_size is None or info.name is not Dataset.IMAGENETTE:
+    if image_size is None or not info.resizable:
         return info
     return dataclasses.replace(info, height=image_size, width=image_size)
 
 
 def paper_eps(dataset: Dataset | str) -> float:
-    return dataset_info(dataset).paper_eps
+    """The paper's eps for one of its data sets (the reproduction covers only those)."""
+    eps = dataset_info(dataset).paper_eps
+    if eps is None:
+        raise ConfigError(f"the paper does not cover data set {dataset}: it has no paper eps")
+    return eps
+
+
+def default_eps(dataset: Dataset | str) -> float:
+    return dataset_info(dataset).default_eps
 
 
 def patches_need_jitter(num_patches: int, jitter: int) -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 from study.cli.common import data_flags, output_flags
 from study.cli.flags import Flags, readable_dir, require_files, say, writable_target
 from study.options import AuditOptions, Output
-from trainables.config import AuditCfg, DataCfg
+from trainables.config import AuditCfg, DataCfg, ModelCfg
 
 
 def add(sub: Any) -> None:
@@ -22,7 +22,7 @@ def add(sub: Any) -> None:
         flags.add(AuditCfg, name)
     flags.add(AuditOptions, "base", metavar="CKPT")
     flags.add(AuditOptions, "out", metavar="FILE")
-    data_flags(flags, dataset=False, limits=False)
+    data_flags(flags, limits=False, of_file=True)
     output_flags(flags, json=True)
     p.set_defaults(run=lambda args: run(flags, args))
 
@@ -38,8 +38,9 @@ def run(flags: Flags, args: argparse.Namespace) -> int:
     from study import api
     from trainables.atomic import atomic_write_text
 
-    result = api.audit_checkpoint(args.checkpoint, cfg, base=opts.base, data=flags.given(args, DataCfg), device=shown.device,
-                       progress=not (shown.quiet or shown.json), log=None if shown.json else say)
+    result = api.audit_checkpoint(args.checkpoint, cfg, base=opts.base, data=flags.given(args, DataCfg),
+                                  arch=flags.build(args, ModelCfg).arch, device=shown.device,
+                                  progress=not (shown.quiet or shown.json), log=None if shown.json else say)
     payload = result.as_dict()
     if out is not None:
         atomic_write_text(out, json.dumps(payload, indent=2))

@@ -7,14 +7,19 @@ from typing import Any
 
 from study.cli.flags import Flags, UsageError, device, readable_dir
 from study.options import Output
-from trainables.config import AugCfg, ConfigError, DataCfg, TrainCfg
+from trainables.config import AugCfg, ConfigError, DataCfg, ModelCfg, TrainCfg
 from trainables.vocab import DatasetInfo
 
 
-def data_flags(flags: Flags, *, dataset: bool = True, limits: bool = True) -> None:
+def data_flags(flags: Flags, *, dataset: bool = True, limits: bool = True, of_file: bool = False) -> None:
+    """The data flags; `of_file`: a command reading a model file, whose data set (and arch) are the checkpoint's,
+    and which a plain state dict needs."""
     if dataset:
-        flags.add(DataCfg, "dataset")
+        flags.add(DataCfg, "dataset", default="the checkpoint's; a plain state dict needs it" if of_file else None)
+    if of_file:
+        flags.add(ModelCfg, "arch", default="the checkpoint's; a plain state dict needs it")
     flags.add(DataCfg, "root", "--data-root", metavar="DIR")
+    flags.add(DataCfg, "image_size", metavar="N")
     if limits:
         for split in ("train", "val", "test"):
             flags.add(DataCfg, f"limit_{split}", metavar="N")
@@ -55,3 +60,21 @@ def data_cfg(flags: Flags, args: argparse.Namespace) -> DataCfg:
     """The data settings given (the root checked to be a readable directory first)."""
     readable_dir(getattr(args, "data_root", None))
     return flags.build(args, DataCfg)
+
+
+def model_file(flags: Flags, args: argparse.Namespace, path: str) -> tuple[Any, DataCfg]:
+    """A checkpoint or plain state dict (what --arch and --dataset say it is) and the data settings it is used on:
+    its own, with the data flags given on top; the image side checked against the arch."""
+    from trainables.checkpoint import load_checkpoint
+    from trainables.zoo import check_inputs
+
+    readable_dir(getattr(args, "data_root", None))
+    arch = flags.build(args, ModelCfg).arch
+    ckpt = load_checkpoint(path, arch=arch, dataset=getattr(args, "dataset", None))
+    data = ckpt.data_cfg(**flags.given(args, DataCfg))
+    check_inputs(ckpt.arch, data.info)
+    if ckpt.plain:  # weights that do not fit the arch or the classes stop here, before the images are decoded
+        from trainables.data import peek_info
+
+        ckpt.build(peek_info(data))
+    return ckpt, data

@@ -6,10 +6,10 @@ import argparse
 import json
 from typing import Any
 
-from study.cli.common import data_flags, output, output_flags
-from study.cli.flags import Flags, UsageError, readable_dir, require_files, say
+from study.cli.common import data_flags, model_file, output, output_flags
+from study.cli.flags import Flags, UsageError, require_files, say
 from study.options import EvalOptions
-from trainables.config import AttackCfg, DataCfg
+from trainables.config import AttackCfg
 
 
 def add(sub: Any) -> None:
@@ -17,12 +17,13 @@ def add(sub: Any) -> None:
     p.add_argument("checkpoints", nargs="+", metavar="CKPT")
     flags = Flags(p, "eval")
     flags.add(EvalOptions, "attacks")
-    flags.add(AttackCfg, "eps", default="the paper's eps for the data set, 0.3 fmnist / 0.03 others")
+    flags.add(AttackCfg, "eps", default="the paper's eps for the data set, 0.3 fmnist / 0.03 others / 8/255 "
+                                        "imagefolder")
     for name in ("alpha", "steps", "restarts", "last_iterate"):
         flags.add(AttackCfg, name)
     for name in ("split", "limit", "batch_size", "seed"):
         flags.add(EvalOptions, name)
-    data_flags(flags, dataset=False, limits=False)
+    data_flags(flags, limits=False, of_file=True)
     output_flags(flags, json=True)
     p.set_defaults(run=lambda args: run(flags, args))
 
@@ -30,21 +31,20 @@ def add(sub: Any) -> None:
 def run(flags: Flags, args: argparse.Namespace) -> int:
     opts = flags.build(args, EvalOptions)
     require_files(*args.checkpoints)
-    readable_dir(args.data_root)
     from analysis.tables import eval_table
-    from trainables.checkpoint import load_checkpoint
     from trainables.data import load_data
     from trainables.evaluation import accuracies
     from trainables.pipeline import evaluate_model
 
-    ckpts = [load_checkpoint(p) for p in args.checkpoints]
+    opened = [model_file(flags, args, p) for p in args.checkpoints]
+    ckpts = [ck for ck, _ in opened]
     first = ckpts[0]
-    for path, ck in zip(args.checkpoints[1:], ckpts[1:], strict=True):
-        if ck.dataset is not first.dataset or ck.input_spec() != first.input_spec():
+    for path, (ck, cfg) in zip(args.checkpoints[1:], opened[1:], strict=True):
+        if ck.dataset is not first.dataset or cfg.info.side != opened[0][1].info.side:
             raise UsageError(f"{path} is for {ck.dataset.value}, but {args.checkpoints[0]} is for {first.dataset.value}")
-    data_cfg = first.data_cfg(**flags.given(args, DataCfg), **{f"limit_{opts.split.value}": opts.limit})
+    data_cfg = opened[0][1].replace(**{f"limit_{opts.split.value}": opts.limit})
     given = flags.given(args, AttackCfg)
-    attacks = [AttackCfg.parse({"eps": data_cfg.info.paper_eps, **given, "name": a}) for a in opts.attacks]
+    attacks = [AttackCfg.parse({"eps": data_cfg.info.default_eps, **given, "name": a}) for a in opts.attacks]
     shown, dev = output(flags, args)
     data = load_data(data_cfg)
     split = data.split(opts.split.value)
@@ -52,7 +52,7 @@ def run(flags: Flags, args: argparse.Namespace) -> int:
     for path, ck in zip(args.checkpoints, ckpts, strict=True):
         if not shown.json:
             say(f"evaluating {path} on {len(split)} {opts.split.value} images on {dev}")
-        acc = accuracies(evaluate_model(ck.build(), split, attacks, device=dev, batch_size=opts.batch_size,
+        acc = accuracies(evaluate_model(ck.build(data.info), split, attacks, device=dev, batch_size=opts.batch_size,
                                         seed=opts.seed, progress=not (shown.quiet or shown.json)))
         results.append({
             "checkpoint": str(path),

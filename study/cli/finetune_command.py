@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from study.cli.common import aug_cfg, aug_flags, data_flags, output, output_flags, train_flags
-from study.cli.flags import Flags, UsageError, readable_dir, require_files, say, writable_target
+from study.cli.common import aug_cfg, aug_flags, data_flags, model_file, output, output_flags, train_flags
+from study.cli.flags import Flags, UsageError, require_files, say, writable_target
 from study.options import FinetuneOptions
-from trainables.config import AugCfg, DataCfg, MethodCfg, TrainCfg
-from trainables.vocab import Arch, warmup_text
+from trainables.config import AugCfg, MethodCfg, TrainCfg
+from trainables.vocab import warmup_text
 
 
 def add(sub: Any) -> None:
@@ -18,7 +18,7 @@ def add(sub: Any) -> None:
                                         "the paper's adversarial-training baselines")
     flags = Flags(p, "finetune")
     flags.add(FinetuneOptions, "base", metavar="CKPT")
-    data_flags(flags, dataset=False)
+    data_flags(flags, of_file=True)
     train_flags(flags)
     for name in ("method", "augment", "train_eps", "at_steps", "at_alpha", "beta", "eps_warmup"):
         flags.add(MethodCfg, name)
@@ -35,29 +35,27 @@ def run(flags: Flags, args: argparse.Namespace) -> int:
     method = flags.build(args, MethodCfg)  # checked before anything is loaded
     opts = flags.build(args, FinetuneOptions)
     require_files(opts.base)
-    from trainables.checkpoint import load_checkpoint, save_checkpoint
+    from trainables.checkpoint import save_checkpoint
     from trainables.data import load_data
     from trainables.pipeline import accuracy_line, finetune
 
-    ckpt = load_checkpoint(opts.base)
-    readable_dir(args.data_root)
-    data_cfg = ckpt.data_cfg(**flags.given(args, DataCfg))
+    ckpt, data_cfg = model_file(flags, args, opts.base)
     info = data_cfg.info
     aug = aug_cfg(flags, args, info)
-    cfg = flags.build(args, TrainCfg).resolved(Arch(ckpt.arch), finetune=True)
-    method = method.resolved(info.paper_eps)
+    cfg = flags.build(args, TrainCfg).resolved(ckpt.arch, finetune=True)
+    method = method.resolved(info.default_eps)
     out = writable_target(opts.out or f"runs/finetune-{method.method.value.replace('_', '-')}-{cfg.optimizer.value}"
                                       f"-s{cfg.seed}.pt", "--out")
     shown, dev = output(flags, args)
-    base = ckpt.build()
     data = load_data(data_cfg)
+    base = ckpt.build(data.info)
     say(f"{'training' if opts.from_scratch else 'fine-tuning'} "
         + (f"a fresh {ckpt.arch} (seed {cfg.seed}; {opts.base} is its comparison)" if opts.from_scratch
            else f"{ckpt.arch} ({opts.base})")
         + f" on {data_cfg.dataset.value} {_what(method, aug)} with {cfg.optimizer.value} lr {cfg.lr:g} for "
           f"{cfg.epochs} epochs on {dev}")
-    model, meta = finetune(base, ckpt.meta, data, cfg, method, aug if method.augmented else None,
-                           default_eps=info.paper_eps, device=dev, progress=not shown.quiet,
+    model, meta = finetune(base, {"data": data_cfg.split_meta(), **ckpt.meta}, data, cfg, method, aug if method.augmented else None,
+                           default_eps=info.default_eps, device=dev, progress=not shown.quiet,
                            from_scratch=opts.from_scratch)
     meta["seed"] = cfg.seed
     meta["base_path"] = str(opts.base)

@@ -7,19 +7,24 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, StrictInt, field_validator, model_validator
+from pydantic import BeforeValidator, Field, StrictInt, field_validator, model_validator
 
 from trainables.config.spine import Count, FieldError, Flag, PathText, Settings, UnitClosed
 from trainables.vocab import (
+    ARCH_PATTERN,
+    IMAGEFOLDER_DEFAULT_SIZE,
     IMAGENETTE_DEFAULT_SIZE,
-    Arch,
     ConfigError,
     Dataset,
     DatasetInfo,
     PatchOp,
+    check_arch_name,
     dataset_info,
     patches_need_jitter,
 )
+
+# An architecture: one of the paper's, or any classification model of torchvision or timm as LIBRARY/NAME.
+ArchName = Annotated[str, BeforeValidator(check_arch_name), Field(json_schema_extra={"pattern": ARCH_PATTERN})]
 
 
 class DataCfg(Settings):
@@ -28,7 +33,8 @@ class DataCfg(Settings):
 
     dataset: Dataset = Field(Dataset.FMNIST, description="data set")
     root: PathText | None = Field(None, description="directory searched first for the data set's files (null: only the "
-                                               "standard places, then torchvision's download)")
+                                               "standard places, then torchvision's download); imagefolder: the "
+                                               "tree's top, holding train/ (and optionally val/, test/)")
     val_fraction: Annotated[float, Field(gt=0, le=0.9, allow_inf_nan=False, strict=True)] = Field(
         0.1, description="share of the training split held out for validation")
     split_seed: StrictInt = Field(0, description="seeds the train/val split and the test subset's order (the same "
@@ -38,20 +44,24 @@ class DataCfg(Settings):
                                                       "objective on them every epoch (null: all)")
     limit_test: Count | None = Field(None, description="use only the first N test images (null: all)")
     image_size: Annotated[int, Field(ge=32, le=512, strict=True)] | None = Field(
-        None, description=f"imagenette only: image side in pixels after resizing the shorter side and a centre crop "
-                          f"(null: {IMAGENETTE_DEFAULT_SIZE})")
+        None, description=f"imagenette and imagefolder: image side in pixels after resizing the shorter side and a "
+                          f"centre crop (null: {IMAGENETTE_DEFAULT_SIZE} imagenette, {IMAGEFOLDER_DEFAULT_SIZE} "
+                          f"imagefolder)")
     download: Flag = Field(True, description="fall back to torchvision's download when no local copy is found")
 
     @model_validator(mode="after")
-    def _image_size_for_imagenette(self) -> DataCfg:
-        if self.image_size is not None and self.dataset is not Dataset.IMAGENETTE:
-            raise FieldError("image_size", f"is only settable for imagenette, got dataset {self.dataset.value}")
+    def _consistent(self) -> DataCfg:
+        if self.image_size is not None and not dataset_info(self.dataset).resizable:
+            raise FieldError("image_size", f"is only settable for imagenette and imagefolder, got dataset "
+                                           f"{self.dataset.value}")
+        if self.dataset is Dataset.IMAGEFOLDER and self.root is None:
+            raise FieldError("root", "imagefolder needs the tree's directory (--data-root DIR), got none")
         return self
 
     def resolved(self) -> DataCfg:
-        """The image side filled in where it applies (imagenette's default)."""
-        if self.image_size is None and self.dataset is Dataset.IMAGENETTE:
-            return self.replace(image_size=IMAGENETTE_DEFAULT_SIZE)
+        """The image side filled in where it applies (the data set's default)."""
+        if self.image_size is None and dataset_info(self.dataset).resizable:
+            return self.replace(image_size=dataset_info(self.dataset).height)
         return self
 
     @property
@@ -62,14 +72,18 @@ class DataCfg(Settings):
     def split_meta(self) -> dict[str, Any]:
         """What defines the splits (the limits are per-command choices): a checkpoint records it, so evaluating the
         checkpoint later uses the same validation split."""
-        return {"val_fraction": self.val_fraction, "split_seed": self.split_seed, "image_size": self.resolved().image_size}
+        meta = {"val_fraction": self.val_fraction, "split_seed": self.split_seed, "image_size": self.resolved().image_size}
+        if self.dataset is Dataset.IMAGEFOLDER:  # the tree is the data set
+            meta["root"] = self.root
+        return meta
 
 
 class ModelCfg(Settings):
     """Which network is trained."""
 
-    arch: Arch | None = Field(None, description="architecture (null: the data set's, cnn3 for fmnist and vgg16 "
-                                                "otherwise)")
+    arch: ArchName | None = Field(None, description="architecture: cnn3, vgg16, torchvision/NAME or timm/NAME "
+                                                    "(null: the data set's, cnn3 fmnist, vgg16 cifar10 and "
+                                                    "imagenette, torchvision/resnet18 imagefolder)")
 
     def resolved(self, dataset: Dataset) -> ModelCfg:
         return self if self.arch is not None else self.replace(arch=dataset_info(dataset).default_arch)

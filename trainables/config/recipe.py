@@ -14,14 +14,13 @@ from typing_extensions import Self
 from trainables.config.spine import Count, Flag, Positive, Settings, Share, Unit
 from trainables.config.threat import AttackCfg, madry_alpha
 from trainables.vocab import (
-    ARCHS,
     METHODS,
     PAPER_ALPHA,
     PAPER_STEPS,
-    Arch,
     AttackName,
     Method,
     Optimizer,
+    arch_info,
     not_a_parameter,
 )
 
@@ -34,11 +33,12 @@ class TrainCfg(Settings):
 
     optimizer: Optimizer = Field(Optimizer.ADAM, description="optimizer")
     lr: Annotated[Positive, Field(le=10)] | None = Field(
-        None, description="learning rate (null: the paper's for the arch, 1e-3 cnn3 / 1e-4 vgg16)")
+        None, description="learning rate (null: the arch's, 1e-3 cnn3 / 1e-4 vgg16 and library models)")
     batch_size: Count = Field(128, description="clean images per step (the patch augmentation adds a modified copy "
                                                "of each)")
-    epochs: Count | None = Field(None, description=f"epochs (null: the arch's pretraining epochs, 10 cnn3 / 200 "
-                                                   f"vgg16, or {FINETUNE_EPOCHS} when fine-tuning)")
+    epochs: Count | None = Field(None, description=f"epochs (null: the arch's pretraining epochs, 10 cnn3 and "
+                                                   f"library models / 200 vgg16, or {FINETUNE_EPOCHS} when "
+                                                   f"fine-tuning)")
     weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)] = Field(
         0.0, description="L2 weight decay")
     momentum: Share = Field(0.9, description="sgd's momentum (RMSProp keeps its usual 0, as in Keras and torch)")
@@ -48,10 +48,10 @@ class TrainCfg(Settings):
         0.5, description="pretraining's adaptive lr: the factor at each plateau")
     seed: StrictInt = Field(0, description="seed of the initialisation, batch order, augmentation and attack starts")
 
-    def resolved(self, arch: Arch, *, finetune: bool) -> Self:
+    def resolved(self, arch: str, *, finetune: bool) -> Self:
         """lr and epochs filled in: the paper's for `arch` (fine-tuning: FINETUNE_EPOCHS)."""
-        paper = ARCHS[arch]
-        return self.replace(lr=self.lr if self.lr is not None else paper.paper_lr,
+        paper = arch_info(arch)
+        return self.replace(lr=self.lr if self.lr is not None else paper.lr,
                             epochs=self.epochs if self.epochs is not None else
                             FINETUNE_EPOCHS if finetune else paper.pretrain_epochs)
 

@@ -23,7 +23,7 @@ from trainables.vocab import (
     EvalSplit,
     ExtraObjective,
     Objective,
-    paper_eps,
+    default_eps,
 )
 
 
@@ -79,8 +79,9 @@ def strong_pgd(eps: float, steps: int, restarts: int = 1) -> AttackCfg:
 
 
 def paper_attacks(dataset: Dataset, names: tuple[AttackName | str, ...] | None = None) -> list[AttackCfg]:
-    """The paper's attacks for `dataset` (clean, FGSM, IFGSM, PGD-10 by default): its eps, alpha 0.01, 10 steps."""
-    eps = paper_eps(dataset)
+    """The paper's attacks for `dataset` (clean, FGSM, IFGSM, PGD-10 by default): its eps (8/255 for a data set it
+    does not cover), alpha 0.01, 10 steps."""
+    eps = default_eps(dataset)
     return [AttackCfg(name=AttackName(n), eps=eps) for n in (names or tuple(AttackName))]
 
 
@@ -96,7 +97,8 @@ class ObjectiveCfg(Settings):
     """
 
     metric: Objective = Field(Objective.PGD_ACC, description="pgd_acc or robust_auc")
-    eps: Unit | None = Field(None, description="PGD budget (null: the paper's eps for the data set)")
+    eps: Unit | None = Field(None, description="PGD budget (null: the paper's eps for the data set, 8/255 for "
+                                                       "imagefolder)")
     alpha: Unit | None = Field(None, description="PGD step size (null: Madry's 2.5 eps / steps)")
     steps: Count = Field(PAPER_STEPS, description="PGD iterations")
     restarts: Count = Field(1, description="PGD random starts; a sample is robust only if it survives every one")
@@ -127,8 +129,8 @@ class ObjectiveCfg(Settings):
         return tuple(m)
 
     def resolved(self, dataset: Dataset) -> ObjectiveCfg:
-        """eps and alpha filled in: the paper's eps for `dataset`, Madry's step size."""
-        eps = self.eps if self.eps is not None else paper_eps(dataset)
+        """eps and alpha filled in: the paper's eps for `dataset` (8/255 where it has none), Madry's step size."""
+        eps = self.eps if self.eps is not None else default_eps(dataset)
         return self.replace(eps=eps, alpha=self.alpha if self.alpha is not None else madry_alpha(eps, self.steps))
 
     def pgd(self) -> AttackCfg:
@@ -151,7 +153,7 @@ class AuditCfg(Settings):
     enabled: Flag = Field(False, description="a study: audit the best trial(s) and the base at the end")
     eps: Annotated[EpsList, Field(min_length=1)] | None = Field(
         None, description="budgets audited (null: a study's objective eps; `patchtune audit`: the paper's eps for "
-                          "the data set)")
+                          "the data set, 8/255 for imagefolder)")
     split: EvalSplit = Field(EvalSplit.TEST, description="split audited")
     limit: Count | None = Field(500, description="images audited, the first of the split (null: all)")
     strong_steps: Count = Field(100, description="strong PGD iterations (alpha = Madry's 2.5 eps / steps)")
@@ -179,7 +181,7 @@ class AuditCfg(Settings):
         return value
 
     def budgets(self, dataset: Dataset) -> tuple[float, ...]:
-        return self.eps if self.eps is not None else (paper_eps(dataset),)
+        return self.eps if self.eps is not None else (default_eps(dataset),)
 
     def strong(self, eps: float, steps: int | None = None, restarts: int | None = None) -> AttackCfg:
         """The strong PGD at `eps` (by default `strong_steps` x `strong_restarts`)."""

@@ -1,5 +1,5 @@
 """The data sets' real on-disk formats, read into uint8 tensors: IDX files (F-MNIST), CIFAR-10's pickled python
-batches, and image files (Imagenette's JPEG tree), decoded once and cached.
+batches, and image files (an ImageFolder tree, Imagenette's among them), decoded once and cached.
 
 CIFAR batches are pickles. They are read with a restricted unpickler that only rebuilds dicts, lists, bytes and
 numpy arrays, so a hostile file cannot run code.
@@ -93,31 +93,38 @@ def cifar_split(paths: Sequence[Path]) -> Split:
                  torch.from_numpy(np.concatenate([p[1] for p in parts])))
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
 def decode_images(files: Sequence[tuple[Path, int]], side: int, what: str) -> Split:
-    """Image files (any format torchvision decodes) -> RGB uint8 [N, 3, side, side]: the shorter side resized to
-    `side`, then a centre crop."""
-    from torchvision.io import ImageReadMode, decode_image
+    """Image files -> uint8 [N, C, side, side]: the shorter side resized to `side`, then a centre crop. C is 1
+    when every image is gray (its colour channels equal, or a gray file), else 3. A file that does not decode
+    is a DataError naming it: nothing is skipped."""
+    from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.v2 import functional as TF
     from tqdm import tqdm
 
     xs = torch.empty((len(files), 3, side, side), dtype=torch.uint8)
     ys = torch.empty(len(files), dtype=torch.int64)
+    gray = True
     for i, (path, label) in enumerate(tqdm(files, desc=f"decoding {what}", unit="img", leave=False, mininterval=2.0)):
         try:
-            img = decode_image(torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8), mode=ImageReadMode.RGB)
-        except RuntimeError as exc:
-            raise DataError(f"{path}: cannot decode image ({exc})") from None
-        img = TF.resize(img, [side], antialias=True)  # shorter side -> side
-        xs[i] = TF.center_crop(img, [side, side])
+            with Image.open(path) as img:
+                rgb = np.asarray(img.convert("RGB"))
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+            raise DataError(f"{path}: cannot decode image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        img_t = TF.resize(torch.from_numpy(rgb.copy()).permute(2, 0, 1), [side], antialias=True)  # shorter side -> side
+        xs[i] = TF.center_crop(img_t, [side, side])
         ys[i] = label
-    return Split(xs, ys)
+        gray = gray and bool((xs[i, 0] == xs[i, 1]).all() and (xs[i, 1] == xs[i, 2]).all())
+    return Split(xs[:, :1].clone() if gray and len(files) else xs, ys)
 
 
 def _fingerprint(files: Sequence[tuple[Path, int]]) -> str:
     h = hashlib.sha1()
     for path, label in files:
         stat = path.stat()
-        h.update(f"{path.name}:{label}:{stat.st_size}:{int(stat.st_mtime)}\n".encode())
+        h.update(f"{path}:{label}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     return h.hexdigest()[:12]
 
 

@@ -15,9 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from trainables.config import DataCfg
-from trainables.data.formats import cifar_split, decoded_images, idx_split
+from trainables.data.formats import IMAGE_SUFFIXES, cifar_split, decoded_images, idx_split
 from trainables.data.splits import DataBundle, DataError, Split, cache_dir, limited, shuffled, split_train_val
-from trainables.vocab import Dataset, dataset_info
+from trainables.vocab import (
+    IMAGENET_GRAY_MEAN,
+    IMAGENET_GRAY_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Dataset,
+    DatasetInfo,
+    dataset_info,
+)
 
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 # Imagenette's ten WordNet ids in their canonical (sorted) order = class indices 0..9.
@@ -26,7 +34,18 @@ IMAGENETTE_WNIDS = (
     "n03394916", "n03417042", "n03425413", "n03445777", "n03888605",
 )
 
-Reader = Callable[[Path, DataCfg], tuple[Split, Split] | None]  # (train, test), or None: no copy there
+@dataclasses.dataclass(frozen=True)
+class Found:
+    """A data set's splits as read from one directory: `val` where the files have their own (else it is held out
+    from `train`), and `classes` where the files name them (an ImageFolder tree)."""
+
+    train: Split
+    test: Split
+    val: Split | None = None
+    classes: tuple[str, ...] | None = None
+
+
+Reader = Callable[[Path, DataCfg], Found | None]  # None: no copy there
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +56,8 @@ class Source:
     places: Callable[[Path | None], list[Path]]  # directories to look in, the user's root (or None) first
     read: Reader
     looked_for: str  # what a directory must hold, for the error message
-    download: tuple[str, dict[str, Any], str]  # torchvision class, its arguments, the directory it fills in the cache
+    # torchvision class, its arguments, the directory it fills in the cache (None: nothing to download)
+    download: tuple[str, dict[str, Any], str] | None
     get_it: str  # how to get the files by hand
 
 
@@ -55,26 +75,59 @@ def register_dataset(dataset: Dataset) -> Callable[[Callable[[], Source]], Calla
 
 
 def load_data(cfg: DataCfg) -> DataBundle:
-    """Load `cfg.dataset` whole, split train/val with `cfg.split_seed`, and apply the size limits."""
-    train, test, where = _find(_SOURCES[cfg.dataset], cfg)
-    train_part, val_part = split_train_val(train, cfg.val_fraction, cfg.split_seed)
-    return DataBundle(info=dataset_info(cfg.dataset, cfg.image_size), train=limited(train_part, cfg.limit_train),
-                      val=limited(val_part, cfg.limit_val), test=limited(shuffled(test, cfg.split_seed), cfg.limit_test),
-                      source=str(where))
+    """Load `cfg.dataset` whole, split train/val with `cfg.split_seed` (unless the files have a validation split),
+    and apply the size limits. The description (`info`) takes the classes and channels the files have."""
+    found, where = _find(_SOURCES[cfg.dataset], cfg)
+    train, val = (found.train, found.val) if found.val is not None else split_train_val(found.train, cfg.val_fraction,
+                                                                                         cfg.split_seed)
+    channels = max(len_channels(s) for s in (train, val, found.test))
+    train, val, test = (with_channels(s, channels) for s in (train, val, found.test))
+    info = dataset_info(cfg.dataset, cfg.image_size)
+    if found.classes is not None:
+        info = dataclasses.replace(info, classes=found.classes, num_classes=len(found.classes))
+    if channels != info.channels:
+        gray = channels == 1
+        info = dataclasses.replace(info, channels=channels, mean=IMAGENET_GRAY_MEAN if gray else IMAGENET_MEAN,
+                                   std=IMAGENET_GRAY_STD if gray else IMAGENET_STD)
+    return DataBundle(info=info, train=limited(train, cfg.limit_train), val=limited(val, cfg.limit_val),
+                      test=limited(shuffled(test, cfg.split_seed), cfg.limit_test), source=str(where))
 
 
-def _find(source: Source, cfg: DataCfg) -> tuple[Split, Split, Path]:
+def peek_info(cfg: DataCfg) -> DatasetInfo:
+    """The data set's description before its images are decoded: an ImageFolder tree's classes are its train/
+    class folders (a tree without them is refused when it is loaded)."""
+    info = dataset_info(cfg.dataset, cfg.image_size)
+    train = Path(cfg.root) / "train" if cfg.root else None
+    if cfg.dataset is Dataset.IMAGEFOLDER and train is not None and train.is_dir():
+        classes = tuple(class_folders(train))
+        return dataclasses.replace(info, classes=classes, num_classes=len(classes))
+    return info
+
+
+def len_channels(split: Split) -> int:
+    return int(split.x.shape[1])
+
+
+def with_channels(split: Split, channels: int) -> Split:
+    """A gray split as `channels` (3: repeated), so every split of a data set has the same channels."""
+    return split if len_channels(split) == channels else Split(split.x.repeat(1, channels, 1, 1), split.y)
+
+
+def _find(source: Source, cfg: DataCfg) -> tuple[Found, Path]:
     places = source.places(Path(cfg.root) if cfg.root else None)
     for directory in places:
         loaded = source.read(directory, cfg)
         if loaded is not None:
-            return loaded[0], loaded[1], directory
+            return loaded, directory
+    if source.download is None:
+        raise DataError(f"{source.label} not found: looked for {source.looked_for} in {', '.join(map(str, places))}. "
+                        f"{source.get_it}")
     error = _download(cfg, source)
     target = cache_dir() / "data" / source.download[2]
     if error is None:
         loaded = source.read(target, cfg)
         if loaded is not None:
-            return loaded[0], loaded[1], target
+            return loaded, target
     raise DataError(f"{source.label} not found: looked for {source.looked_for} in {', '.join(map(str, places))}"
                     f"{'; download failed: ' + error if error else ''}. {source.get_it}")
 
@@ -86,6 +139,7 @@ def _download(cfg: DataCfg, source: Source) -> str | None:
     import torchvision.datasets as tvd
     from filelock import FileLock
 
+    assert source.download is not None
     name, kwargs, _ = source.download
     target = cache_dir() / "data"
     target.mkdir(parents=True, exist_ok=True)
@@ -104,13 +158,13 @@ def _file(directory: Path, stem: str) -> Path | None:
     return next((p for p in (directory / stem, directory / f"{stem}.gz") if p.is_file()), None)
 
 
-def _read_fmnist(directory: Path, cfg: DataCfg) -> tuple[Split, Split] | None:
+def _read_fmnist(directory: Path, cfg: DataCfg) -> Found | None:
     stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
     found = [_file(directory, s) for s in stems]
     if any(p is None for p in found):
         return None
     images, labels, test_images, test_labels = (p for p in found if p is not None)
-    return idx_split(images, labels), idx_split(test_images, test_labels)
+    return Found(idx_split(images, labels), idx_split(test_images, test_labels))
 
 
 @register_dataset(Dataset.FMNIST)
@@ -131,10 +185,10 @@ def _fmnist() -> Source:
 _CIFAR_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
 
 
-def _read_cifar(directory: Path, cfg: DataCfg) -> tuple[Split, Split] | None:
+def _read_cifar(directory: Path, cfg: DataCfg) -> Found | None:
     if not all((directory / n).is_file() for n in _CIFAR_FILES):
         return None
-    return cifar_split([directory / n for n in _CIFAR_FILES[:5]]), cifar_split([directory / "test_batch"])
+    return Found(cifar_split([directory / n for n in _CIFAR_FILES[:5]]), cifar_split([directory / "test_batch"]))
 
 
 @register_dataset(Dataset.CIFAR10)
@@ -148,26 +202,77 @@ def _cifar10() -> Source:
                   "set the data root to that directory.")
 
 
-def _imagenette_files(directory: Path, split: str) -> list[tuple[Path, int]] | None:
-    split_dir = directory / split
-    if not split_dir.is_dir():
-        return None
-    files: list[tuple[Path, int]] = []
-    for sub in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-        if sub.name not in IMAGENETTE_WNIDS:
-            raise DataError(f"{sub}: not an Imagenette class folder (expected one of the ten WordNet ids, e.g. n01440764)")
-        label = IMAGENETTE_WNIDS.index(sub.name)
-        files += [(f, label) for f in sorted(sub.iterdir()) if f.suffix.lower() in (".jpeg", ".jpg", ".png")]
-    return files or None
+# ------------------------------------------------------------------------------ ImageFolder trees (Imagenette's too)
 
 
-def _read_imagenette(directory: Path, cfg: DataCfg) -> tuple[Split, Split] | None:
-    train, val = _imagenette_files(directory, "train"), _imagenette_files(directory, "val")
-    if train is None or val is None:
+@dataclasses.dataclass(frozen=True)
+class Tree:
+    """Where an ImageFolder tree keeps each split (None: held out from train), and its classes where they are
+    fixed (Imagenette's ten WordNet ids; None: the class folders of train/)."""
+
+    test: str | None = "test"
+    val: str | None = "val"
+    classes: tuple[str, ...] | None = None
+
+
+def class_folders(split_dir: Path) -> list[str]:
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def tree_files(split_dir: Path, classes: tuple[str, ...]) -> list[tuple[Path, int]]:
+    """(file, class index) of every image under `split_dir`/<class>/, class folders checked against `classes`."""
+    present = class_folders(split_dir)
+    for name in classes:
+        if name not in present:
+            raise DataError(f"{split_dir} has no folder for class {name!r} (every split must have the same classes)")
+    extra = [name for name in present if name not in classes]
+    if extra:
+        raise DataError(f"{split_dir / extra[0]}: class {extra[0]!r} is not one of the training classes "
+                        f"({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})")
+    return [(f, label) for label, name in enumerate(classes) for f in sorted((split_dir / name).iterdir())
+            if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
+
+
+def read_tree(directory: Path, cfg: DataCfg, tree: Tree, name: str) -> Found | None:
+    """An ImageFolder tree (`directory`/train/<class>/*.png ...) decoded at `cfg`'s image side; None when there
+    is no train/ folder. A split without images, a class missing from a split, a file that does not decode: a
+    DataError naming it."""
+    train_dir = directory / "train"
+    if not train_dir.is_dir():
         return None
+    classes = tree.classes or tuple(class_folders(train_dir))
+    if not classes:
+        raise DataError(f"{train_dir} has no class folders (expected {train_dir}/<class>/*.png)")
     side = cfg.info.height
-    # Imagenette's "val" is its test split (the paper reports on it); ours is held out from train.
-    return decoded_images(train, side, "imagenette", "train"), decoded_images(val, side, "imagenette", "val")
+    splits: dict[str, Split] = {}
+    for split, folder in (("train", "train"), ("val", tree.val), ("test", tree.test)):
+        if folder is None or not (directory / folder).is_dir():
+            continue
+        files = tree_files(directory / folder, classes)
+        if not files:
+            raise DataError(f"{directory / folder} holds no images ({', '.join(IMAGE_SUFFIXES)}) in its class folders")
+        splits[split] = decoded_images(files, side, name, split)
+    test = splits.get("test")
+    train = splits["train"]
+    if test is None:  # held out with a fixed seed: the same test images whatever the split seed
+        train, test = split_train_val(train, cfg.val_fraction, TEST_HOLDOUT_SEED)
+    return Found(train, test, splits.get("val"), classes if tree.classes is None else None)
+
+
+TEST_HOLDOUT_SEED = 12345
+
+
+@register_dataset(Dataset.IMAGEFOLDER)
+def _imagefolder() -> Source:
+    def read(directory: Path, cfg: DataCfg) -> Found | None:
+        found = read_tree(directory, cfg, Tree(), "imagefolder")
+        if found is None:
+            raise DataError(f"{directory} is not an ImageFolder tree: it has no train/ folder (expected "
+                            f"{directory}/train/<class>/*.png, and optionally val/ and test/)")
+        return found
+
+    return Source("ImageFolder tree", lambda root: [root] if root else [], read, "train/<class>/ folders", None,
+                  "Set the data root to a directory holding train/<class>/*.png (and optionally val/, test/).")
 
 
 @register_dataset(Dataset.IMAGENETTE)
@@ -176,7 +281,13 @@ def _imagenette() -> Source:
         names = ("imagenette2-160", "imagenette2-320", "imagenette2")
         return [*([root / n for n in names] + [root] if root else []), cache_dir() / "data" / "imagenette2-160"]
 
-    return Source("Imagenette", places, _read_imagenette, "train/ and val/ class folders",
+    # Imagenette's "val" is its test split (the paper reports on it); ours is held out from train.
+    def read(directory: Path, cfg: DataCfg) -> Found | None:
+        if not (directory / "val").is_dir():
+            return None
+        return read_tree(directory, cfg, Tree(test="val", val=None, classes=IMAGENETTE_WNIDS), "imagenette")
+
+    return Source("Imagenette", places, read, "train/ and val/ class folders",
                   ("Imagenette", {"size": "160px"}, "imagenette2-160"),
                   "Download imagenette2-160.tgz from https://github.com/fastai/imagenette, unpack it and set the data "
                   "root to that directory.")

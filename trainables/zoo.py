@@ -1,0 +1,245 @@
+"""The libraries' networks: any classification model of torchvision or timm by name (`torchvision/resnet18`,
+`timm/convnext_tiny`), built for a data set's classes, with the library's pretrained weights or a weights file.
+
+Pretrained weights come through the library's own download cache (torch.hub's for torchvision, the Hugging Face
+hub's for timm). A file is read with `weights_only=True`. When the weights' classifier has another number of
+classes than the data set (ImageNet's 1000 against 10), its keys are dropped and the new head keeps its fresh
+initialisation; `Weights.replaced_head` names them, for the log and the checkpoint's metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainables.vocab import ARCHS, DEFAULT_WEIGHTS, Arch, ConfigError, DatasetInfo, UserError, values
+
+
+class WeightsError(UserError, RuntimeError):
+    """Pretrained weights that cannot be had (offline, an unknown tag) or a file that is not weights for the arch."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Weights:
+    """What pretrained weights brought: where from, their normalisation (None: they define none) and the head keys
+    dropped because the weights have another number of classes."""
+
+    source: str
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    replaced_head: tuple[str, ...] = ()
+    weights_classes: int | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": self.source, "mean": self.mean, "std": self.std,
+                "replaced_head": list(self.replaced_head), "weights_classes": self.weights_classes}
+
+    def head_line(self, arch: str, num_classes: int) -> str | None:
+        """The log line saying the classifier was replaced, or None where it was kept."""
+        if not self.replaced_head:
+            return None
+        return (f"{arch}: the weights' {self.weights_classes}-class classifier ({', '.join(self.replaced_head)}) "
+                f"was replaced by a freshly initialised {num_classes}-class head")
+
+
+@functools.cache
+def _torchvision_names() -> tuple[str, ...]:
+    import torchvision.models
+
+    return tuple(torchvision.models.list_models(module=torchvision.models))
+
+
+def _timm() -> Any:
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError("timm models need the timm extra: pip install 'patchtune[timm]'") from None
+    return timm
+
+
+def check_arch(arch: str) -> str:
+    """`arch` if its library has it; else a ConfigError naming it with the closest names."""
+    library, _, name = arch.partition("/")
+    if library == "torchvision":
+        known: tuple[str, ...] | list[str] = _torchvision_names()
+        if name in known:
+            return arch
+    elif library == "timm":
+        timm = _timm()
+        if timm.is_model(name):
+            return arch
+        known = timm.list_models()
+    else:
+        if arch in values(Arch):
+            return arch
+        known = values(Arch)
+    close = difflib.get_close_matches(name or arch, known, n=3, cutoff=0.6)
+    prefix = f"{library}/" if library in ("torchvision", "timm") else ""
+    hint = f" (closest: {', '.join(prefix + c for c in close)})" if close else ""
+    raise ConfigError(f"arch {arch!r}: {library or 'patchtune'} has no classification model {name or arch!r}{hint}")
+
+
+def min_side(arch: str) -> int:
+    """The smallest input side `arch` takes (smaller images are upsampled to it by the model's input layer)."""
+    library, _, name = arch.partition("/")
+    if library == "torchvision":
+        import torchvision.models
+
+        meta = torchvision.models.get_model_weights(name).DEFAULT.meta
+        return max(32, *meta.get("min_size", (1, 1)))
+    if library == "timm":
+        return 32  # timm's CNNs pool adaptively; a fixed-size model (a ViT) fails the probe of `library_net`
+    return ARCHS[Arch(arch)].min_side
+
+
+def check_inputs(arch: str, info: DatasetInfo) -> None:
+    """Refuse a chosen image side (`data.image_size`) below what `arch` takes; a fixed one is upsampled."""
+    if info.resizable and info.side < min_side(arch):
+        raise ConfigError(f"data.image_size {info.side} is below the smallest input {arch} takes ({min_side(arch)} "
+                          f"px): use --image-size {min_side(arch)} or more")
+
+
+def fetch_weights(arch: str, weights: str) -> None:
+    """Make sure `weights` of `arch` can be had, before any other work: a file is a state dict; a tag is known
+    and in the library's download cache (downloaded now where it is not); else a WeightsError in one line."""
+    library, _, name = arch.partition("/")
+    if library not in ("torchvision", "timm"):
+        raise ConfigError(f"weights {weights!r}: {arch} has no library weights (give weights with torchvision/NAME "
+                          "or timm/NAME, or a checkpoint)")
+    if _is_file(weights):
+        read_state_dict(Path(weights))
+    elif library == "torchvision":
+        import torchvision.models
+
+        tags = torchvision.models.get_model_weights(name)
+        if weights not in tags.__members__:
+            raise WeightsError(f"weights {weights!r}: {arch} has {', '.join(tags.__members__)} (or give a file)")
+        _download(arch, weights, tags[weights].url)
+    else:
+        library_net(arch, 1000, 3, weights)
+
+
+def library_net(arch: str, num_classes: int, channels: int, weights: str | None = None) -> tuple[nn.Module, Weights | None]:
+    """A library network for `num_classes` classes on `channels`-channel inputs, with `weights` (None: random;
+    DEFAULT or a named tag: the library's; otherwise a file path) loaded."""
+    library, _, name = arch.partition("/")
+    if library == "torchvision":
+        if channels != 3:
+            raise ConfigError(f"arch {arch}: torchvision models take 3-channel images, not {channels}")
+        import torchvision.models
+
+        net = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        if weights is None:
+            return net, None
+        if _is_file(weights):
+            return net, load_into(net, read_state_dict(Path(weights)), arch, source=weights)
+        tags = torchvision.models.get_model_weights(name)
+        if weights not in tags.__members__:
+            raise WeightsError(f"weights {weights!r}: {arch} has {', '.join(tags.__members__)} (or give a file)")
+        tag = tags[weights]
+        state = _download(arch, weights, tag.url)
+        transform = tag.transforms()
+        return net, load_into(net, state, arch, source=f"{arch}:{tag.name}",
+                              mean=tuple(transform.mean), std=tuple(transform.std))
+    timm = _timm()
+    if weights is None or _is_file(weights):
+        net = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=channels)
+        if weights is None:
+            return net, None
+        return net, load_into(net, read_state_dict(Path(weights)), arch, source=weights)
+    full = name if weights == DEFAULT_WEIGHTS else f"{name}.{weights}"
+    try:
+        net = timm.create_model(full, pretrained=True, num_classes=num_classes, in_chans=channels)
+    except RuntimeError as exc:  # timm's "Unknown model" / no pretrained tag
+        raise WeightsError(f"weights {weights!r} of {arch}: {str(exc).splitlines()[0]}") from None
+    except OSError as exc:  # the hub cannot be reached, and the weights are not in its cache
+        raise WeightsError(f"weights {weights!r} of {arch} cannot be downloaded here ({_reason(exc)}); download them "
+                           f"where you can (timm.create_model({full!r}, pretrained=True) fills the Hugging Face cache, "
+                           f"~/.cache/huggingface) and copy the cache, or pass the weights file: --weights FILE") from None
+    cfg = net.pretrained_cfg
+    return net, Weights(f"{arch}:{cfg.get('tag') or weights}", tuple(cfg["mean"]), tuple(cfg["std"]),
+                        replaced_head=(), weights_classes=cfg.get("num_classes"))
+
+
+def _is_file(weights: str) -> bool:
+    return "/" in weights or "\\" in weights or Path(weights).suffix in (".pt", ".pth", ".bin", ".ckpt")
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:160].rstrip(": ")
+
+
+def _download(arch: str, tag: str, url: str) -> dict[str, torch.Tensor]:
+    """The weights at `url` through torch.hub's cache (`$TORCH_HOME/hub/checkpoints`), read weights-only."""
+    target = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    if not target.is_file():
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(target), progress=False)
+        except Exception as exc:  # network failures come in many types
+            raise WeightsError(f"weights {tag} of {arch} cannot be downloaded here ({_reason(exc)}); download {url} "
+                               f"where you can and pass the file: --weights FILE (or put it at {target})") from None
+    return read_state_dict(target)
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A plain state dict from `path`: the file of `torch.save(model.state_dict())`, or a dict holding one under
+    `state_dict` or `model` (as trainers save them), read weights-only. DataParallel's `module.` prefix is dropped."""
+    import zipfile
+
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise WeightsError(f"{path} is not a PyTorch state dict (not a torch.save zip archive)")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged or foreign archive can fail in any way
+        raise WeightsError(f"{path} is not a readable PyTorch state dict ({_reason(exc)})") from None
+    return state_dict_in(blob, path)
+
+
+def state_dict_in(blob: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The state dict a loaded file holds (see `read_state_dict`), or a WeightsError naming the file."""
+    if isinstance(blob, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(blob.get(key), dict):
+                blob = blob[key]
+                break
+    if not isinstance(blob, dict) or not blob or not all(isinstance(v, torch.Tensor) for v in blob.values()):
+        raise WeightsError(f"{path} is not a state dict (expected a mapping of parameter names to tensors, as "
+                           f"torch.save(model.state_dict(), FILE) writes)")
+    keys = list(blob)
+    if all(k.startswith("module.") for k in keys):
+        blob = {k.removeprefix("module."): v for k, v in blob.items()}
+    return dict(blob)
+
+
+def load_into(net: nn.Module, state: dict[str, torch.Tensor], arch: str, *, source: str,
+              mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> Weights:
+    """Load `state` into `net`, dropping the classifier's keys where the weights have another class count; any
+    other mismatch is a WeightsError naming the first key that does not fit."""
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if unexpected:
+        raise WeightsError(f"{source} does not fit {arch}: unexpected key {unexpected[0]!r}"
+                           + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
+    if missing:
+        raise WeightsError(f"{source} does not fit {arch}: missing key {missing[0]!r}"
+                           + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    wrong = [k for k in own if own[k].shape != state[k].shape]
+    head = [k for k in wrong if own[k].ndim >= 1 and state[k].shape[1:] == own[k].shape[1:]]
+    classes = {int(state[k].shape[0]) for k in head}
+    if len(head) < len(wrong) or len(classes) > 1:
+        k = next((k for k in wrong if k not in head), wrong[0])
+        raise WeightsError(f"{source} does not fit {arch}: {k!r} has shape {tuple(state[k].shape)}, the model's "
+                           f"{tuple(own[k].shape)}")
+    net.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=False)
+    return Weights(source, mean, std, replaced_head=tuple(head), weights_classes=classes.pop() if classes else None)
