@@ -28,6 +28,7 @@ from analysis.load import (
 from analysis.paper import paper_value
 from analysis.repro_tables import SETTING_LABELS, SETTINGS, paper_by_method, robust_axis_label, robust_measure
 from analysis.reproduction import render
+from analysis.tables import attack_text
 from trainables.atomic import atomic_write_bytes
 from trainables.vocab import warmup_text
 
@@ -155,21 +156,6 @@ def write_study_report(path: str | Path) -> Path:
     for name, file in images.items():
         md += [f"### {name.replace('_', ' ')}", "", f"![{name}]({file})", ""]
     return _write(out, f"Study {data.name}", "\n".join(md))
-
-
-def attack_text(desc: dict[str, object]) -> str:
-    """An attack as its description in best.json says (name, eps, alpha, steps, restarts), flagged where alpha x
-    steps cannot reach eps."""
-    name = str(desc.get("name", "?"))
-    if name == "clean" or "eps" not in desc:
-        return name
-    eps = float(desc["eps"])  # type: ignore[arg-type]
-    if "steps" not in desc:
-        return f"{name.upper()}, eps {eps:g}"
-    steps, alpha = int(desc["steps"]), float(desc["alpha"])  # type: ignore[call-overload, arg-type]
-    restarts = int(desc.get("restarts") or 1)  # type: ignore[call-overload]
-    text = f"{name.upper()}-{steps}{f' x{restarts}' if restarts > 1 else ''}, eps {eps:g}, alpha {alpha:g}"
-    return text + (f" (cannot reach eps: alpha x steps = {alpha * steps:g})" if alpha * steps < eps - 1e-12 else "")
 
 
 def _write(out: Path, title: str, markdown_text: str) -> Path:

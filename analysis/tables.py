@@ -105,3 +105,24 @@ def eval_table(results: Sequence[Mapping[str, Any]], info: Mapping[str, Any]) ->
     title = (f"{info['dataset']} {info['split']} split, n={info['n']}, accuracy (%); "
              "paper = Agarwal et al. 2021, Table 1")
     return title + "\n" + text(pd.DataFrame(rows, columns=header))
+
+
+def attack_text(desc: dict[str, object]) -> str:
+    """An attack as its description in best.json says (name, eps, alpha, steps, restarts), flagged where alpha x
+    steps cannot reach eps."""
+    name = str(desc.get("name", "?"))
+    if name == "clean" or "eps" not in desc:
+        return name
+    eps = float(desc["eps"])  # type: ignore[arg-type]
+    if "steps" not in desc:
+        return f"{name.upper()}, eps {eps:g}"
+    steps, alpha = int(desc["steps"]), float(desc["alpha"])  # type: ignore[call-overload, arg-type]
+    restarts = int(desc.get("restarts") or 1)  # type: ignore[call-overload]
+    text = f"{name.upper()}-{steps}{f' x{restarts}' if restarts > 1 else ''}, eps {eps:g}, alpha {alpha:g}"
+    return text + (f" (cannot reach eps: alpha x steps = {alpha * steps:g})" if alpha * steps < eps - 1e-12 else "")
+
+
+def test_line(test: dict[str, Any]) -> str:
+    """A trial's test-split accuracies (best.json's `test`), each with its attack's strength."""
+    return "; ".join(f"{attack_text(test['attacks'].get(k, {'name': k}))}: {100 * v:.2f}%"
+                     for k, v in test["accuracy"].items())

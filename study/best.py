@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis import versus_base
+from analysis.tables import test_line
 from study.cluster import run_where_gpu
 from study.errors import StudyError
 from study.spec import StudySpec
@@ -90,7 +91,8 @@ def evaluate_trial_on_test(spec: StudySpec, row: dict[str, Any], base_path: Path
     if not ckpt_dirs:
         raise StudyError(f"trial {row['trial_id']} has no checkpoint in {row['path']}")
     state = torch.load(ckpt_dirs[-1] / "state.pt", map_location="cpu", weights_only=True)["model"]
-    attacks = paper_attacks(spec.data.dataset)
+    info = spec.data.info  # the paper's eps where it has one (comparable with its Table 1), else the study's
+    attacks = paper_attacks(spec.data.dataset, eps=info.paper_eps if info.paper_eps is not None else spec.objective.eps)
     base = load_checkpoint(base_path)
     test, val = run_where_gpu(_evaluate_remote, spec.arch, spec.data, state, attacks, base.state_dict, spec.objective,
                               spec.seed, base.channels, cpus=spec.resources.cpus_per_trial)
@@ -105,8 +107,8 @@ def evaluate_trial_on_test(spec: StudySpec, row: dict[str, Any], base_path: Path
         "augment": aug.to_json() if aug is not None else None,
         "study": spec.name, "trial_id": row["trial_id"], "test_acc": test["accuracy"]["clean"],
     })
-    print(f"best trial {row['trial_id']} ({row['optimizer']}, lr {row['lr']:.2e}): test " +
-          ", ".join(f"{k} {100 * v:.2f}%" for k, v in test["accuracy"].items()), flush=True)
+    print(f"best trial {row['trial_id']} ({row['optimizer']}, lr {row['lr']:.2e}): test ({test['n']} images) "
+          + test_line(test), flush=True)
     return {
         "trial_id": row["trial_id"],
         "optuna_number": row.get("optuna_number"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 
 import optuna
@@ -65,6 +66,11 @@ def check_optuna_storage(spec: StudySpec, *, fresh: bool) -> None:
 
 def preflight(spec: StudySpec) -> Prepared:
     """Validate data, base checkpoint and storage for a new study, writing nothing."""
+    info = spec.data.info
+    if spec.objective.eps is None and info.paper_eps is None:
+        print(f"objective.eps: the paper does not cover {info.name.value}, so it has no paper eps; the study takes "
+              f"{info.default_eps:.4f} ({info.eps_source}); set objective.eps to choose another", file=sys.stderr,
+              flush=True)
     spec = spec.resolved()
     study_dir = spec.study_dir()
     if study_dir.exists() and any(study_dir.iterdir()):

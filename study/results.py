@@ -16,6 +16,7 @@ import pandas as pd
 
 from analysis import versus_base
 from analysis.load import open_optuna_storage
+from analysis.tables import test_line
 from study.preflight import load_study_spec
 from study.spec import StudySpec
 from trainables.atomic import atomic_open
@@ -130,8 +131,7 @@ def status_table(study_dir: Path, trials: pd.DataFrame | None = None) -> str:
         verdict = versus_base.lines(payload["trials"])
         lines[1:1] = verdict[:1]  # the verdict leads, right after the study's name
         for entry in payload["trials"]:
-            acc = ", ".join(f"{k} {100 * v:.2f}%" for k, v in entry["test"]["accuracy"].items())
-            lines.append(f"best trial {entry['trial_id']}: test ({entry['test']['n']} images) {acc}")
+            lines.append(f"best trial {entry['trial_id']}: test ({entry['test']['n']} images) {test_line(entry['test'])}")
         audit = study_dir / "audit.json"
         if audit.is_file():
             for trial in json.loads(audit.read_text())["trials"]:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from doc_blocks import ROOT, blocks
 from PIL import Image
 from test_cli import _assert_one_line_refusal, patchtune_here
 
@@ -235,59 +238,67 @@ def test_a_spec_with_weights_and_a_checkpoint_is_refused(tmp_path: Path) -> None
     assert not (tmp_path / "studies").exists()
 
 
-def test_eval_and_audit_of_a_plain_torchvision_state_dict(tmp_path: Path, png_tree: Path) -> None:
+def _run_blocks(test: str, cwd: Path) -> str:
+    """The docs' blocks that `test` runs, as written, in a new user's shell (the environment's commands on
+    PATH), in `cwd`; their output."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(ROOT)}
+    shown = [b for b in blocks(ROOT / "docs" / "guide" / "own-model.md") if b.run_by == f"tests/{Path(__file__).name}::{test}"]
+    assert shown, f"docs/guide/own-model.md has no block run by {test}"
+    out = ""
+    for block in shown:
+        done = subprocess.run(["bash", "-euo", "pipefail", "-c", block.text], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=1500)
+        assert done.returncode == 0, f"{block.where} failed:\n{done.stderr[-3000:]}"
+        out += done.stdout + done.stderr
+    return out
+
+
+def test_eval_and_audit_of_a_plain_torchvision_state_dict(tmp_path: Path) -> None:
     import torchvision
 
+    tree = write_tree(tmp_path / "photos")
     torch.manual_seed(0)
-    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), tmp_path / "resnet18.pt")
-    data = ["--arch", "torchvision/resnet18", "--dataset", "imagefolder", "--data-root", str(png_tree),
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), tmp_path / "mine.pt")
+    out = _run_blocks("test_eval_and_audit_of_a_plain_torchvision_state_dict", tmp_path)
+    assert "mine.pt" in out and "worst case" in out.lower(), out[-2000:]
+    data = ["--arch", "torchvision/resnet18", "--dataset", "imagefolder", "--data-root", str(tree),
             "--image-size", "32"]
-    proc = patchtune_here("eval", "resnet18.pt", *data, "--attacks", "clean,pgd", "--json", cwd=tmp_path)
+    proc = patchtune_here("eval", "mine.pt", *data, "--attacks", "clean,pgd", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
-    assert out["arch"] == "torchvision/resnet18" and out["n"] == 30 and out["dataset"] == "imagefolder"
-    assert out["attacks"]["pgd"]["eps"] == pytest.approx(8 / 255)  # no paper eps: 8/255
-    proc = patchtune_here("audit", "resnet18.pt", *data, "--limit", "12", "--no-autoattack", "--strong-steps", "5",
+    result = json.loads(proc.stdout)
+    assert result["arch"] == "torchvision/resnet18" and result["n"] == 30 and result["dataset"] == "imagefolder"
+    assert result["attacks"]["pgd"]["eps"] == pytest.approx(8 / 255)  # no paper eps: 8/255
+    proc = patchtune_here("audit", "mine.pt", *data, "--limit", "12", "--no-autoattack", "--strong-steps", "5",
                           "--strong-restarts", "1", "--check-limit", "6", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)["audits"][0]
     assert report["n"] == 12 and report["eps"] == pytest.approx(8 / 255) and 0 <= report["worst_case_acc"] <= 1
 
 
-@pytest.mark.skipif(os.environ.get("PATCHTUNE_SKIP_SLOW") == "1", reason="slow")
-def test_a_study_on_resnet18_and_an_imagefolder_tree(tmp_path: Path, png_tree: Path) -> None:
-    """Pretrain from a weights file (ImageNet-shaped, 1000 classes) by `patchtune pretrain`, then a study that
-    fine-tunes it with a method search, end to end, as the docs' example does."""
+def test_pretrain_from_a_weights_file_replaces_the_head_and_says_so(tmp_path: Path, png_tree: Path) -> None:
     import torchvision
-    import yaml
-
-    from study import api
 
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18-imagenet.pth")
     proc = patchtune_here("pretrain", "--arch", "torchvision/resnet18", "--weights", "resnet18-imagenet.pth",
                           "--dataset", "imagefolder", "--data-root", str(png_tree), "--image-size", "32",
-                          "--epochs", "1", "--out", "base.pt", "--quiet", cwd=tmp_path)
+                          "--epochs", "1", "--limit-train", "60", "--out", "base.pt", "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "1000-class classifier (fc.weight, fc.bias) was replaced by a freshly initialised 3-class head" in proc.stderr
     base = load_checkpoint(tmp_path / "base.pt")
     assert base.meta["weights"]["replaced_head"] == ["fc.weight", "fc.bias"]
-    assert base.meta["input"]["classes"] == ["Bag", "T-shirt-top", "Trouser"]
-    spec = {
-        "name": "own", "storage": str(tmp_path / "studies"),
-        "data": {"dataset": "imagefolder", "root": str(png_tree), "image_size": 32, "limit_val": 24},
-        "model": {"arch": "torchvision/resnet18"}, "base": {"checkpoint": str(tmp_path / "base.pt")},
-        "search": {"methods": {"patch": {}, "pgd_at": {}}, "batch_size": [32], "patch_size": [6, 10]},
-        "objective": {"steps": 3}, "epochs": 1, "num_samples": 2, "max_concurrent": 2,
-        "scheduler": {"type": "fifo"}, "sampler": {"type": "random"},
-        "audit": {"enabled": True, "limit": 12, "autoattack": False, "strong_steps": 5, "strong_restarts": 1,
-                  "check_limit": 6, "sweep_steps": 5, "noise_draws": 4},
-    }
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
-    study = api.run(str(tmp_path / "spec.yaml"))
-    assert len(study.results) == 2 and set(study.results["method"]) <= {"patch", "pgd_at"}
-    assert study.best is not None and study.verdict  # the study says whether it beats its base
-    assert (study.path / "audit.json").is_file()
-    report = api.report(study.path)
-    assert "torchvision/resnet18" in report.markdown.read_text() and report.html.is_file()
-    assert load_checkpoint(study.best_checkpoint).arch == "torchvision/resnet18"
+    assert base.meta["weights"]["source"] == "resnet18-imagenet.pth"
+    assert base.meta["input"]["classes"] == ["Bag", "T-shirt-top", "Trouser"] and base.meta["data"]["root"] == str(png_tree)
+
+
+def test_the_docs_example_runs_as_written(tmp_path: Path) -> None:
+    """docs/guide/own-model.md's example, end to end: a tree of real images, a ResNet-18 base pretrained by
+    `patchtune pretrain`, a study with a method search, its report."""
+    out = _run_blocks("test_the_docs_example_runs_as_written", tmp_path)
+    study = tmp_path / "runs" / "studies" / "photos-resnet18"
+    best = json.loads((study / "best.json").read_text())
+    assert best["trials"] and (study / "audit.json").is_file() and (study / "report" / "report.html").is_file()
+    assert "THE BASE" in out  # the verdict against the base, in words
+    assert load_checkpoint(study / "best.pt").arch == "torchvision/resnet18"
+    assert load_checkpoint(tmp_path / "base.pt").meta["input"]["classes"] == ["bag", "sneaker", "trouser", "tshirt"]

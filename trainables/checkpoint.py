@@ -39,9 +39,8 @@ def input_meta(info: DatasetInfo, model: nn.Module) -> dict[str, Any]:
     """What a checkpoint records of its inputs: the images' shape, classes and normalisation, and the network's
     input channels (which may differ from the images')."""
     spec = InputSpec.of(info)
-    layer = model[0] if isinstance(model, nn.Sequential) else None
     return {**dataclasses.asdict(spec), "classes": list(info.classes),
-            "model_channels": getattr(layer, "channels", spec.channels)}
+            "model_channels": getattr(model.get_submodule("0"), "channels", spec.channels)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +80,8 @@ class Checkpoint:
         where the images were loaded."""
         recorded = self.meta.get("input")
         if recorded:
-            fields = {f.name: recorded[f.name] for f in dataclasses.fields(InputSpec)}
-            return InputSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+            return InputSpec(int(recorded["channels"]), int(recorded["height"]), int(recorded["width"]),
+                             int(recorded["num_classes"]), tuple(recorded["mean"]), tuple(recorded["std"]))
         if info is not None:
             return InputSpec.of(info)
         if self.dataset is Dataset.IMAGEFOLDER:
@@ -95,7 +94,7 @@ class Checkpoint:
         spec = self.input_spec(info)
         model = build_model(self.arch, spec, channels=self.channels)
         whole = "0.mean" in self.state_dict  # a patchtune model's own state dict, saved without the metadata
-        target = model if (whole or not self.plain) else model[1]
+        target = model if (whole or not self.plain) else model.get_submodule("1")
         try:
             _fit(target, self.state_dict, spec.num_classes, self.arch)
         except WeightsError as exc:

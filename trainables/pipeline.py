@@ -66,7 +66,7 @@ def finetune(base: nn.Module, base_meta: dict[str, Any], data: DataBundle, cfg: 
     if aug is not None:
         aug = aug.resolved(data.info)
     adversary = adversary_of(method, default_eps)
-    channels = getattr(base[0], "channels", None)
+    channels = getattr(base.get_submodule("0"), "channels", None)
     model = fresh_model(base_meta["arch"], input_spec(data), cfg.seed, channels=channels) if from_scratch else base
     torch.manual_seed(cfg.seed)
     model = prepare_model(model, device)

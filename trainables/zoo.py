@@ -92,7 +92,7 @@ def min_side(arch: str) -> int:
         import torchvision.models
 
         meta = torchvision.models.get_model_weights(name).DEFAULT.meta
-        return max(32, *meta.get("min_size", (1, 1)))
+        return int(max(32, *meta.get("min_size", (1, 1))))
     if library == "timm":
         return 32  # timm's CNNs pool adaptively; a fixed-size model (a ViT) fails the probe of `library_net`
     return ARCHS[Arch(arch)].min_side

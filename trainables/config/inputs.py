@@ -72,7 +72,7 @@ class DataCfg(Settings):
     def split_meta(self) -> dict[str, Any]:
         """What defines the splits (the limits are per-command choices): a checkpoint records it, so evaluating the
         checkpoint later uses the same validation split."""
-        meta = {"val_fraction": self.val_fraction, "split_seed": self.split_seed, "image_size": self.resolved().image_size}
+        meta: dict[str, Any] = {"val_fraction": self.val_fraction, "split_seed": self.split_seed, "image_size": self.resolved().image_size}
         if self.dataset is Dataset.IMAGEFOLDER:  # the tree is the data set
             meta["root"] = self.root
         return meta

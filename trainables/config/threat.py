@@ -78,10 +78,11 @@ def strong_pgd(eps: float, steps: int, restarts: int = 1) -> AttackCfg:
     return AttackCfg(name=AttackName.PGD, eps=eps, alpha=madry_alpha(eps, steps), steps=steps, restarts=restarts)
 
 
-def paper_attacks(dataset: Dataset, names: tuple[AttackName | str, ...] | None = None) -> list[AttackCfg]:
-    """The paper's attacks for `dataset` (clean, FGSM, IFGSM, PGD-10 by default): its eps (8/255 for a data set it
-    does not cover), alpha 0.01, 10 steps."""
-    eps = default_eps(dataset)
+def paper_attacks(dataset: Dataset, names: tuple[AttackName | str, ...] | None = None, *,
+                  eps: float | None = None) -> list[AttackCfg]:
+    """The paper's attacks for `dataset` (clean, FGSM, IFGSM, PGD-10 by default) at alpha 0.01 and 10 steps, at
+    `eps` (None: the paper's eps for the data set, 8/255 for one it does not cover)."""
+    eps = eps if eps is not None else default_eps(dataset)
     return [AttackCfg(name=AttackName(n), eps=eps) for n in (names or tuple(AttackName))]
 
 
