@@ -94,16 +94,20 @@ def eval_table(results: Sequence[Mapping[str, Any]], info: Mapping[str, Any]) ->
     `accuracy` (attack -> [0, 1]); info: `dataset`, `split`, `n` and `attacks` (attack -> its parameters).
     """
     names = [eval_label(r) for r in results]
-    header = ["Attack", "Parameters"] + [f"{n} (ours)" for n in names] + [f"{n} (paper)" for n in names]
+    paper = {a: [paper_value(info["dataset"], a, _paper_column(r)) for r in results] for a in info["attacks"]}
+    with_paper = any(v is not None for values in paper.values() for v in values)  # the paper covers the data set
+    header = ["Attack", "Parameters"] + [f"{n} (ours)" for n in names] + ([f"{n} (paper)" for n in names] if with_paper
+                                                                           else [])
     rows = []
     for attack, params in info["attacks"].items():
-        desc = ", ".join(f"{k}={v}" for k, v in params.items() if k in ("eps", "alpha", "steps"))
+        desc = ", ".join(f"{k}={v:g}" for k, v in params.items() if k in ("eps", "alpha", "steps"))
+        if "steps" in params and params["alpha"] * params["steps"] < params["eps"] - 1e-12:
+            desc += " (cannot reach eps)"
         ours = [f"{100 * r['accuracy'][attack]:.2f}" for r in results]
-        paper = [paper_value(info["dataset"], attack, _paper_column(r)) for r in results]
-        rows.append([attack.upper() if attack != "clean" else "Clean", desc or "-", *ours,
-                     *("-" if v is None else f"{v:.2f}" for v in paper)])
-    title = (f"{info['dataset']} {info['split']} split, n={info['n']}, accuracy (%); "
-             "paper = Agarwal et al. 2021, Table 1")
+        theirs = ["-" if v is None else f"{v:.2f}" for v in paper[attack]] if with_paper else []
+        rows.append([attack.upper() if attack != "clean" else "Clean", desc or "-", *ours, *theirs])
+    title = (f"{info['dataset']} {info['split']} split, n={info['n']}, accuracy (%)"
+             + ("; paper = Agarwal et al. 2021, Table 1" if with_paper else ""))
     return title + "\n" + text(pd.DataFrame(rows, columns=header))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -218,7 +219,15 @@ def test_bad_own_model_and_data_inputs_are_one_line_refusals(tmp_path: Path, png
                                                 "torchvision/inception_v3 takes (75 px)"),
         (["pretrain", "--dataset", "imagefolder"], "imagefolder needs the tree's directory"),
         (["pretrain", "--arch", "cnn3", "--weights", "DEFAULT", *data], "cnn3 has no library weights"),
+        (["pretrain", "--arch", "torchvision/resnet18", "--dataset", "imagefolder", "--data-root", "no_class",
+          "--image-size", "32"], "no_class/test has no folder for class 'Trouser'"),
+        (["pretrain", "--arch", "torchvision/resnet18", "--dataset", "imagefolder", "--data-root", "corrupt",
+          "--image-size", "32"], "corrupt/train/Bag/005.png: cannot decode image"),
     ]
+    shutil.copytree(png_tree, tmp_path / "no_class")
+    shutil.rmtree(tmp_path / "no_class" / "test" / "Trouser")
+    shutil.copytree(png_tree, tmp_path / "corrupt")
+    (tmp_path / "corrupt" / "train" / "Bag" / "005.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     for args, message in cases:
         out = ["--out", str(tmp_path / "out.pt")] if args[0] == "pretrain" else []
         proc = patchtune_here(*args, *out, cwd=tmp_path)

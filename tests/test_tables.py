@@ -102,8 +102,14 @@ def test_eval_table() -> None:
         "Attack", "Parameters", "Undefended (ours)", "RMSProp (ours)", "PGD-AT + Adam (ours)", "RMSProp (ours)",
         "Undefended (paper)", "RMSProp (paper)", "PGD-AT + Adam (paper)", "RMSProp (paper)"]
     assert set(lines[2]) == {"-", " "}
-    assert re.split(r" {2,}", lines[4]) == ["PGD", "eps=0.3, alpha=0.01, steps=10", "5.00", "45.00",
+    assert re.split(r" {2,}", lines[4]) == ["PGD", "eps=0.3, alpha=0.01, steps=10 (cannot reach eps)", "5.00", "45.00",
                                                       "55.00", "50.00", "3.06", "50.08", "-", "50.08"]
+    # a data set the paper does not cover: no paper columns, eps as a short number
+    info = {"dataset": "imagefolder", "split": "test", "n": 30,
+            "attacks": {"clean": {}, "pgd": {"eps": 8 / 255, "alpha": 0.01, "steps": 10, "restarts": 1}}}
+    lines = tables.eval_table(results[:1], info).splitlines()
+    assert lines[0] == "imagefolder test split, n=30, accuracy (%)"
+    assert re.split(r" {2,}", lines[4]) == ["PGD", "eps=0.0313725, alpha=0.01, steps=10", "5.00"]
 
 
 def test_audit_and_report_do_not_import_each_other() -> None:

@@ -5,6 +5,7 @@ Units: sizes in pixels, noise and fill values in [0, 1] pixel units.
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, StrictInt, field_validator, model_validator
@@ -73,8 +74,8 @@ class DataCfg(Settings):
         """What defines the splits (the limits are per-command choices): a checkpoint records it, so evaluating the
         checkpoint later uses the same validation split."""
         meta: dict[str, Any] = {"val_fraction": self.val_fraction, "split_seed": self.split_seed, "image_size": self.resolved().image_size}
-        if self.dataset is Dataset.IMAGEFOLDER:  # the tree is the data set
-            meta["root"] = self.root
+        if self.dataset is Dataset.IMAGEFOLDER and self.root is not None:  # the tree is the data set
+            meta["root"] = os.path.abspath(os.path.expanduser(self.root))
         return meta
 
 

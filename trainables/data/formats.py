@@ -107,7 +107,8 @@ def decode_images(files: Sequence[tuple[Path, int]], side: int, what: str) -> Sp
     xs = torch.empty((len(files), 3, side, side), dtype=torch.uint8)
     ys = torch.empty(len(files), dtype=torch.int64)
     gray = True
-    for i, (path, label) in enumerate(tqdm(files, desc=f"decoding {what}", unit="img", leave=False, mininterval=2.0)):
+    for i, (path, label) in enumerate(tqdm(files, desc=f"decoding {what}", unit="img", leave=False, mininterval=2.0,
+                                           disable=None)):
         try:
             with Image.open(path) as img:
                 rgb = np.asarray(img.convert("RGB"))

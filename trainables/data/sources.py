@@ -243,15 +243,14 @@ def read_tree(directory: Path, cfg: DataCfg, tree: Tree, name: str) -> Found | N
     classes = tree.classes or tuple(class_folders(train_dir))
     if not classes:
         raise DataError(f"{train_dir} has no class folders (expected {train_dir}/<class>/*.png)")
-    side = cfg.info.height
-    splits: dict[str, Split] = {}
+    listed: dict[str, list[tuple[Path, int]]] = {}  # every split checked before any image is decoded
     for split, folder in (("train", "train"), ("val", tree.val), ("test", tree.test)):
         if folder is None or not (directory / folder).is_dir():
             continue
-        files = tree_files(directory / folder, classes)
-        if not files:
+        listed[split] = tree_files(directory / folder, classes)
+        if not listed[split]:
             raise DataError(f"{directory / folder} holds no images ({', '.join(IMAGE_SUFFIXES)}) in its class folders")
-        splits[split] = decoded_images(files, side, name, split)
+    splits = {split: decoded_images(files, cfg.info.height, name, split) for split, files in listed.items()}
     test = splits.get("test")
     train = splits["train"]
     if test is None:  # held out with a fixed seed: the same test images whatever the split seed
