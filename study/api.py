@@ -283,7 +283,7 @@ def audit_checkpoint(checkpoint: str | Path, cfg: AuditCfg, *, base: str | Path 
     given = dict(data or {})
     arch = ModelCfg.parse({"arch": arch}, "model").arch if arch is not None else None
     ck = load_checkpoint(checkpoint, arch=arch, dataset=given.get("dataset"))
-    base_ck = load_checkpoint(base, arch=arch, dataset=ck.dataset) if base is not None else None
+    base_ck = load_checkpoint(base, dataset=ck.dataset, plain_arch=ck.arch) if base is not None else None
     data_cfg = ck.data_cfg(**given, **{f"limit_{cfg.split.value}": cfg.limit})
     check_inputs(ck.arch, data_cfg.info)
     eps = list(cfg.budgets(ck.dataset))

@@ -12,23 +12,23 @@ from typing import Any
 
 from study.cluster import gpus_for_task
 from trainables.checkpoint import save_checkpoint
-from trainables.config import DataCfg, PretrainCfg
-
-
-def weights_key(weights: str | None) -> str | None:
-    """What identifies pretrained weights in the cache key: a tag, or a file by its path, size and time."""
-    if weights is None or not Path(weights).is_file():
-        return weights
-    stat = Path(weights).stat()
-    return f"{Path(weights).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+from trainables.config import DataCfg, Dataset, PretrainCfg
 
 
 def base_cache_path(storage: str | Path, arch: str, data: DataCfg, pretrain: PretrainCfg,
                     weights: str | None = None) -> Path:
     """Where the base of (arch, its starting weights, data set and its splits, resolved pretraining settings) is
-    cached."""
-    key = {"arch": arch, "data": {"dataset": data.dataset.value, **data.split_meta()},
-           "pretrain": pretrain.resolved(arch, finetune=False).to_json(), "weights": weights_key(weights)}
+    cached. A tree's files and pretrained weights are in the key by what they hold (a changed tree, a library
+    whose DEFAULT now names other weights: another base)."""
+    from trainables.data import tree_digest
+    from trainables.zoo import weights_identity
+
+    key: dict[str, Any] = {"arch": arch, "data": {"dataset": data.dataset.value, **data.split_meta()},
+                           "pretrain": pretrain.resolved(arch, finetune=False).to_json()}
+    if weights is not None:  # absent otherwise, so that the bases cached before weights existed keep their keys
+        key["weights"] = weights_identity(arch, weights)
+    if data.dataset is Dataset.IMAGEFOLDER:
+        key["tree"] = tree_digest(data)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     name = arch.replace("/", "-")
     return Path(storage).expanduser().resolve() / "_bases" / f"{data.dataset.value}-{name}-{digest}.pt"

@@ -22,7 +22,7 @@ from study.spec import StudySpec, parse_spec
 from trainables.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from trainables.config import ConfigError
 from trainables.data import DataBundle, load_data
-from trainables.zoo import check_arch, check_inputs, fetch_weights
+from trainables.zoo import check_arch, check_inputs, fetch_weights, is_weights_file
 
 
 @dataclasses.dataclass
@@ -72,6 +72,9 @@ def preflight(spec: StudySpec) -> Prepared:
               f"{info.default_eps:.4f} ({info.eps_source}); set objective.eps to choose another", file=sys.stderr,
               flush=True)
     spec = spec.resolved()
+    weights = spec.base.weights
+    if weights is not None and is_weights_file(weights):  # the Ray task that pretrains may run elsewhere
+        spec = spec.replace(base=spec.base.replace(weights=os.path.abspath(os.path.expanduser(weights))))
     study_dir = spec.study_dir()
     if study_dir.exists() and any(study_dir.iterdir()):
         raise StudyError(f"study directory {study_dir} already exists; `patchtune resume {study_dir}` continues it, "

@@ -70,7 +70,7 @@ def ensure_base(prep: Prepared) -> Path:
     if prep.base is not None and prep.base.plain:
         path = spec.study_dir() / "base.pt"
         model = prep.base.build(prep.data.info)
-        save_checkpoint(path, model, {**prep.base.meta, "data": spec.data.split_meta(),
+        save_checkpoint(path, model, {**prep.base.meta, "kind": "imported", "data": spec.data.split_meta(),
                                       "input": input_meta(prep.data.info, model)})
         return path
     if prep.base_path is not None:

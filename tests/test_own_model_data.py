@@ -311,3 +311,43 @@ def test_the_docs_example_runs_as_written(tmp_path: Path) -> None:
     assert "THE BASE" in out  # the verdict against the base, in words
     assert load_checkpoint(study / "best.pt").arch == "torchvision/resnet18"
     assert load_checkpoint(tmp_path / "base.pt").meta["input"]["classes"] == ["bag", "sneaker", "trouser", "tshirt"]
+
+
+def test_networks_with_auxiliary_heads_train_with_one_output_and_fixed_size_ones_are_refused() -> None:
+    spec = InputSpec(3, 32, 32, 4, (0.5,) * 3, (0.25,) * 3)
+    model = build_model("torchvision/googlenet", spec)
+    model.train()
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 4)  # not GoogLeNetOutputs: the loss takes it as it is
+    pytest.importorskip("timm")
+    from trainables.vocab import dataset_info
+    from trainables.zoo import check_inputs
+
+    with pytest.raises(ConfigError, match="timm/vit_tiny_patch16_224 cannot take 64x64 images"):
+        check_inputs("timm/vit_tiny_patch16_224", dataset_info("imagefolder", 64))
+
+
+def test_a_checkpoint_is_refused_on_images_it_was_not_trained_on() -> None:
+    import dataclasses
+
+    from trainables.checkpoint import Checkpoint, CheckpointError, input_meta
+    from trainables.vocab import dataset_info
+
+    trained_on = dataclasses.replace(dataset_info("imagefolder", 32), classes=("bag", "shoe"), num_classes=2)
+    model = build_model("cnn3", InputSpec.of(trained_on))
+    ckpt = Checkpoint({"arch": "cnn3", "dataset": "imagefolder", "input": input_meta(trained_on, model)},
+                      model.state_dict())
+    assert ckpt.build(trained_on)(torch.rand(1, 3, 32, 32)).shape == (1, 2)
+    with pytest.raises(CheckpointError, match=r"trained on classes bag, shoe \(2\), not these images' \(3; 'hat'"):
+        ckpt.build(dataclasses.replace(trained_on, classes=("bag", "hat", "shoe"), num_classes=3))
+    with pytest.raises(CheckpointError, match="trained on 32x32 images, not 64x64"):
+        ckpt.check_fits(dataset_info("imagefolder", 64))
+
+
+def test_sixteen_bit_gray_images_are_scaled_not_clipped(tmp_path: Path) -> None:
+    from trainables.data.formats import decode_images
+
+    values = (np.arange(32 * 32).reshape(32, 32) * 60).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    split = decode_images([(tmp_path / "deep.png", 0)], 32, "a 16-bit PNG")
+    assert split.x.shape == (1, 1, 32, 32)
+    assert abs(split.x.float().mean().item() - (values / 65535 * 255).mean()) < 0.5

@@ -76,10 +76,12 @@ class Checkpoint:
         return DataCfg.parse({"dataset": self.dataset, **kept, **given})
 
     def input_spec(self, info: DatasetInfo | None = None) -> InputSpec:
-        """Its images' description: recorded, or (a plain state dict, an older checkpoint) the data set's, `info`
-        where the images were loaded."""
+        """Its images' description: recorded (checked against `info`, the images it is used on, where given), or
+        (a plain state dict, an older checkpoint) the data set's, `info` where the images were loaded."""
         recorded = self.meta.get("input")
         if recorded:
+            if info is not None:
+                self.check_fits(info)
             return InputSpec(int(recorded["channels"]), int(recorded["height"]), int(recorded["width"]),
                              int(recorded["num_classes"]), tuple(recorded["mean"]), tuple(recorded["std"]))
         if info is not None:
@@ -87,6 +89,23 @@ class Checkpoint:
         if self.dataset is Dataset.IMAGEFOLDER:
             raise CheckpointError(f"{self.path}: an imagefolder model needs its images to be rebuilt (load the data)")
         return InputSpec.of(dataset_info(self.dataset, self.meta.get("image_size")))
+
+    def check_fits(self, info: DatasetInfo) -> None:
+        """Refuse images other than those it was trained on: another side, other classes (another tree, or a class
+        added to it). A CheckpointError in one line."""
+        recorded = self.meta.get("input") or {}
+        where = self.path or "the checkpoint"
+        if recorded and (recorded["height"], recorded["width"]) != (info.height, info.width):
+            raise CheckpointError(f"{where} was trained on {recorded['height']}x{recorded['width']} images, not "
+                                  f"{info.height}x{info.width} (--image-size {recorded['height']})")
+        classes = tuple(recorded.get("classes") or ())
+        if info.classes and classes and classes != info.classes:
+            extra = [c for c in info.classes if c not in classes] or [c for c in classes if c not in info.classes]
+            raise CheckpointError(f"{where} was trained on classes {', '.join(classes[:6])}"
+                                  f"{', ...' if len(classes) > 6 else ''} ({len(classes)}), not these images' "
+                                  f"({len(info.classes)}{'; ' + repr(extra[0]) + ' differs' if extra else ''})")
+        elif info.num_classes and recorded and int(recorded["num_classes"]) != info.num_classes:
+            raise CheckpointError(f"{where} has {recorded['num_classes']} classes, these images {info.num_classes}")
 
     def build(self, info: DatasetInfo | None = None) -> nn.Module:
         """The model with these weights (on CPU; the caller moves it); `info`: the loaded images' description,
@@ -144,27 +163,25 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
         torch.save({"format": FORMAT, "meta": record, "state_dict": state}, f)
 
 
-def load_checkpoint(path: str | Path, *, arch: str | None = None, dataset: Dataset | str | None = None) -> Checkpoint:
+def load_checkpoint(path: str | Path, *, arch: str | None = None, dataset: Dataset | str | None = None,
+                    plain_arch: str | None = None) -> Checkpoint:
     """Read a checkpoint safely; refuse corrupt files and ones for another arch or data set. A plain state dict
-    is what `arch` and `dataset` say it is (both needed)."""
+    is what `arch` (else `plain_arch`) and `dataset` say it is (both needed)."""
     p = Path(path)
+    is_zip = False
     if arch is not None:
         check_arch(str(arch))
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
-    # torch.save writes a zip archive; anything else (a text file, random bytes) would reach torch's legacy
-    # unpickler, whose weights-only mode fails with whatever error the bytes happen to trigger (KeyError, ...).
+    # torch.save writes a zip archive (older PyTorch a bare pickle, read by torch's legacy weights-only loader);
+    # a text file or random bytes fails in that loader with whatever error the bytes trigger (KeyError, ...).
     try:
         is_zip = zipfile.is_zipfile(p)
-    except OSError as exc:
-        raise CheckpointError(f"{p} is not a readable checkpoint ({exc.strerror or exc})") from None
-    if not is_zip:
-        raise CheckpointError(f"{p} is not a checkpoint or state dict (not a PyTorch zip archive)")
-    try:
         blob = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a damaged archive can fail in any way: every failure means "not a checkpoint"
+    except Exception as exc:  # a damaged file can fail in any way: every failure means "not a checkpoint"
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{p} is not a readable checkpoint ({reason[:200]})") from None
+        kind = "a damaged PyTorch archive" if is_zip else "not a PyTorch file"
+        raise CheckpointError(f"{p} is not a checkpoint or state dict ({kind}: {reason[:160]})") from None
     if isinstance(blob, dict) and blob.get("format") == FORMAT and "meta" in blob and "state_dict" in blob:
         ckpt = Checkpoint(meta=dict(blob["meta"]), state_dict=dict(blob["state_dict"]), path=p)
     else:
@@ -172,6 +189,7 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, dataset: Datas
             state = state_dict_in(blob, p)
         except WeightsError as exc:
             raise CheckpointError(f"{exc} or a patchtune checkpoint") from None
+        arch = arch or plain_arch
         if arch is None or dataset is None:
             raise CheckpointError(f"{p} is a plain state dict: say what it is with --arch and --dataset (a spec: "
                                   "model.arch and data.dataset)")

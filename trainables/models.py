@@ -85,22 +85,8 @@ def model_with_weights(name: Arch | str, spec: InputSpec, weights: str | None, *
     std = loaded.std if loaded is not None and loaded.std is not None else spec.std
     model = nn.Sequential(InputLayer(mean, std, channels=net_channels, min_side=zoo.min_side(arch)), net)
     if arch_library(arch) is not None:
-        _probe(model, arch, spec)
+        zoo.probe(model, arch, torch.zeros(1, spec.channels, spec.height, spec.width))
     return model, loaded
-
-
-def _probe(model: nn.Module, arch: str, spec: InputSpec) -> None:
-    """A forward pass of one blank image: a network that cannot take the inputs fails here, in one line."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, spec.channels, spec.height, spec.width))
-    except RuntimeError as exc:
-        raise ConfigError(f"arch {arch} cannot take {spec.height}x{spec.width} images: "
-                          f"{str(exc).splitlines()[0][:160]}") from None
-    finally:
-        model.train(was_training)
 
 
 def fresh_model(name: Arch | str, spec: InputSpec, seed: int, *, channels: int | None = None) -> nn.Module:

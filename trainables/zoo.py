@@ -9,16 +9,28 @@ initialisation; `Weights.replaced_head` names them, for the log and the checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import functools
+import io
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from trainables.vocab import ARCHS, DEFAULT_WEIGHTS, Arch, ConfigError, DatasetInfo, UserError, values
+from trainables.vocab import (
+    ARCHS,
+    DEFAULT_WEIGHTS,
+    Arch,
+    ConfigError,
+    DatasetInfo,
+    UserError,
+    arch_library,
+    values,
+)
 
 
 class WeightsError(UserError, RuntimeError):
@@ -99,10 +111,47 @@ def min_side(arch: str) -> int:
 
 
 def check_inputs(arch: str, info: DatasetInfo) -> None:
-    """Refuse a chosen image side (`data.image_size`) below what `arch` takes; a fixed one is upsampled."""
+    """Refuse a chosen image side (`data.image_size`) below what `arch` takes (a fixed one is upsampled), and a
+    library network that cannot take the images at all (a ViT built for another size): before any image is read."""
     if info.resizable and info.side < min_side(arch):
         raise ConfigError(f"data.image_size {info.side} is below the smallest input {arch} takes ({min_side(arch)} "
                           f"px): use --image-size {min_side(arch)} or more")
+    if arch_library(arch) is not None:
+        check_arch(arch)
+        net, _ = library_net(arch, 2, 3)
+        side = max(min_side(arch), 1)
+        height, width = (info.height, info.width) if min(info.height, info.width) >= side else (side, side)
+        probe(net, arch, torch.zeros(1, 3, height, width))
+
+
+def probe(model: nn.Module, arch: str, x: torch.Tensor) -> None:
+    """A forward pass of a blank batch: a network that cannot take such inputs fails here, in one line."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception as exc:  # shape errors are RuntimeErrors, a ViT's size check an AssertionError
+        raise ConfigError(f"arch {arch} cannot take {x.shape[-2]}x{x.shape[-1]} images: "
+                          f"{(str(exc).splitlines() or [type(exc).__name__])[0][:160]}") from None
+    finally:
+        model.train(was_training)
+
+
+def weights_identity(arch: str, weights: str) -> str:
+    """What weights hold, for a cache key: a file by its path, size and time; a torchvision tag by its file (DEFAULT
+    resolved); a timm tag with timm's version."""
+    if is_weights_file(weights):
+        path = Path(weights).expanduser().resolve()
+        stat = path.stat() if path.is_file() else None
+        return f"{path}:{stat.st_size if stat else 0}:{stat.st_mtime_ns if stat else 0}"
+    library, _, name = arch.partition("/")
+    if library == "torchvision":
+        import torchvision.models
+
+        tags = torchvision.models.get_model_weights(name)
+        return str(tags[weights].url) if weights in tags.__members__ else weights
+    return f"timm {_timm().__version__} {name}.{weights}"
 
 
 def fetch_weights(arch: str, weights: str) -> None:
@@ -112,17 +161,40 @@ def fetch_weights(arch: str, weights: str) -> None:
     if library not in ("torchvision", "timm"):
         raise ConfigError(f"weights {weights!r}: {arch} has no library weights (give weights with torchvision/NAME "
                           "or timm/NAME, or a checkpoint)")
-    if _is_file(weights):
+    if is_weights_file(weights):
         read_state_dict(Path(weights))
     elif library == "torchvision":
-        import torchvision.models
-
-        tags = torchvision.models.get_model_weights(name)
-        if weights not in tags.__members__:
-            raise WeightsError(f"weights {weights!r}: {arch} has {', '.join(tags.__members__)} (or give a file)")
-        _download(arch, weights, tags[weights].url)
+        _torchvision_pretrained(arch, weights)
     else:
         library_net(arch, 1000, 3, weights)
+
+
+# torchvision's networks with auxiliary classifiers: built without them (one output in training too); their
+# pretrained weights' aux heads are dropped, and their inputs transformed as those weights expect.
+_AUX_NETS = ("googlenet", "inception_v3")
+_AUX_HEADS = ("AuxLogits.", "aux1.", "aux2.")
+
+
+def _torchvision_pretrained(arch: str, weights: str) -> tuple[nn.Module, Any]:
+    """The pretrained network through torchvision's own loader (its download cache, hash check and key fixes),
+    and its weights tag; offline, a WeightsError that says which file to fetch."""
+    import torchvision.models
+
+    name = arch.partition("/")[2]
+    tags = torchvision.models.get_model_weights(name)
+    if weights not in tags.__members__:
+        raise WeightsError(f"weights {weights!r}: {arch} has {', '.join(tags.__members__)} (or give a file)")
+    tag = tags[weights]
+    said = io.StringIO()  # torch.hub's "Downloading: ..." line: shown once it worked, not above the refusal
+    try:
+        with contextlib.redirect_stderr(said), contextlib.redirect_stdout(said):
+            pretrained = torchvision.models.get_model(name, weights=tag, progress=False)
+        sys.stderr.write(said.getvalue())
+        return pretrained, tag
+    except Exception as exc:  # network failures come in many types
+        target = Path(torch.hub.get_dir()) / "checkpoints" / tag.url.rsplit("/", 1)[-1]
+        raise WeightsError(f"weights {weights} of {arch} cannot be downloaded here ({_reason(exc)}); download "
+                           f"{tag.url} where you can and pass the file: --weights FILE (or put it at {target})") from None
 
 
 def library_net(arch: str, num_classes: int, channels: int, weights: str | None = None) -> tuple[nn.Module, Weights | None]:
@@ -134,21 +206,23 @@ def library_net(arch: str, num_classes: int, channels: int, weights: str | None 
             raise ConfigError(f"arch {arch}: torchvision models take 3-channel images, not {channels}")
         import torchvision.models
 
-        net = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        pretrained, tag = (None, None) if weights is None or is_weights_file(weights) else \
+            _torchvision_pretrained(arch, weights)
+        extra: dict[str, Any] = {}
+        if name in _AUX_NETS:
+            extra = {"aux_logits": False, "init_weights": True,
+                     "transform_input": bool(getattr(pretrained, "transform_input", False))}
+        net = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra)
         if weights is None:
             return net, None
-        if _is_file(weights):
+        if pretrained is None:
             return net, load_into(net, read_state_dict(Path(weights)), arch, source=weights)
-        tags = torchvision.models.get_model_weights(name)
-        if weights not in tags.__members__:
-            raise WeightsError(f"weights {weights!r}: {arch} has {', '.join(tags.__members__)} (or give a file)")
-        tag = tags[weights]
-        state = _download(arch, weights, tag.url)
+        assert tag is not None
         transform = tag.transforms()
-        return net, load_into(net, state, arch, source=f"{arch}:{tag.name}",
+        return net, load_into(net, pretrained.state_dict(), arch, source=f"{arch}:{tag.name}",
                               mean=tuple(transform.mean), std=tuple(transform.std))
     timm = _timm()
-    if weights is None or _is_file(weights):
+    if weights is None or is_weights_file(weights):
         net = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=channels)
         if weights is None:
             return net, None
@@ -158,7 +232,7 @@ def library_net(arch: str, num_classes: int, channels: int, weights: str | None 
         net = timm.create_model(full, pretrained=True, num_classes=num_classes, in_chans=channels)
     except RuntimeError as exc:  # timm's "Unknown model" / no pretrained tag
         raise WeightsError(f"weights {weights!r} of {arch}: {str(exc).splitlines()[0]}") from None
-    except OSError as exc:  # the hub cannot be reached, and the weights are not in its cache
+    except (OSError, ValueError) as exc:  # the hub cannot be reached, and the weights are not in its cache
         raise WeightsError(f"weights {weights!r} of {arch} cannot be downloaded here ({_reason(exc)}); download them "
                            f"where you can (timm.create_model({full!r}, pretrained=True) fills the Hugging Face cache, "
                            f"~/.cache/huggingface) and copy the cache, or pass the weights file: --weights FILE") from None
@@ -167,8 +241,10 @@ def library_net(arch: str, num_classes: int, channels: int, weights: str | None 
                         replaced_head=(), weights_classes=cfg.get("num_classes"))
 
 
-def _is_file(weights: str) -> bool:
-    return "/" in weights or "\\" in weights or Path(weights).suffix in (".pt", ".pth", ".bin", ".ckpt")
+def is_weights_file(weights: str) -> bool:
+    """A path, not a tag: it names a directory, has a weights file's suffix, or is a file here."""
+    return ("/" in weights or "\\" in weights or Path(weights).suffix in (".pt", ".pth", ".bin", ".ckpt")
+            or Path(weights).is_file())
 
 
 def _reason(exc: BaseException) -> str:
@@ -176,31 +252,14 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:160].rstrip(": ")
 
 
-def _download(arch: str, tag: str, url: str) -> dict[str, torch.Tensor]:
-    """The weights at `url` through torch.hub's cache (`$TORCH_HOME/hub/checkpoints`), read weights-only."""
-    target = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
-    if not target.is_file():
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(url, str(target), progress=False)
-        except Exception as exc:  # network failures come in many types
-            raise WeightsError(f"weights {tag} of {arch} cannot be downloaded here ({_reason(exc)}); download {url} "
-                               f"where you can and pass the file: --weights FILE (or put it at {target})") from None
-    return read_state_dict(target)
-
-
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A plain state dict from `path`: the file of `torch.save(model.state_dict())`, or a dict holding one under
     `state_dict` or `model` (as trainers save them), read weights-only. DataParallel's `module.` prefix is dropped."""
-    import zipfile
-
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
-    if not zipfile.is_zipfile(path):
-        raise WeightsError(f"{path} is not a PyTorch state dict (not a torch.save zip archive)")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a damaged or foreign archive can fail in any way
+    except Exception as exc:  # a damaged or foreign file can fail in any way (older files are not zip archives)
         raise WeightsError(f"{path} is not a readable PyTorch state dict ({_reason(exc)})") from None
     return state_dict_in(blob, path)
 
@@ -226,6 +285,7 @@ def load_into(net: nn.Module, state: dict[str, torch.Tensor], arch: str, *, sour
     """Load `state` into `net`, dropping the classifier's keys where the weights have another class count; any
     other mismatch is a WeightsError naming the first key that does not fit."""
     own = net.state_dict()
+    state = {k: v for k, v in state.items() if k in own or not k.startswith(_AUX_HEADS)}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if unexpected:

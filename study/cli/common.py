@@ -73,8 +73,11 @@ def model_file(flags: Flags, args: argparse.Namespace, path: str) -> tuple[Any, 
     ckpt = load_checkpoint(path, arch=arch, dataset=getattr(args, "dataset", None))
     data = ckpt.data_cfg(**flags.given(args, DataCfg))
     check_inputs(ckpt.arch, data.info)
-    if ckpt.plain:  # weights that do not fit the arch or the classes stop here, before the images are decoded
-        from trainables.data import peek_info
+    from trainables.data import peek_info
 
+    # weights that do not fit the arch, the classes or the image side stop here, before any image is decoded
+    if ckpt.plain:
         ckpt.build(peek_info(data))
+    else:
+        ckpt.check_fits(peek_info(data))
     return ckpt, data

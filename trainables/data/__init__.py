@@ -11,6 +11,7 @@ from trainables.data.sources import (
     load_data,
     peek_info,
     register_dataset,
+    tree_digest,
 )
 from trainables.data.splits import (
     DataBundle,
@@ -25,4 +26,4 @@ from trainables.vocab import DatasetInfo, dataset_info
 
 __all__ = ["DEBIAN_FMNIST", "IMAGENETTE_WNIDS", "DataBundle", "DataError", "DatasetInfo", "Source", "Split",
            "cache_dir", "dataset_info", "iterate_batches", "load_data", "peek_info", "place", "read_cifar_batch", "read_idx",
-           "register_dataset", "split_train_val"]
+           "register_dataset", "split_train_val", "tree_digest"]

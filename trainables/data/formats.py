@@ -111,14 +111,26 @@ def decode_images(files: Sequence[tuple[Path, int]], side: int, what: str) -> Sp
                                            disable=None)):
         try:
             with Image.open(path) as img:
-                rgb = np.asarray(img.convert("RGB"))
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+                rgb = np.asarray(_eight_bit(img).convert("RGB"))
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise DataError(f"{path}: cannot decode image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
         img_t = TF.resize(torch.from_numpy(rgb.copy()).permute(2, 0, 1), [side], antialias=True)  # shorter side -> side
         xs[i] = TF.center_crop(img_t, [side, side])
         ys[i] = label
         gray = gray and bool((xs[i, 0] == xs[i, 1]).all() and (xs[i, 1] == xs[i, 2]).all())
     return Split(xs[:, :1].clone() if gray and len(files) else xs, ys)
+
+
+def _eight_bit(img: Any) -> Any:
+    """16-bit, 32-bit and float gray images scaled to 8 bits (PIL's own conversion clips them at 255)."""
+    from PIL import Image
+
+    if img.mode not in ("I", "I;16", "I;16B", "I;16L", "F"):
+        return img
+    values = np.asarray(img, dtype=np.float64)
+    top = 1.0 if img.mode == "F" and values.max() <= 1.0 else 65535.0 if img.mode.startswith("I;16") or \
+        values.max() > 255 else 255.0
+    return Image.fromarray(np.clip(np.rint(values / top * 255.0), 0, 255).astype(np.uint8), "L")
 
 
 def _fingerprint(files: Sequence[tuple[Path, int]]) -> str:

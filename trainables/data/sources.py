@@ -97,11 +97,27 @@ def peek_info(cfg: DataCfg) -> DatasetInfo:
     """The data set's description before its images are decoded: an ImageFolder tree's classes are its train/
     class folders (a tree without them is refused when it is loaded)."""
     info = dataset_info(cfg.dataset, cfg.image_size)
-    train = Path(cfg.root) / "train" if cfg.root else None
-    if cfg.dataset is Dataset.IMAGEFOLDER and train is not None and train.is_dir():
-        classes = tuple(class_folders(train))
-        return dataclasses.replace(info, classes=classes, num_classes=len(classes))
-    return info
+    if cfg.dataset is not Dataset.IMAGEFOLDER or cfg.root is None:
+        return info
+    train = Path(cfg.root) / "train"
+    classes = tuple(class_folders(train)) if train.is_dir() else ()
+    if not classes:
+        raise DataError(f"{cfg.root} is not an ImageFolder tree: it has no train/<class>/ folders (expected "
+                        f"{cfg.root}/train/<class>/*.png, and optionally val/ and test/)")
+    return dataclasses.replace(info, classes=classes, num_classes=len(classes))
+
+
+def tree_digest(cfg: DataCfg) -> str:
+    """What an ImageFolder tree holds, as a digest of its files' paths, sizes and times (no image is read)."""
+    import hashlib
+
+    assert cfg.root is not None
+    h = hashlib.sha256()
+    root = Path(cfg.root)
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+        stat = path.stat()
+        h.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def len_channels(split: Split) -> int:
