@@ -134,9 +134,12 @@ def write_study_report(path: str | Path) -> Path:
                              "attack": attack_text(described.get(attack) or {"name": attack}),
                              "ours (%) [95 % CI]": f"{100 * acc:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]",
                              "paper (%)": "-" if paper is None else paper})
-        md += [tables.markdown(pd.DataFrame(rows), floats=MD_FLOATS), "",
-               f"n = {data.best['test_split']['n']} test images; intervals are Wilson 95 %. The paper's clean number "
-               "is its undefended model's. An attack flagged \"cannot reach eps\" overstates robustness"
+        frame = pd.DataFrame(rows)
+        covered = (frame["paper (%)"] != "-").any()  # a data set the paper does not cover has no paper column
+        md += [tables.markdown(frame if covered else frame.drop(columns="paper (%)"), floats=MD_FLOATS), "",
+               f"n = {data.best['test_split']['n']} test images; intervals are Wilson 95 %. "
+               + ("The paper's clean number is its undefended model's. " if covered else "")
+               + "An attack flagged \"cannot reach eps\" overstates robustness"
                + ("; the audit below gives the strong attacks' numbers." if (data.path / "audit.json").is_file()
                   else ": `patchtune audit` the best checkpoint for a strong attack's number."), ""]
     audit_path = data.path / "audit.json"

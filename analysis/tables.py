@@ -73,7 +73,10 @@ def text(frame: pd.DataFrame, floats: FloatFormat = None) -> str:
 # ------------------------------------------------------------------------------------------ patchtune eval
 
 def eval_label(result: Mapping[str, Any]) -> str:
-    """Column name of one evaluated checkpoint: "Undefended", its patch fine-tuning's optimizer, or its method."""
+    """Column name of one evaluated checkpoint: "Undefended", its patch fine-tuning's optimizer, its method, or (a
+    model patchtune did not train, a plain state dict) its file's name."""
+    if result.get("kind") not in ("pretrain", "finetune"):
+        return str(result.get("checkpoint", "model")).replace("\\", "/").rsplit("/", 1)[-1]
     method = result.get("method")
     if method not in (None, Method.PATCH.value):
         return f"{METHODS[Method(method)].label} + {optimizer_label(str(result['optimizer']))}"
@@ -82,8 +85,8 @@ def eval_label(result: Mapping[str, Any]) -> str:
 
 def _paper_column(result: Mapping[str, Any]) -> str:
     """The paper's Table 1 column of a checkpoint; Table 1 has no column for another method, so its shows "-"."""
-    if result.get("method") not in (None, Method.PATCH.value):
-        return str(result["method"])
+    if result.get("method") not in (None, Method.PATCH.value) or result.get("kind") not in ("pretrain", "finetune"):
+        return str(result.get("method") or result.get("kind"))
     return "undefended" if result["kind"] == "pretrain" else str(result["optimizer"])
 
 

@@ -104,6 +104,8 @@ def test_eval_table() -> None:
     assert set(lines[2]) == {"-", " "}
     assert re.split(r" {2,}", lines[4]) == ["PGD", "eps=0.3, alpha=0.01, steps=10 (cannot reach eps)", "5.00", "45.00",
                                                       "55.00", "50.00", "3.06", "50.08", "-", "50.08"]
+    # a model patchtune did not train (a plain state dict) is named by its file
+    assert tables.eval_label({"kind": "plain", "checkpoint": "models/mine.pt", "method": None}) == "mine.pt"
     # a data set the paper does not cover: no paper columns, eps as a short number
     info = {"dataset": "imagefolder", "split": "test", "n": 30,
             "attacks": {"clean": {}, "pgd": {"eps": 8 / 255, "alpha": 0.01, "steps": 10, "restarts": 1}}}

@@ -180,8 +180,8 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, dataset: Datas
         blob = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged file can fail in any way: every failure means "not a checkpoint"
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        kind = "a damaged PyTorch archive" if is_zip else "not a PyTorch file"
-        raise CheckpointError(f"{p} is not a checkpoint or state dict ({kind}: {reason[:160]})") from None
+        why = f"a damaged PyTorch archive: {reason[:160]}" if is_zip else "not a file torch.save writes"
+        raise CheckpointError(f"{p} is not a checkpoint or state dict ({why})") from None
     if isinstance(blob, dict) and blob.get("format") == FORMAT and "meta" in blob and "state_dict" in blob:
         ckpt = Checkpoint(meta=dict(blob["meta"]), state_dict=dict(blob["state_dict"]), path=p)
     else:

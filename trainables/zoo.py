@@ -15,6 +15,7 @@ import difflib
 import functools
 import io
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -260,7 +261,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged or foreign file can fail in any way (older files are not zip archives)
-        raise WeightsError(f"{path} is not a readable PyTorch state dict ({_reason(exc)})") from None
+        why = f"a damaged PyTorch archive: {_reason(exc)}" if zipfile.is_zipfile(path) else "not a file torch.save writes"
+        raise WeightsError(f"{path} is not a readable PyTorch state dict ({why})") from None
     return state_dict_in(blob, path)
 
 
