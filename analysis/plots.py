@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
 from analysis.load import OPS, pareto_front  # noqa: E402
 from analysis.stats import welch  # noqa: E402
@@ -64,46 +64,69 @@ def _pct(frame: pd.DataFrame, column: str) -> pd.Series:
     return 100 * frame[column].astype(float)
 
 
+def _methods(frame: pd.DataFrame) -> list[str]:
+    """The fine-tuning methods of the trials, in the vocabulary's order (one, "patch", for older results)."""
+    present = set(frame["method"].dropna().astype(str)) if "method" in frame else {"patch"}
+    return [m for m in values(Method) if m in present] + sorted(present - set(values(Method)))
+
+
 def robust_vs_lr(results: pd.DataFrame, metric: str = "objective", label: str | None = None) -> Figure:
-    """Each trial as a point, plus per-optimizer mean and 95 % CI over log-spaced lr bins."""
+    """Each trial as a point, plus per-optimizer mean and 95 % CI over log-spaced lr bins: one panel per
+    fine-tuning method, so that a difference of method never reads as one of optimizer or lr."""
     frame = results.dropna(subset=["lr", metric]).copy()
     frame["value"] = _pct(frame, metric)
-    order = _order(frame)
+    if "method" not in frame:
+        frame["method"] = "patch"
+    order, methods = _order(frame), _methods(frame)
     colors = palette(order)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    cols = min(3, len(methods))
+    rows = -(-len(methods) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 + 4.2 * cols, 0.6 + 3.6 * rows), squeeze=False, sharex=True,
+                             sharey=True)
     edges = np.logspace(np.log10(frame["lr"].min()) - 1e-9, np.log10(frame["lr"].max()) + 1e-9, 6)
     codes = np.clip(np.searchsorted(edges, frame["lr"].to_numpy(), side="right") - 1, 0, len(edges) - 2)
     frame["lr_center"] = np.sqrt(edges[codes] * edges[codes + 1])  # geometric bin centre
-    for opt in order:
-        sub = frame[frame["optimizer"] == opt]
-        ax.scatter(sub["lr"], sub["value"], color=colors[opt], alpha=0.55, s=22, label=f"{opt} (n={len(sub)})")
-        if sub["lr_center"].nunique() >= 2:
-            sns.lineplot(data=sub, x="lr_center", y="value", color=colors[opt], errorbar=("ci", 95), ax=ax,
-                         legend=False, err_kws={"alpha": 0.15})
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate (log scale)")
-    ax.set_ylabel(label or OBJECTIVE_LABELS.get(metric, f"{metric} (%)"))
-    ax.set_title("Robustness vs learning rate")
-    ax.text(0.01, 0.01, "dots: trials; line: binned mean; band: 95 % CI", transform=ax.transAxes, fontsize=7,
-            color="0.35", va="bottom")
-    ax.legend(title="optimizer", fontsize=8)
+    for ax, method in zip(axes.flat, methods, strict=False):
+        of_method = frame[frame["method"] == method]
+        for opt in order:
+            sub = of_method[of_method["optimizer"] == opt]
+            if not len(sub):
+                continue
+            ax.scatter(sub["lr"], sub["value"], color=colors[opt], alpha=0.55, s=22, label=f"{opt} (n={len(sub)})")
+            if sub["lr_center"].nunique() >= 2:
+                sns.lineplot(data=sub, x="lr_center", y="value", color=colors[opt], errorbar=("ci", 95), ax=ax,
+                             legend=False, err_kws={"alpha": 0.15})
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # decades only: minor labels collide in a narrow panel
+        ax.set_xlabel("learning rate (log scale)")
+        ax.set_ylabel(label or OBJECTIVE_LABELS.get(metric, f"{metric} (%)"))
+        ax.set_title(f"method {method}", fontsize=10)
+        ax.legend(title="optimizer", fontsize=8)
+    for ax in list(axes.flat)[len(methods):]:
+        ax.set_visible(False)
+    fig.suptitle("Robustness vs learning rate, per fine-tuning method")
+    fig.text(0.01, 0.005, "dots: trials; line: binned mean; band: 95 % CI", fontsize=7, color="0.35", va="bottom")
     fig.tight_layout()
     return fig
 
 
 def robust_by_optimizer(results: pd.DataFrame, metric: str = "objective", label: str | None = None) -> Figure:
-    """Distribution of the metric per optimizer: box plot with every trial as a dot."""
+    """Distribution of the metric per optimizer, side by side per fine-tuning method (hue): box plot with every
+    trial as a dot."""
     frame = results.dropna(subset=[metric]).copy()
     frame["value"] = _pct(frame, metric)
-    order = _order(frame)
-    fig, ax = plt.subplots(figsize=(5.2, 4.2))
-    sns.boxplot(data=frame, x="optimizer", y="value", hue="optimizer", order=order, palette=palette(order), ax=ax,
-                legend=False, fliersize=0, boxprops={"alpha": 0.35})
-    sns.stripplot(data=frame, x="optimizer", y="value", hue="optimizer", order=order, palette=palette(order),
-                  ax=ax, legend=False, size=5, jitter=0.15)
+    if "method" not in frame:
+        frame["method"] = "patch"
+    order, methods = _order(frame), _methods(frame)
+    fig, ax = plt.subplots(figsize=(3.2 + 1.2 * len(order) * max(1, len(methods)) ** 0.5, 4.2))
+    sns.boxplot(data=frame, x="optimizer", y="value", hue="method", order=order, hue_order=methods, ax=ax,
+                fliersize=0, boxprops={"alpha": 0.35}, legend=False)
+    sns.stripplot(data=frame, x="optimizer", y="value", hue="method", order=order, hue_order=methods, ax=ax,
+                  size=5, jitter=0.15, dodge=True)
     ax.set_xlabel("optimizer")
     ax.set_ylabel(label or OBJECTIVE_LABELS.get(metric, f"{metric} (%)"))
-    ax.set_title("Robustness per optimizer (all trials)")
+    ax.set_title("Robustness per optimizer and fine-tuning method")
+    ax.legend(title="method", fontsize=8)
     fig.tight_layout()
     return fig
 

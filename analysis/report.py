@@ -50,17 +50,35 @@ def optuna_importances(data: StudyData) -> dict[str, float]:
 
 
 def optimizer_finding(data: StudyData) -> str:
-    """One plain sentence comparing the two best-sampled optimizers under the objective (Welch t-test)."""
-    frame = data.finished()
+    """Whether the optimizer matters in this study's trials, compared within each fine-tuning method."""
+    return optimizer_sentence(data.finished(), data.objective)
+
+
+def optimizer_sentence(frame: pd.DataFrame, objective: str) -> str:
+    """Plain sentences comparing the two most-sampled optimizers under the objective, within each fine-tuning
+    method that has at least two finished trials of each (Welch t-test). A study whose methods differ between
+    its optimizers would otherwise report a difference of method as one of optimizer; where no method has trials
+    of both, it says so and states no p-value."""
     counts = frame["optimizer"].value_counts()
     if len(counts) < 2 or counts.iloc[1] < 2:
         return "Too few finished trials per optimizer to compare optimizers in this study."
     a, b = sorted(counts.index[:2])
-    va, vb = 100 * frame.loc[frame.optimizer == a, "objective"], 100 * frame.loc[frame.optimizer == b, "objective"]
-    return stats.verdict_sentence(
-        f"{a} beats {b} on the objective ({data.objective}, validation split) across this study's trials",
-        stats.welch(va, vb), p_label="Welch p", unit="trial",
-        detail=f"n={len(va)} vs {len(vb)}; trials differ in every other hyperparameter too")
+    methods = frame["method"] if "method" in frame else pd.Series("patch", index=frame.index)
+    sentences = []
+    for method, sub in frame.groupby(methods):
+        va, vb = (100 * sub.loc[sub.optimizer == o, "objective"] for o in (a, b))
+        if len(va) >= 2 and len(vb) >= 2:
+            sentences.append(stats.verdict_sentence(
+                f"{a} beats {b} on the objective ({objective}, validation split) among the {method} trials",
+                stats.welch(va, vb), p_label="Welch p", unit="trial",
+                detail=f"n={len(va)} vs {len(vb)}; the trials differ in their other hyperparameters too"))
+    if sentences:
+        return " ".join(sentences)
+    split = "; ".join(f"{method}: {(sub.optimizer == a).sum()} {a} / {(sub.optimizer == b).sum()} {b}"
+                      for method, sub in frame.groupby(methods))
+    return (f"This study's trials cannot separate the optimizer from the fine-tuning method: no method has at least "
+            f"two finished trials with each of {a} and {b} ({split}), so any difference between them may be one of "
+            f"method. No optimizer finding is claimed.")
 
 
 def _save(fig: Figure, out: Path, name: str) -> str:

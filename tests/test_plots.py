@@ -286,3 +286,35 @@ def test_audit_table_names_what_ran_in_the_audits_order() -> None:
                                      "Worst case (per sample, all rows)"]
     standard = side_by_side([rep(0.3, ["apgd-ce", "apgd-t", "fab-t", "square"], 5000)], ["t"])
     assert "AutoAttack (standard)" in list(standard["attack"])
+
+
+def _with_methods(results: pd.DataFrame, confounded: bool) -> pd.DataFrame:
+    """Adam trials all `patch` and the others all `pgd_at` (confounded), or both methods under every optimizer."""
+    frame = results.copy()
+    if confounded:
+        frame["method"] = np.where(frame["optimizer"] == "adam", "patch", "pgd_at")
+    else:
+        frame["method"] = np.where(frame.groupby("optimizer").cumcount() % 2 == 0, "patch", "pgd_at")
+    return frame
+
+
+def test_optimizer_findings_never_report_a_method_difference_as_an_optimizer_one(results: pd.DataFrame) -> None:
+    from analysis.report import optimizer_sentence
+
+    finished = results[(results["status"] == "COMPLETE") & results["optimizer"].isin(["adam", "rmsprop"])]
+    confounded = _with_methods(finished, confounded=True)
+    confounded.loc[confounded["method"] == "pgd_at", "objective"] += 0.4  # a large difference... of method
+    text = optimizer_sentence(confounded, "pgd_acc")
+    assert "cannot separate the optimizer from the fine-tuning method" in text and "No optimizer finding" in text
+    assert "p=" not in text
+    mixed = optimizer_sentence(_with_methods(finished, confounded=False), "pgd_acc")
+    assert "among the patch trials" in mixed and "among the pgd_at trials" in mixed and "Welch p=" in mixed
+
+
+def test_optimizer_figures_show_the_method(results: pd.DataFrame) -> None:
+    frame = _with_methods(results, confounded=False)
+    fig = plots.robust_vs_lr(frame)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert titles == ["method patch", "method pgd_at"]
+    fig = plots.robust_by_optimizer(frame)
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["patch", "pgd_at"]
