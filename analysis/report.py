@@ -164,11 +164,13 @@ def write_study_report(path: str | Path) -> Path:
     if audit_path.is_file():
         md += _audit_section(json.loads(audit_path.read_text()), out)
     md += ["## Findings", "", "- " + optimizer_finding(data)]
-    for opt, sub in data.finished().groupby("optimizer"):
+    finished = data.finished()
+    by = ["method", "optimizer"] if "method" in finished else ["optimizer"]  # never pooled over methods
+    for keys, sub in finished.groupby(by):
         iv = stats.t_interval(100 * sub["objective"])
         interval = f"[95 % CI {iv.lo:.1f}, {iv.hi:.1f}]" if len(sub) > 1 else "(one trial: no interval)"
-        md.append(f"- {opt}: mean objective {iv.mean:.1f} % {interval} over {len(sub)} finished "
-                  f"trial{'s' if len(sub) > 1 else ''}.")
+        md.append(f"- {' + '.join(map(str, keys if isinstance(keys, tuple) else (keys,)))}: mean objective "
+                  f"{iv.mean:.1f} % {interval} over {len(sub)} finished trial{'s' if len(sub) > 1 else ''}.")
     md += ["", "## Top trials", ""]
     cols = [c for c in ("trial_id", "status", "optimizer", "lr", "batch_size", "patch_size", "num_patches", "pool",
                         "objective", "val_clean_acc", "val_pgd_acc", "val_robust_auc") if c in r]
