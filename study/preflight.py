@@ -22,7 +22,7 @@ from study.spec import StudySpec, parse_spec
 from trainables.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from trainables.config import ConfigError
 from trainables.data import DataBundle, load_data
-from trainables.zoo import check_arch, check_inputs, fetch_weights, is_weights_file
+from trainables.zoo import check_inputs, fetch_weights, is_weights_file
 
 
 @dataclasses.dataclass
@@ -86,8 +86,7 @@ def preflight(spec: StudySpec) -> Prepared:
         raise StudyError(f"data.root {spec.data.root!r} is not a directory")
     check_optuna_storage(spec, fresh=True)
     tracking.check(spec)
-    check_arch(spec.arch)
-    check_inputs(spec.arch, spec.data.info)
+    check_inputs(spec.arch, spec.data.info)  # the arch's name too
     if spec.base.weights is not None:  # weights that cannot be had stop here, not in Ray
         fetch_weights(spec.arch, spec.base.weights)
     base = None

@@ -25,7 +25,7 @@ from trainables.atomic import atomic_open
 from trainables.config import DataCfg, Dataset, as_jsonable
 from trainables.models import InputSpec, build_model, network_channels
 from trainables.vocab import DatasetInfo, UserError, dataset_info
-from trainables.zoo import WeightsError, check_arch, state_dict_in
+from trainables.zoo import WeightsError, check_arch, misshapen, shape_mismatches, state_dict_in
 
 FORMAT = "patchtune-ckpt/1"
 PLAIN = "plain"  # the `kind` of a plain state dict read as a checkpoint
@@ -125,20 +125,12 @@ def _fit(net: nn.Module, state: dict[str, torch.Tensor], num_classes: int, arch:
     """Load `state` strictly, or a WeightsError naming the first key that does not fit (a classifier for another
     number of classes is named as such: a base must classify the data set's classes)."""
     own = net.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    for kind, keys in (("unexpected", unexpected), ("missing", missing)):
-        if keys:
-            more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
-            raise WeightsError(f"weights do not fit arch {arch!r}: {kind} key {keys[0]!r}{more}")
-    for k, v in own.items():
-        if state[k].shape != v.shape:
-            if state[k].shape[1:] == v.shape[1:] and v.shape[0] == num_classes:
-                raise WeightsError(f"its classifier ({k!r}) has {state[k].shape[0]} classes, the data set "
-                                   f"{num_classes}: pretrain a head for the data set first (patchtune pretrain "
-                                   f"--weights FILE)")
-            raise WeightsError(f"weights do not fit arch {arch!r}: {k!r} has shape {tuple(state[k].shape)}, the model's "
-                               f"{tuple(v.shape)}")
+    for k in shape_mismatches(own, state, arch):
+        if state[k].shape[1:] == own[k].shape[1:] and own[k].shape[0] == num_classes:
+            raise WeightsError(f"its classifier ({k!r}) has {state[k].shape[0]} classes, the data set "
+                               f"{num_classes}: pretrain a head for the data set first (patchtune pretrain "
+                               f"--weights FILE)")
+        raise WeightsError(misshapen(k, state, own, arch))
     net.load_state_dict(state)
 
 

@@ -113,12 +113,13 @@ def min_side(arch: str) -> int:
 
 def check_inputs(arch: str, info: DatasetInfo) -> None:
     """Refuse a chosen image side (`data.image_size`) below what `arch` takes (a fixed one is upsampled), and a
-    library network that cannot take the images at all (a ViT built for another size): before any image is read."""
+    library network that cannot take the images at all (a ViT built for another size): before any image is read.
+    An unknown arch name is refused first."""
+    check_arch(arch)
     if info.resizable and info.side < min_side(arch):
         raise ConfigError(f"data.image_size {info.side} is below the smallest input {arch} takes ({min_side(arch)} "
                           f"px): use --image-size {min_side(arch)} or more")
     if arch_library(arch) is not None:
-        check_arch(arch)
         net, _ = library_net(arch, 2, 3)
         side = max(min_side(arch), 1)
         height, width = (info.height, info.width) if min(info.height, info.width) >= side else (side, side)
@@ -282,26 +283,35 @@ def state_dict_in(blob: Any, path: Path) -> dict[str, torch.Tensor]:
     return dict(blob)
 
 
+def shape_mismatches(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], arch: str) -> list[str]:
+    """The keys whose shapes differ between a network's state (`own`) and `state`; a key one has and the other
+    lacks is a WeightsError naming the first (unexpected before missing)."""
+    for kind, keys in (("unexpected", [k for k in state if k not in own]), ("missing", [k for k in own if k not in state])):
+        if keys:
+            more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
+            raise WeightsError(f"weights do not fit arch {arch!r}: {kind} key {keys[0]!r}{more}")
+    return [k for k in own if own[k].shape != state[k].shape]
+
+
+def misshapen(key: str, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], arch: str) -> str:
+    return (f"weights do not fit arch {arch!r}: {key!r} has shape {tuple(state[key].shape)}, the model's "
+            f"{tuple(own[key].shape)}")
+
+
 def load_into(net: nn.Module, state: dict[str, torch.Tensor], arch: str, *, source: str,
               mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> Weights:
     """Load `state` into `net`, dropping the classifier's keys where the weights have another class count; any
     other mismatch is a WeightsError naming the first key that does not fit."""
     own = net.state_dict()
     state = {k: v for k, v in state.items() if k in own or not k.startswith(_AUX_HEADS)}
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if unexpected:
-        raise WeightsError(f"{source} does not fit {arch}: unexpected key {unexpected[0]!r}"
-                           + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
-    if missing:
-        raise WeightsError(f"{source} does not fit {arch}: missing key {missing[0]!r}"
-                           + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    wrong = [k for k in own if own[k].shape != state[k].shape]
+    try:
+        wrong = shape_mismatches(own, state, arch)
+    except WeightsError as exc:
+        raise WeightsError(f"{source}: {exc}") from None
     head = [k for k in wrong if own[k].ndim >= 1 and state[k].shape[1:] == own[k].shape[1:]]
     classes = {int(state[k].shape[0]) for k in head}
     if len(head) < len(wrong) or len(classes) > 1:
         k = next((k for k in wrong if k not in head), wrong[0])
-        raise WeightsError(f"{source} does not fit {arch}: {k!r} has shape {tuple(state[k].shape)}, the model's "
-                           f"{tuple(own[k].shape)}")
+        raise WeightsError(f"{source}: {misshapen(k, state, own, arch)}")
     net.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=False)
     return Weights(source, mean, std, replaced_head=tuple(head), weights_classes=classes.pop() if classes else None)

@@ -40,10 +40,9 @@ def run(flags: Flags, args: argparse.Namespace) -> int:
     from trainables.checkpoint import save_checkpoint
     from trainables.data import load_data
     from trainables.pipeline import accuracy_line, pretrain
-    from trainables.zoo import check_arch, check_inputs, fetch_weights
+    from trainables.zoo import check_inputs, fetch_weights
 
-    check_arch(arch)
-    check_inputs(arch, data.info)
+    check_inputs(arch, data.info)  # the arch's name too
     if weights is not None:
         fetch_weights(arch, weights)
     loaded = load_data(data)
