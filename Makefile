@@ -5,13 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUN_DIR ?= runs/demo
 FMNIST_DEB := /usr/share/datasets/fashion-mnist
-# MLflow's client for `--mlflow URI`, installed on its own: it cannot be an extra of patchtune, because torchattacks
-# 3.5.1 (the latest) pins requests~=2.25.1 and MLflow's databricks-sdk needs requests>=2.28, so one resolve of both
-# backtracks for ever. torchattacks never imports requests; pip's warning about that pin is expected.
-MLFLOW := 'mlflow-skinny>=2.16,<4'
-# The docs site's tools (make docs) take the same second call for the same reason: mkdocs-material needs
-# requests>=2.33. Both become ordinary extras once torchattacks' pin is gone (issue 31).
-DOCS := 'mkdocs>=1.6' 'mkdocs-material>=9.5'
+# Every extra in one resolve, checked: `pip check` fails the set-up if any installed package's requirement is unmet.
+EXTRAS := dev,watch,timm,mlflow,docs
 
 .PHONY: setup data browser run test bench lint docs clean control
 
@@ -20,8 +15,8 @@ setup: $(STAMP) data
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,watch,timm]'
-	$(BIN)/python -m pip install -q $(MLFLOW) $(DOCS)
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	$(BIN)/python -m pip check
 	@touch $(STAMP)
 
 # Real Fashion-MNIST from Debian where apt-get is available as root; elsewhere the loader downloads it.
@@ -58,7 +53,7 @@ test: lint docs browser
 # The audit's positive control: a robust cnn3 trained as the reference recipe does (MTandHJ/PyTorch-Robust), from
 # scratch: PGD-AT at the paper's eps 0.3 (PGD-10, alpha x steps = 2.5 eps), eps grown over the first CONTROL_WARMUP
 # of the steps, on all training images; audited with the reference strong attacks against a pretrained base.
-# The defaults take about 35 min on 2 CPU cores (docs/record/2026-11-27-positive-control.md). CONTROL_INIT=base fine-tunes the
+# The defaults take about 40 min on 2 CPU cores (docs/record/2026-11-27-positive-control.md). CONTROL_INIT=base fine-tunes the
 # base instead; CONTROL_METHOD pgd_at or trades (checked before anything runs); CONTROL_ARGS goes to
 # `patchtune finetune` as is.
 CONTROL_DIR ?= runs/control

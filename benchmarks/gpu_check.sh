@@ -6,19 +6,13 @@
 #   bench     `make bench`'s GPU sections $GPU_SECTIONS on that base (Tune rows skipped: no Ray)
 #   control   the audit's positive control: `make control`'s commands at $CONTROL_EPOCHS x $CONTROL_TRAIN
 #             (from scratch unless CONTROL_ARGS is set, e.g. to ""; $CONTROL_METHOD, $CONTROL_STEPS, $CONTROL_WARMUP)
-# Expects F-MNIST under $PATCHTUNE_CACHE/data/fashion-mnist and torchattacks as a wheel in .whl/; prepare both
-# where there is internet (neither is committed):
+# Expects F-MNIST under $PATCHTUNE_CACHE/data/fashion-mnist; prepare it where the data is (it is not committed):
 #   mkdir -p .devcache/data/fashion-mnist && cp /usr/share/datasets/fashion-mnist/*.gz .devcache/data/fashion-mnist/
-#   .venv/bin/pip download --no-deps torchattacks==3.5.1 -d .whl
-#   printf '/.devcache/\n/.whl/\n' >> .git/info/exclude       # then carry [".devcache", ".whl"]
+#   printf '/.devcache/\n' >> .git/info/exclude       # then carry [".devcache"]
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
 STAGES=${STAGES:-tests pretrain bench control}
 mkdir -p "$OUT"
-if ! python3 -c "import torchattacks" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PATCHTUNE_CACHE=${PATCHTUNE_CACHE:-$PWD/.devcache} PYTHONUNBUFFERED=1
 LOG=$OUT/log.txt  # everything, in order (at most 8 files come back from a lease: keep them few)
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv 2>&1 | tee -a "$LOG"

@@ -11,12 +11,17 @@
 - After a driver crash, Optuna can hold RUNNING trials that Tune's last experiment snapshot never saw.
   On resume the next suggestions adopt them (same parameters, replayed through the define-by-run space),
   so the study ends with exactly num_samples trials and none left RUNNING.
+- A trial that finished after Tune's last snapshot is not run again on resume (trainables/trainable.py replays
+  its reports). `PATCHTUNE_TEST_KILL_AFTER_TELLS=N` kills the driver's process group right after Optuna's N-th
+  tell, which is that window, for the test that proves it (tests/test_study.py).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import signal
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -101,6 +106,12 @@ class StudySearch(OptunaSearch):
                 self._finish(trial_id, TrialState.PRUNED, reason=None)
                 return
         super().on_trial_complete(trial_id, result=result, error=error)
+        self._told()
+
+    def _told(self) -> None:
+        self._tells = getattr(self, "_tells", 0) + 1
+        if self._tells == int(os.environ.get("PATCHTUNE_TEST_KILL_AFTER_TELLS", "0")):
+            os.killpg(os.getpgid(0), signal.SIGKILL)
 
     def _finish(self, trial_id: str, state: TrialState, reason: str | None) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -114,3 +125,4 @@ class StudySearch(OptunaSearch):
         except Exception as exc:  # a storage hiccup must not kill the whole study
             log.warning("could not record trial %s as %s in Optuna: %s", trial_id, state.name, exc)
         self._completed_trials.add(trial_id)
+        self._told()

@@ -1,7 +1,6 @@
 """Experiment tracking: every trial as an MLflow run, through Ray Tune's own `MLflowLoggerCallback` (params at
 the start, every reported epoch's metrics), and at the end the best trial's checkpoint (best.pt) and its
-test-split scores logged into that trial's run. Optional: `pip install mlflow-skinny` (not a pip extra of patchtune:
-torchattacks' requests pin and MLflow's cannot be resolved together; the Makefile installs it on its own).
+test-split scores logged into that trial's run. Optional: the `mlflow` extra (`pip install 'patchtune[mlflow]'`).
 
 `check` runs in the preflight (nothing started or written yet): a URI MLflow cannot use is a one-line error.
 """
@@ -30,7 +29,7 @@ def check(spec: StudySpec) -> None:
     try:
         import mlflow  # noqa: F401
     except ImportError:
-        raise TrackingError(f"tracking.mlflow {uri!r} needs MLflow's client: pip install mlflow-skinny") from None
+        raise TrackingError(f"tracking.mlflow {uri!r} needs MLflow's client: pip install 'patchtune[mlflow]'") from None
     scheme = uri.split("://", 1)[0].split("+")[0]
     if scheme in ("file", "sqlite"):
         path = _local_path(uri)

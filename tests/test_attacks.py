@@ -4,7 +4,6 @@ import copy
 
 import pytest
 import torch
-import torchattacks
 from torch import nn
 
 from trainables.attacks import eval_mode, pgd, project, random_start, run_attack
@@ -14,7 +13,7 @@ from trainables.config import AttackCfg, AttackName, ConfigError
 
 @pytest.fixture(scope="module")
 def cpu_cnn3(trained_cnn3) -> nn.Module:
-    """A CPU copy: the torchattacks comparisons draw their random start from the global CPU RNG."""
+    """A CPU copy: ART runs on the CPU."""
     return copy.deepcopy(trained_cnn3).cpu().eval()
 
 
@@ -54,35 +53,55 @@ def test_mode_restored_per_submodule(cnn3_in_train_mode, device) -> None:
     assert [m.training for m in model.modules()] == states
 
 
-def test_same_examples_as_torchattacks_from_the_same_start(cpu_cnn3, fmnist_small) -> None:
+def _art(model: nn.Module, x: torch.Tensor) -> object:
+    from art.estimators.classification import PyTorchClassifier
+
+    return PyTorchClassifier(model, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]), nb_classes=10,
+                             clip_values=(0.0, 1.0))
+
+
+def test_same_examples_as_the_adversarial_robustness_toolbox(cpu_cnn3, fmnist_small) -> None:
+    """IFGSM and FGSM against ART's (IBM's maintained library) own implementations: the same examples."""
+    pytest.importorskip("art", reason="the dev extra's adversarial-robustness-toolbox")  # absent on a bare GPU box
+    from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescentPyTorch
+
     x, y = _xy(fmnist_small, 64)
     eps, alpha, steps = 0.1, 0.01, 10
-    # IFGSM == torchattacks PGD without random start
-    ta = torchattacks.PGD(cpu_cnn3, eps=eps, alpha=alpha, steps=steps, random_start=False)
+    art = _art(cpu_cnn3, x)
+    bim = ProjectedGradientDescentPyTorch(art, norm="inf", eps=eps, eps_step=alpha, max_iter=steps, num_random_init=0,
+                                          batch_size=64, verbose=False)
     ours = pgd(cpu_cnn3, x, y, eps=eps, alpha=alpha, steps=steps, random_init=False, last_iterate=True)
-    torch.testing.assert_close(ours.x_adv, ta(x, y), atol=1e-5, rtol=0)
-    # PGD: torchattacks draws its start from the global CPU RNG; a fresh generator with the same seed matches it
-    torch.manual_seed(123)
-    ta_adv = torchattacks.PGD(cpu_cnn3, eps=eps, alpha=alpha, steps=steps, random_start=True)(x, y)
-    ours = pgd(cpu_cnn3, x, y, eps=eps, alpha=alpha, steps=steps, last_iterate=True, generator=make_generator(123))
-    torch.testing.assert_close(ours.x_adv, ta_adv, atol=1e-5, rtol=0)
-    # FGSM
-    ta_fgsm = torchattacks.FGSM(cpu_cnn3, eps=eps)(x, y)
+    torch.testing.assert_close(ours.x_adv, torch.from_numpy(bim.generate(x.numpy(), y=y.numpy())), atol=1e-5, rtol=0)
+    fgm = FastGradientMethod(art, norm="inf", eps=eps, num_random_init=0, batch_size=64)
     ours = run_attack(cpu_cnn3, x, y, AttackCfg(name="fgsm", eps=eps, last_iterate=True))
-    torch.testing.assert_close(ours.x_adv, ta_fgsm, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours.x_adv, torch.from_numpy(fgm.generate(x.numpy(), y=y.numpy())), atol=1e-5, rtol=0)
 
 
-def test_worst_case_accuracy_at_most_torchattacks_last_iterate(cpu_cnn3, fmnist_small) -> None:
+def test_pgd_is_ifgsm_from_a_uniform_start(cpu_cnn3, fmnist_small) -> None:
+    """PGD's start is x + U(-eps, eps) from the generator, clipped to [0, 1]; from there it takes IFGSM's steps,
+    projected onto the ball around x (written out here by hand)."""
+    x, y = _xy(fmnist_small, 64)
+    eps, alpha, steps = 0.1, 0.02, 5
+    start = (x + torch.empty_like(x).uniform_(-eps, eps, generator=make_generator(123))).clamp(0, 1)
+    x_t = start
+    for _ in range(steps):
+        x_t = x_t.requires_grad_(True)
+        (grad,) = torch.autograd.grad(nn.functional.cross_entropy(cpu_cnn3(x_t), y, reduction="sum"), x_t)
+        x_t = (x + (x_t.detach() + alpha * grad.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+    ours = pgd(cpu_cnn3, x, y, eps=eps, alpha=alpha, steps=steps, last_iterate=True, generator=make_generator(123))
+    torch.testing.assert_close(ours.x_adv, x_t, atol=1e-5, rtol=0)
+
+
+def test_worst_case_accuracy_at_most_the_last_iterate(cpu_cnn3, fmnist_small) -> None:
     x, y = _xy(fmnist_small, 150)
     for eps in (0.02, 0.05):
-        torch.manual_seed(5)
-        ta_adv = torchattacks.PGD(cpu_cnn3, eps=eps, alpha=eps / 4, steps=10, random_start=True)(x, y)
+        last = pgd(cpu_cnn3, x, y, eps=eps, alpha=eps / 4, steps=10, last_iterate=True, generator=make_generator(5))
         with torch.no_grad():
-            ta_acc = (cpu_cnn3(ta_adv).argmax(1) == y).float().mean().item()
+            last_acc = (cpu_cnn3(last.x_adv).argmax(1) == y).float().mean().item()
         ours = pgd(cpu_cnn3, x, y, eps=eps, alpha=eps / 4, steps=10, generator=make_generator(5))
         our_acc = (~ours.fooled).float().mean().item()
-        assert our_acc <= ta_acc + 1e-9
-        assert 0.0 < ta_acc < 1.0  # the comparison means something at these budgets
+        assert our_acc <= last_acc + 1e-9
+        assert 0.0 < last_acc < 1.0  # the comparison means something at these budgets
 
 
 def test_robust_accuracy_ordering_on_a_trained_model(trained_cnn3, fmnist_small, device) -> None:

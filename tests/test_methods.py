@@ -194,7 +194,8 @@ def test_positive_control_pgd_at_passes_the_audit_far_above_its_base(pgd_at_cnn3
     model = pgd_at_cnn3
     test = Split(fmnist_small.test.x[:100], fmnist_small.test.y[:100])
     cfg = AuditCfg(strong_steps=10, strong_restarts=2, components=("apgd-ce", "apgd-t", "square"), apgd_steps=10,
-                   square_queries=100, sweep_steps=10, noise_draws=10, check_limit=16, batch_size=128)
+                   square_queries=100, reattack_queries=400, sweep_steps=10, noise_draws=10, check_limit=16,
+                   batch_size=128)
     control = run_audit(model, test, cfg, 0.1, device=device, base=trained_cnn3, progress=False)
     base = run_audit(trained_cnn3, test, cfg, 0.1, device=device, checks=False, progress=False)
     failing = {c.name: c.detail for c in control.checks if c.status is not CheckStatus.PASS}

@@ -235,9 +235,20 @@ def test_dashboard_binds_to_localhost_and_its_api_answers_with_the_printed_token
         actor = TrialLike.remote()  # type: ignore[attr-defined]
         assert ray.get(actor.ping.remote()) == "pong"
         url = f"http://{dashboard}/api/v0/actors?limit=100"
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(url, timeout=30)
-        assert refused.value.code in (401, 403)
+        # Ray reports the URL once the dashboard process runs; under load its HTTP server may take a while longer
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=30)
+            except urllib.error.HTTPError as exc:
+                refused = exc
+                break
+            except urllib.error.URLError:
+                assert time.monotonic() < deadline, f"the dashboard at {dashboard} never answered"
+                time.sleep(1)
+            else:
+                pytest.fail("the dashboard's API answered without the token")
+        assert refused.code in (401, 403)
         token = subprocess.run([str(Path(sys.executable).with_name("ray")), "get-auth-token"], capture_output=True,
                                text=True, check=True, timeout=60).stdout.strip()
         request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})

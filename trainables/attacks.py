@@ -11,7 +11,7 @@ Threat model: S = {delta : ||delta||_inf <= eps, x + delta in [0, 1]^d}. One ste
 Robust accuracy counts a sample as broken if *any* iterate fools the model (worst case over iterates). That
 is never weaker than the last iterate, and it lets the loop stop spending compute on a sample as soon as the
 forward pass it needs for its gradient shows it misclassified. `last_iterate=True` gives the classic number
-and exactly the iterates of torchattacks' PGD/BIM.
+and exactly the iterates of the textbook loop (IFGSM: those of the adversarial-robustness-toolbox's BIM).
 
 `on_step` lets a caller watch the loop (the audit's loss trace): it gets the per-sample cross-entropy of every
 iterate the loop evaluates, from the start (step 0) to the one after the last step (step `steps`).

@@ -1,9 +1,7 @@
 """Strong L-inf attacks for the robustness audit: APGD-CE, APGD-T, FAB-T, Square, and AutoAttack (standard).
 
-The components come from torchattacks (ports of Croce & Hein's reference code, arXiv:2003.01690); what is
-ours is the composition and the bookkeeping. `torchattacks.AutoAttack` runs every component at its class
-default of 10 iterations instead of the reference 100 (torchattacks issue #196), so `auto_attack` composes the
-components itself with the reference settings of fra31/auto-attack's `version='standard'`:
+The components are `trainables.autoattack`, written from Croce & Hein's reference code (arXiv:2003.01690);
+this module composes them with the reference settings of fra31/auto-attack's `version='standard'`:
 
     APGD-CE  100 iterations, 1 restart                 APGD-T  9 target classes x 100 iterations (DLR loss)
     FAB-T    9 target classes x 100 iterations         Square  5000 queries, p_init 0.8, no schedule rescaling
@@ -11,11 +9,11 @@ components itself with the reference settings of fra31/auto-attack's `version='s
 Each component attacks only the samples every earlier one failed to break, each from the clean image; a
 sample counts as broken if any component fooled the model (the reference's per-sample worst case).
 
-Nothing from a library is trusted blindly: every returned example is checked against the threat set (the
-raw |delta| is recorded for the audit's budget check), projected onto it, and re-scored by a forward pass of
-our own, so a component that overshoots the budget or reports a success that is not one cannot lower the
-reported accuracy. The libraries reseed torch's global RNG; `torch.random.fork_rng` keeps that from leaking
-into the caller's training or data order, and the weights are frozen meanwhile so no `.grad` is left behind.
+No component is trusted blindly: every returned example is checked against the threat set (the raw |delta| is
+recorded for the audit's budget check), projected onto it, and re-scored by a forward pass of our own, so a
+component that overshoots the budget or reports a success that is not one cannot lower the reported accuracy.
+The components draw from private generators, never torch's global RNG; the weights are frozen meanwhile, so no
+`.grad` is left behind.
 """
 
 from __future__ import annotations
@@ -23,12 +21,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
+from trainables import autoattack
 from trainables.attacks import eval_mode, project
 from trainables.config import AuditCfg
 from trainables.vocab import Component, ConfigError, values
@@ -67,45 +67,39 @@ def autoattack_cfg(cfg: AuditCfg, eps: float) -> AutoAttackCfg:
 
 
 @contextlib.contextmanager
-def _sandbox(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """Private RNG, and frozen parameters: some components call `loss.backward()`, which would otherwise leave
-    `.grad` on the weights (and spend ~25 % more time computing them)."""
-    devices = [device.index or 0] if device.type == "cuda" else []
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Parameters that do not require grad: the components differentiate w.r.t. the input only, and would
+    otherwise spend ~25 % more time on weight gradients nobody reads."""
     params = [(p, p.requires_grad) for p in model.parameters()]
-    with torch.random.fork_rng(devices=devices):
-        try:
-            for p, _ in params:
-                p.requires_grad_(False)
-            yield
-        finally:
-            for p, flag in params:
-                p.requires_grad_(flag)
+    try:
+        for p, _ in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in params:
+            p.requires_grad_(flag)
 
 
-def _library_attack(name: str, model: nn.Module, cfg: AutoAttackCfg, n_classes: int) -> Any:
-    import torchattacks  # imported here: only the audit needs it
-
+def component_attack(name: str, cfg: AutoAttackCfg, n_classes: int) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The component `name` with the reference parameters: (model, x, y) -> x_adv."""
     targets = max(1, min(cfg.target_classes, n_classes - 1))
-    if name == "apgd-ce":
-        return torchattacks.APGD(model, norm="Linf", eps=cfg.eps, steps=cfg.apgd_steps, n_restarts=cfg.apgd_restarts,
-                                 loss="ce", rho=cfg.apgd_rho, seed=cfg.seed)
-    if name == "apgd-t":
-        # torchattacks runs n_classes - 1 targets; the reference runs `target_classes` (9 of 10 here).
-        return torchattacks.APGDT(model, norm="Linf", eps=cfg.eps, steps=cfg.apgd_steps, n_restarts=cfg.apgd_restarts,
-                                  rho=cfg.apgd_rho, seed=cfg.seed, n_classes=targets + 1)
-    if name == "fab-t":
-        return torchattacks.FAB(model, norm="Linf", eps=cfg.eps, steps=cfg.fab_steps, n_restarts=1, seed=cfg.seed,
-                                multi_targeted=True, n_classes=targets + 1)
-    return torchattacks.Square(model, norm="Linf", eps=cfg.eps, n_queries=cfg.square_queries, n_restarts=1,
-                               p_init=cfg.square_p_init, loss="margin", resc_schedule=cfg.square_rescale_schedule,
-                               seed=cfg.seed)
+    attacks: dict[str, Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+        "apgd-ce": partial(autoattack.apgd_ce, eps=cfg.eps, steps=cfg.apgd_steps, restarts=cfg.apgd_restarts,
+                           rho=cfg.apgd_rho, seed=cfg.seed),
+        "apgd-t": partial(autoattack.apgd_targeted, eps=cfg.eps, steps=cfg.apgd_steps, restarts=cfg.apgd_restarts,
+                          targets=targets, rho=cfg.apgd_rho, seed=cfg.seed),
+        "fab-t": partial(autoattack.fab_targeted, eps=cfg.eps, steps=cfg.fab_steps, targets=targets),
+        "square": partial(autoattack.square, eps=cfg.eps, queries=cfg.square_queries, p_init=cfg.square_p_init,
+                          seed=cfg.seed),
+    }
+    return attacks[name]
 
 
 @dataclasses.dataclass
 class ComponentResult:
     fooled: torch.Tensor  # bool [B], after projection and our own re-scoring
     x_adv: torch.Tensor  # projected onto the threat set
-    raw_max_linf: float  # largest |x_adv - x| the library returned, before projection
+    raw_max_linf: float  # largest |x_adv - x| the component returned, before projection
     nonfinite: int  # samples whose returned example had NaN/Inf (replaced by x)
     seconds: float
 
@@ -116,8 +110,8 @@ def run_component(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     if name not in COMPONENTS:
         raise ConfigError(f"attack must be one of {', '.join(COMPONENTS)}, got {name!r}")
     t0 = time.perf_counter()
-    with eval_mode(model), _sandbox(model, x.device):
-        x_raw = _library_attack(name, model, cfg, n_classes)(x, y).detach()
+    with eval_mode(model), _frozen(model):
+        x_raw = component_attack(name, cfg, n_classes)(model, x, y).detach()
         finite = torch.isfinite(x_raw.flatten(1)).all(1)
         x_raw = torch.where(finite.view(-1, *([1] * (x.dim() - 1))), x_raw, x)
         raw_max = float((x_raw - x).abs().amax()) if x.numel() else 0.0

@@ -18,6 +18,7 @@ def add(sub: Any) -> None:
     flags = Flags(p, "audit")
     flags.add(AuditCfg, "eps", default="the paper's for the data set")
     for name in ("limit", "split", "strong_steps", "strong_restarts", "autoattack", "components", "square_queries",
+                 "reattack_queries", "reattack_restarts",
                  "check_limit", "batch_size", "seed"):
         flags.add(AuditCfg, name)
     flags.add(AuditOptions, "base", metavar="CKPT")

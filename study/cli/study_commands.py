@@ -19,7 +19,7 @@ def add(sub: Any) -> None:
     run_flags = Flags(p, "run")
     for keyword, path in RUN_OVERRIDES.items():
         run_flags.add(StudySpec, path, "--" + keyword.replace("_", "-"),
-                      default="the spec's" + (" (needs MLflow's client: pip install mlflow-skinny)"
+                      default="the spec's" + (" (needs MLflow's client: pip install 'patchtune[mlflow]')"
                                               if keyword == "mlflow" else ""))
     ray_flags(run_flags, dashboard_host=True)
     run_flags.add(RunOptions, "dry_run")

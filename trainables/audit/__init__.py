@@ -13,12 +13,13 @@ PASS / WARN / FAIL / SKIP status and the numbers behind it:
     restarts            more random restarts do not lower accuracy much (converged)
     eps_monotone        accuracy falls (weakly) as eps grows, per sample up to noise
     chance_at_large_eps at eps 0.5 nothing is robust: accuracy <= chance
-    blackbox            Square (gradient-free) breaks no sample the white-box attacks could not
+    blackbox            Square (gradient-free) breaks few samples the white-box attacks left, and a stronger
+                        re-attack does not move the worst case (graded by size, as AutoAttack advises)
     transfer            examples transferred from the undefended base break no sample white-box could not
     noise               uniform noise of the same size breaks no sample white-box could not
     loss_rises          the attack's loss rises across PGD iterations
     gradients           input gradients are non-zero; outputs are logits; the model is deterministic
-    loss_diversity      the DLR-loss attack (APGD-T) adds few breaks after the CE one (logit-scale masking)
+    loss_diversity      the DLR-loss attack (APGD-T) adds at most a quarter of the CE one's survivors
 
 The costlier checks run on the first `check_limit` images. Tolerances are one sample, 0.5 pt or two binomial
 standard errors, whichever is largest, so noise alone does not raise a warning.

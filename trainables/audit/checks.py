@@ -20,6 +20,7 @@ from trainables.audit.records import Check, CheckStatus, Row, tolerance
 from trainables.config import AttackCfg, AuditCfg
 from trainables.evaluation import Probe, robust_masks
 from trainables.perf import Autocast
+from trainables.strong_attacks import autoattack_cfg, run_component
 
 
 def batches(n: int, size: int) -> list[slice]:
@@ -135,7 +136,7 @@ def run_checks(inp: CheckInputs) -> list[Check]:
         _check_noise(noise, whitebox[: inp.m], inp.m, inp.cfg.noise_draws),
         _check_loss_rises(inp),
         _check_gradients(inp),
-        _check_loss_diversity(inp.broken_by, inp.n),
+        _check_loss_diversity(inp.broken_by, int(inp.aa_stats.get("apgd-t", {}).get("attacked", 0)), inp.n),
     ]
 
 
@@ -250,31 +251,97 @@ def _check_chance_at_large_eps(curve: Sequence[tuple[float, float]], m: int, n_c
                  {"eps": big_eps, "acc": big_acc, "chance": chance})
 
 
+# The grades of `blackbox` and `loss_diversity`: how large a surplus honest models show (docs/guide/audit.md,
+# "Calibration"). Square breaks 10-27 % of the samples every gradient attack left on PGD-AT models whose worst case
+# matches the reference's AutoAttack (make control: 16 %), ~1.5 % on Madry's MNIST model, and 58-100 % on masked
+# ones (TRADES fine-tuned at eps 0.3: 58 %; CLP's MNIST model: 90 %; an input quantisation: all of them).
+SQUARE_LARGE = 0.4
+# APGD-T breaks 6 % of what APGD-CE left on make control's model (17 of 293), and most of it where cross-entropy is
+# blunted (a logit scale of 1e4, tests/test_audit.py).
+DLR_LARGE = 0.25
+
+
 def _check_blackbox(inp: CheckInputs) -> Check:
-    """Square (gradient-free, run after the gradient components) breaks nothing the white-box attacks left."""
+    """Square (gradient-free, run after the gradient components) breaks few of the samples every gradient attack
+    left, and a stronger re-attack does not move the worst case: graded as AutoAttack's own `check_square_sr`
+    advises. PASS: no surplus beyond one sample's noise. WARN: a surplus the worst case already counts. FAIL: a
+    large surplus (more than SQUARE_LARGE of the gradient attacks' survivors), or a re-attack (Square with more
+    queries, from another seed) that moves the worst case beyond its noise, so it has not converged."""
     if "square" not in inp.broken_by:
         return Check("blackbox", CheckStatus.SKIP, "Square not run (autoattack off or square not in components)", {})
-    n, sq = inp.n, inp.broken_by["square"]
-    attacked = int(inp.aa_stats.get("square", {}).get("attacked", 0))
-    values = {"square_breaks_whitebox_survivors": sq, "square_attacked": attacked, "n": n}
-    tol = tolerance(sq / max(n, 1), n)
-    status = CheckStatus.FAIL if sq / max(n, 1) > tol else (CheckStatus.WARN if sq else CheckStatus.PASS)
-    detail = f"Square broke {sq} of {attacked} samples the gradient attacks left"
-    if sq:
-        from_image, from_halfway = _pgd_towards_square(inp)
-        values.update(pgd_from_image=from_image, pgd_from_halfway=from_halfway)
-        hidden = (from_halfway - from_image) / sq > tolerance(from_image / sq, sq)
-        detail += (f": black-box beats white-box, suspect gradient masking; PGD-{inp.cfg.strong_steps} re-finds "
-                   f"{from_image} of them from the image, {from_halfway} from halfway along Square's perturbation"
-                   + (" (they are there, but gradient ascent does not lead to them)" if hidden else ""))
+    n = inp.n
+    only_square = torch.zeros(n, dtype=torch.bool, device=inp.x.device)
+    only_square[list(inp.square_found)] = True
+    gradient = inp.ok & (inp.robust["autoattack"] | only_square)  # left by AutoAttack's gradient components
+    for name, mask in inp.robust.items():
+        if name != "autoattack":
+            gradient &= mask
+    surplus = only_square & gradient
+    worst = gradient & ~only_square
+    k, left = int(surplus.sum()), int(gradient.sum())
+    share = k / max(left, 1)
+    values: dict[str, Any] = {"square_breaks_whitebox_survivors": k, "whitebox_survivors": left, "share": share,
+                              "overstated_by": k / max(n, 1), "n": n}
+    if grade_square_surplus(k, left, n) is CheckStatus.PASS:
+        return Check("blackbox", CheckStatus.PASS, f"Square broke {k} of the {left} samples every gradient attack "
+                     "left" + (" (within one sample's noise)" if k else ""), values)
+    from_image, from_halfway = _pgd_towards_square(inp, surplus)
+    # the re-attacks, on the check subset (the costlier checks' images): Square's 4x queries dominate the audit's time
+    m = inp.m
+    sub_surplus, sub_worst = surplus[:m], worst[:m]
+    refound = _reattack(inp, "apgd-t", sub_surplus)
+    moved, kept = _reattack(inp, "square", sub_worst), int(sub_worst.sum())
+    tol = tolerance(kept / max(m, 1), m)
+    values.update(pgd_from_image=from_image, pgd_from_halfway=from_halfway, reattack_images=m,
+                  apgd_t_refinds=refound, apgd_t_reattacked=int(sub_surplus.sum()), reattack_breaks=moved,
+                  reattack_survivors=kept, worst_case_noise=tol)
+    detail = (f"Square broke {k} of the {left} samples every gradient attack left ({100 * share:.0f} %): the "
+              f"gradient attacks alone overstate the model by {100 * k / n:.1f} pt, and the worst case counts them. "
+              f"PGD-{inp.cfg.strong_steps} re-finds {from_image} of them from the image, {from_halfway} from halfway "
+              f"along Square's perturbation. Re-attacked on the first {m} images: APGD-T with "
+              f"{inp.cfg.reattack_restarts} more restarts re-finds {refound} of their {int(sub_surplus.sum())}; "
+              f"Square with {inp.cfg.reattack_queries} queries from another seed breaks {moved} more of "
+              f"their {kept} survivors ({100 * moved / max(m, 1):.1f} pt")
+    status = grade_square_surplus(k, left, n, moved, kept, m)
+    if status is CheckStatus.FAIL and moved / max(m, 1) > tol:
+        detail += (f", beyond the worst case's noise of {100 * tol:.1f} pt: it has not converged, and is at most "
+                   f"{100 * (kept - moved) / max(m, 1):.2f} % on them)")
+    else:
+        detail += f", within its noise of {100 * tol:.1f} pt)"
+        detail += (f"; a surplus above {100 * SQUARE_LARGE:.0f} % of the gradient attacks' survivors is what "
+                   "gradient-masked models show: suspect masking" if status is CheckStatus.FAIL else
+                   "; a surplus of this size is what honest models of the reference's quality show "
+                   "(docs/guide/audit.md, Calibration)")
     return Check("blackbox", status, detail, values)
 
 
-def _pgd_towards_square(inp: CheckInputs) -> tuple[int, int]:
-    """How many of Square's extra examples one PGD run finds when started at the clean image and when started
-    halfway along Square's perturbation: far more from halfway means the loss surface hides them from gradient
-    ascent (masking), not that PGD had too few steps."""
-    order = sorted(inp.square_found)
+def grade_square_surplus(surplus: int, left: int, n: int, moved: int = 0, survivors: int = 0,
+                         m: int = 1) -> CheckStatus:
+    """`blackbox`'s grade: Square broke `surplus` of the `left` samples every gradient attack left (of `n`); the
+    re-attack on `m` of the images broke `moved` of the worst case's `survivors` among them."""
+    if surplus <= max(1.0, 0.005 * n):
+        return CheckStatus.PASS
+    if moved / m > tolerance(survivors / m, m) or surplus / max(left, 1) > SQUARE_LARGE:
+        return CheckStatus.FAIL
+    return CheckStatus.WARN
+
+
+def _reattack(inp: CheckInputs, component: str, which: torch.Tensor) -> int:
+    """How many of the samples `which` one AutoAttack component breaks at a re-attack's strength, from another
+    seed: APGD-T with `reattack_restarts` restarts, Square with `reattack_queries` queries."""
+    cfg = autoattack_cfg(inp.cfg, inp.eps)
+    cfg = dataclasses.replace(cfg, seed=cfg.seed + 1, apgd_restarts=inp.cfg.reattack_restarts,
+                              square_queries=inp.cfg.reattack_queries)
+    idx = which.nonzero().squeeze(1)
+    return sum(int(run_component(component, inp.model, inp.x[idx[sl]], inp.y[idx[sl]], cfg,
+                                 n_classes=inp.n_classes).fooled.sum()) for sl in batches(idx.numel(), inp.cfg.batch_size))
+
+
+def _pgd_towards_square(inp: CheckInputs, which: torch.Tensor) -> tuple[int, int]:
+    """How many of Square's extra examples (the samples `which`) one PGD run finds when started at the clean
+    image and when started halfway along Square's perturbation: far more from halfway means the loss surface
+    hides them from gradient ascent (masking), not that PGD had too few steps."""
+    order = which.nonzero().squeeze(1).tolist()
     strong = inp.cfg.strong(inp.eps, restarts=1)
     counts = [0, 0]
     for sl in batches(len(order), inp.cfg.batch_size):
@@ -357,17 +424,20 @@ def _check_gradients(inp: CheckInputs) -> Check:
     return Check("gradients", status, "; ".join(problems) or "non-zero input gradients, logits, deterministic", health)
 
 
-def _check_loss_diversity(broken_by: Mapping[str, int], n: int) -> Check:
-    """APGD-T (DLR loss, scale-invariant) adds few breaks after APGD-CE; many means the CE loss is blunted."""
+def _check_loss_diversity(broken_by: Mapping[str, int], attacked: int, n: int) -> Check:
+    """APGD-T (DLR loss, scale-invariant) adds few breaks after APGD-CE, which attacked `attacked` samples:
+    PASS up to DLR_LARGE of them (what the targeted loss adds on honest models), WARN above (cross-entropy is
+    blunted; the worst case counts the DLR breaks)."""
     if "apgd-t" not in broken_by or "apgd-ce" not in broken_by:
         return Check("loss_diversity", CheckStatus.SKIP, "needs AutoAttack with apgd-ce and apgd-t", {})
     extra = broken_by["apgd-t"]
-    tol = tolerance(extra / max(n, 1), n)
-    values = {"apgd_t_after_apgd_ce": extra, "n": n, "tolerance": tol}
-    status = CheckStatus.WARN if extra / max(n, 1) > tol else CheckStatus.PASS
-    return Check("loss_diversity", status, f"APGD-T (DLR loss) broke {extra} samples APGD-CE left"
-                 + (": cross-entropy attacks are blunted (logit scale?); trust the DLR number"
-                    if status is CheckStatus.WARN else ""), values)
+    share = extra / max(attacked, 1)
+    values = {"apgd_t_after_apgd_ce": extra, "apgd_ce_survivors": attacked, "share": share, "n": n}
+    large = extra > max(1.0, 0.005 * n) and share > DLR_LARGE
+    return Check("loss_diversity", CheckStatus.WARN if large else CheckStatus.PASS,
+                 f"APGD-T (DLR loss) broke {extra} of the {attacked} samples APGD-CE left ({100 * share:.0f} %)"
+                 + (f": more than {100 * DLR_LARGE:.0f} %, cross-entropy attacks are blunted (logit scale?); trust the "
+                    "DLR number" if large else ""), values)
 
 
 def _noise_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ok: torch.Tensor, eps: float, draws: int,

@@ -165,6 +165,10 @@ class AuditCfg(Settings):
     apgd_steps: Count = Field(100, description="APGD-CE / APGD-T / FAB-T iterations (100: the reference; lower only "
                                                "for smoke tests)")
     square_queries: Count = Field(5000, description="Square's queries (5000: the reference)")
+    reattack_queries: Count = Field(20000, description="Square's queries when it re-attacks the worst case's survivors "
+                                                       "after breaking what every gradient attack left (4x the "
+                                                       "reference's 5000)")
+    reattack_restarts: Count = Field(5, description="APGD-T restarts on the samples only Square broke")
     sweep_eps: EpsList = Field((), description="budgets of the eps-sweep checks (empty: eps/4, eps/2, eps, 2 eps, "
                                                "0.5)")
     sweep_steps: Count = Field(50, description="PGD iterations of the eps sweep")
