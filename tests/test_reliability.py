@@ -235,11 +235,14 @@ def test_dashboard_binds_to_localhost_and_its_api_answers_with_the_printed_token
         actor = TrialLike.remote()  # type: ignore[attr-defined]
         assert ray.get(actor.ping.remote()) == "pong"
         url = f"http://{dashboard}/api/v0/actors?limit=100"
-        # Ray reports the URL once the dashboard process runs; under load its HTTP server may take a while longer
+        # An opener of our own, without proxies: urllib's global one keeps the proxy settings of the first request
+        # made in this process, whichever test made it. Ray reports the URL once the dashboard process runs;
+        # under load its HTTP server may take a while longer.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         deadline = time.monotonic() + 90
         while True:
             try:
-                urllib.request.urlopen(url, timeout=30)
+                opener.open(url, timeout=30)
             except urllib.error.HTTPError as exc:
                 refused = exc
                 break
@@ -252,7 +255,7 @@ def test_dashboard_binds_to_localhost_and_its_api_answers_with_the_printed_token
         token = subprocess.run([str(Path(sys.executable).with_name("ray")), "get-auth-token"], capture_output=True,
                                text=True, check=True, timeout=60).stdout.strip()
         request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with opener.open(request, timeout=30) as response:
             actors = json.loads(response.read())["data"]["result"]["result"]
         assert any(a["class_name"].endswith("TrialLike") and a["state"] == "ALIVE" for a in actors), actors
     finally:
