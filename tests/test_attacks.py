@@ -77,19 +77,17 @@ def test_same_examples_as_the_adversarial_robustness_toolbox(cpu_cnn3, fmnist_sm
     torch.testing.assert_close(ours.x_adv, torch.from_numpy(fgm.generate(x.numpy(), y=y.numpy())), atol=1e-5, rtol=0)
 
 
-def test_pgd_is_ifgsm_from_a_uniform_start(cpu_cnn3, fmnist_small) -> None:
+def test_pgd_is_the_textbook_loop_from_the_same_start(cpu_cnn3, fmnist_small) -> None:
     """PGD's start is x + U(-eps, eps) from the generator, clipped to [0, 1]; from there it takes IFGSM's steps,
-    projected onto the ball around x (written out here by hand)."""
+    projected onto the ball around x: the same iterates as the textbook loop that `make bench` times ours
+    against (benchmarks/bench_core.py)."""
+    from benchmarks.bench_core import textbook_pgd
+
     x, y = _xy(fmnist_small, 64)
     eps, alpha, steps = 0.1, 0.02, 5
-    start = (x + torch.empty_like(x).uniform_(-eps, eps, generator=make_generator(123))).clamp(0, 1)
-    x_t = start
-    for _ in range(steps):
-        x_t = x_t.requires_grad_(True)
-        (grad,) = torch.autograd.grad(nn.functional.cross_entropy(cpu_cnn3(x_t), y, reduction="sum"), x_t)
-        x_t = (x + (x_t.detach() + alpha * grad.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+    textbook = textbook_pgd(cpu_cnn3, x, y, eps, alpha, steps, make_generator(123))
     ours = pgd(cpu_cnn3, x, y, eps=eps, alpha=alpha, steps=steps, last_iterate=True, generator=make_generator(123))
-    torch.testing.assert_close(ours.x_adv, x_t, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours.x_adv, textbook, atol=1e-5, rtol=0)
 
 
 def test_worst_case_accuracy_at_most_the_last_iterate(cpu_cnn3, fmnist_small) -> None:

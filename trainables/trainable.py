@@ -7,9 +7,9 @@ object store), not re-read per trial. A diverged trial reports its reason under 
 it FAIL in Optuna) and stops, instead of leaving NaN behind.
 
 A trial leaves its reports in its directory (`done.json`) before it reports its last epoch, so before Tune, and
-then Optuna, hear that it finished. A driver that dies after Optuna's tell but before Tune's next experiment snapshot leaves Tune believing
-the trial unfinished; on resume the trial replays those reports instead of training again, so the compute is not
-spent twice and Tune's results agree with Optuna's, value for value.
+then Optuna, hear that it finished. A driver that dies after Optuna's tell but before Tune's next experiment
+snapshot leaves Tune believing the trial unfinished; on resume the trial replays those reports instead of
+training again, so the compute is not spent twice and Tune's results agree with Optuna's, value for value.
 """
 
 from __future__ import annotations
