@@ -79,10 +79,10 @@ control: setup
 bench: setup
 	$(BIN)/python -m benchmarks.bench_core
 
-# ruff, strict mypy on trainables/ and study/, and the layer contracts in pyproject.toml (import-linter)
+# ruff, strict mypy on trainables/, study/ and benchmarks/, and the layer contracts in pyproject.toml (import-linter)
 lint: setup
 	$(BIN)/ruff check study trainables analysis tests benchmarks docs
-	$(BIN)/mypy trainables study
+	$(BIN)/mypy trainables study benchmarks
 	$(BIN)/lint-imports
 
 # The documentation site, strictly: a broken link, a missing page or a stale reference fails.

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import dataclasses
 import json
 import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,8 +115,27 @@ def export(rev: str, into: Path) -> Path:
     return into / "tree"
 
 
-def run_one(tree: Path, config: dict[str, Any], base: Path, storage: Path) -> list[dict[str, Any]]:
-    then, now = {**SPEC, "storage": str(storage)}, {**SPEC_NOW, "storage": str(storage)}
+@dataclasses.dataclass(frozen=True)
+class Size:
+    """Issue 14's sizes by default; the suite's smoke run shrinks them."""
+
+    configs: int = len(CONFIGS)
+    limit_train: int = SPEC["data"]["limit_train"]
+    limit_val: int = SPEC["objective"]["val_limit"]
+    epochs: int = SPEC["epochs"]
+
+    def specs(self, storage: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(the earlier commit's spec, today's), at these sizes."""
+        then = {**SPEC, "storage": str(storage), "epochs": self.epochs,
+                "data": {**SPEC["data"], "limit_train": self.limit_train},
+                "objective": {**SPEC["objective"], "val_limit": self.limit_val}}
+        now = {**SPEC_NOW, "storage": str(storage), "epochs": self.epochs,
+               "data": {**SPEC_NOW["data"], "limit_train": self.limit_train, "limit_val": self.limit_val}}
+        return then, now
+
+
+def run_one(tree: Path, config: dict[str, Any], base: Path, storage: Path, size: Size) -> list[dict[str, Any]]:
+    then, now = size.specs(storage)
     out = subprocess.run([sys.executable, "-c", WORKER, json.dumps(then), json.dumps(now), json.dumps(config), str(base)],
                          cwd=tree, capture_output=True, text=True)
     if out.returncode:
@@ -134,16 +155,16 @@ def pretrain(storage: Path) -> Path:
     return base
 
 
-def measure(before: str, base: Path | None) -> list[dict[str, Any]]:
+def measure(before: str, base: Path | None, size: Size = Size()) -> list[dict[str, Any]]:
     runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
     with tempfile.TemporaryDirectory(prefix="patchtune-before-after-") as d:
         tmp = Path(d)
         old_tree = export(before, tmp)
         base = base.resolve() if base else pretrain(tmp)  # absolute: the workers run in their own trees
-        for i, c in enumerate(CONFIGS):
-            config = {**c, "pool": POOL, "epochs": SPEC["epochs"], "seed": i}
+        for i, c in enumerate(CONFIGS[: size.configs]):
+            config = {**c, "pool": POOL, "epochs": size.epochs, "seed": i}
             with cf.ThreadPoolExecutor(2) as pool:  # old and new side by side: the same machine load for both
-                futures = {k: pool.submit(run_one, tree, config, base, tmp / k)
+                futures = {k: pool.submit(run_one, tree, config, base, tmp / k, size)
                            for k, tree in (("before", old_tree), ("after", ROOT))}
                 for k, f in futures.items():
                     runs[k].extend({**e, "config": i} for e in f.result())
@@ -155,11 +176,11 @@ def measure(before: str, base: Path | None) -> list[dict[str, Any]]:
 
     (bw, bt, bs), (aw, at, as_) = totals(runs["before"]), totals(runs["after"])
     n = len(runs["after"])
-    finals = {k: {r["config"]: r for r in v if r["epoch"] == SPEC["epochs"]} for k, v in runs.items()}
+    finals = {k: {r["config"]: r for r in v if r["epoch"] == size.epochs} for k, v in runs.items()}
     diffs = [finals["after"][i]["objective"] - finals["before"][i]["objective"] for i in finals["after"]]
     clean = [(finals["before"][i]["clean_acc"], finals["after"][i]["clean_acc"]) for i in finals["after"]]
-    what = (f"{len(CONFIGS)} patch trials x {SPEC['epochs']} epochs (6k images; robust_auc over eps 0.01-0.1 on "
-            f"500 val images), 1 thread each")
+    what = (f"{size.configs} patch trials x {size.epochs} epochs ({size.limit_train} images; robust_auc over eps "
+            f"0.01-0.1 on {size.limit_val} val images), 1 thread each")
     return [
         {"row": f"trial phase, the same trials: {what}", "ours": f"today {aw / n:.1f} s per trial-epoch "
          f"(training {at / n:.1f} + scoring {as_ / n:.1f})", "peer": f"{before} {bw / n:.1f} s (training {bt / n:.1f} "
@@ -175,15 +196,28 @@ def measure(before: str, base: Path | None) -> list[dict[str, Any]]:
     ]
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    default = Size()
     parser.add_argument("--before", default=BEFORE, help=f"the earlier commit (default {BEFORE})")
     parser.add_argument("--base", type=Path, help="a base checkpoint (default: pretrain the preset's base first)")
+    parser.add_argument("--configs", type=int, default=default.configs, help=f"the first N of the {len(CONFIGS)} configs")
+    parser.add_argument("--limit-train", type=int, default=default.limit_train)
+    parser.add_argument("--limit-val", type=int, default=default.limit_val)
+    parser.add_argument("--epochs", type=int, default=default.epochs)
     parser.add_argument("--no-record", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if not 1 <= args.configs <= len(CONFIGS):
+        parser.error(f"--configs must be between 1 and {len(CONFIGS)}, got {args.configs}")
+    for name in ("limit_train", "limit_val", "epochs"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.base is not None and not args.base.is_file():
+        parser.error(f"--base {str(args.base)!r}: no such file")
     if not available(args.before):
         parser.error(f"--before {args.before!r}: no such commit in this clone (a shallow clone? git fetch --unshallow)")
-    publish(measure(args.before, args.base), "bench_before_after.py", record=not args.no_record)
+    size = Size(configs=args.configs, limit_train=args.limit_train, limit_val=args.limit_val, epochs=args.epochs)
+    publish(measure(args.before, args.base, size), "bench_before_after.py", record=not args.no_record)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import datetime as dt
 import os
 import platform
 from pathlib import Path
+from typing import Any
 
 README = Path(__file__).with_name("README.md")
 
@@ -27,7 +28,7 @@ def machine() -> str:
             f"Python {platform.python_version()}")
 
 
-def render(rows: list[dict], header: str) -> str:
+def render(rows: list[dict[str, Any]], header: str) -> str:
     lines = [header, "", "| benchmark | ours | peer | ratio | ratio is | target | met |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         note = f" ({r['note']})" if r.get("note") else ""
@@ -36,7 +37,7 @@ def render(rows: list[dict], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def publish(rows: list[dict], script: str, *, record: bool = True) -> None:
+def publish(rows: list[dict[str, Any]], script: str, *, record: bool = True) -> None:
     """Print one script's rows under a dated header naming the machine; append them to benchmarks/README.md."""
     text = render(rows, f"### {dt.datetime.now():%Y-%m-%d %H:%M} — `benchmarks/{script}`\n\nMachine: {machine()}.")
     print(text)

@@ -33,8 +33,9 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,7 @@ from trainables.checkpoint import load_checkpoint
 from trainables.config import AttackCfg, AugCfg, DataCfg, PatchOp, TrainCfg
 from trainables.data import DataBundle, iterate_batches, load_data, place
 from trainables.evaluation import evaluate
+from trainables.methods import Adversary
 from trainables.models import InputSpec, build_model
 from trainables.perf import configure_backends, pick_device, prepare_model
 from trainables.training import fit, make_optimizer, train_one_epoch
@@ -60,7 +62,7 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+def interleaved(fns: Mapping[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Median seconds per function, alternating them so machine noise hits both alike."""
     for fn in fns.values():  # warm-up (oneDNN primitive caches, allocator)
         fn()
@@ -107,7 +109,7 @@ def textbook_pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
     return x_adv
 
 
-def bench_pgd(models: dict[str, torch.nn.Module], data: DataBundle, device: torch.device, n: int, repeats: int) -> list[dict]:
+def bench_pgd(models: dict[str, torch.nn.Module], data: DataBundle, device: torch.device, n: int, repeats: int) -> list[dict[str, Any]]:
     test = data.test.take(slice(0, n))
     attack = AttackCfg(name="pgd", eps=0.3, alpha=0.01, steps=10)
     batch = 2000 if device.type == "cuda" else 250  # the same for both; small batches leave a GPU idle
@@ -150,6 +152,7 @@ def per_sample_augment(x: torch.Tensor, cfg: AugCfg, gen: torch.Generator) -> to
     out = x.clone()
     _, _, h, w_img = x.shape
     w = cfg.patch_size
+    assert w is not None
     top, left = (h - w) // 2, (w_img - w) // 2
     for i in range(x.shape[0]):
         op = cfg.pool[int(torch.randint(len(cfg.pool), (1,), generator=gen))]
@@ -170,7 +173,7 @@ def per_sample_augment(x: torch.Tensor, cfg: AugCfg, gen: torch.Generator) -> to
     return out
 
 
-def bench_augment(data: DataBundle, repeats: int) -> list[dict]:
+def bench_augment(data: DataBundle, repeats: int) -> list[dict[str, Any]]:
     rows = []
     for label, x, w in (
         ("F-MNIST 1x28x28", data.train.x[:1024].float() / 255, 8),
@@ -194,7 +197,7 @@ def bench_augment(data: DataBundle, repeats: int) -> list[dict]:
 
 
 def bench_curve(models: dict[str, torch.nn.Module], data: DataBundle, device: torch.device, repeats: int,
-                n: int = 300) -> list[dict]:
+                n: int = 300) -> list[dict[str, Any]]:
     """A trial's per-epoch scoring (the quick preset's objective attacks) with the eps curve as one nested pass
     vs each eps attacked on its own, at one thread as a 1-CPU Ray trial runs."""
     from study.spec import load_spec
@@ -230,20 +233,21 @@ def bench_curve(models: dict[str, torch.nn.Module], data: DataBundle, device: to
     return rows
 
 
-def bench_cost(model: torch.nn.Module, data: DataBundle, device: torch.device, n: int, repeats: int) -> list[dict]:
+def bench_cost(model: torch.nn.Module, data: DataBundle, device: torch.device, n: int, repeats: int) -> list[dict[str, Any]]:
     """The paper's cost claim: one patch fine-tuning epoch vs one PGD-10 adversarial-training epoch, same
     model (a copy of the undefended cnn3), data, batch size and optimizer."""
     import copy
 
     train = place(data.train.take(slice(0, n)), device)
     autocast = configure_backends(device)
-    at = AttackCfg(name="pgd", eps=0.3, alpha=0.03, steps=10)  # Madry-style: alpha * steps >= 2 eps
+    at = Adversary(AttackCfg(name="pgd", eps=0.3, alpha=0.03, steps=10))  # Madry-style: alpha * steps >= 2 eps
     runs = {}
-    for label, kw in (("ours", {"augment": AugCfg(patch_size=8)}), ("peer", {"adversarial": at})):
+    kws: tuple[tuple[str, dict[str, Any]], ...] = (("ours", {"augment": AugCfg(patch_size=8)}), ("peer", {"adversarial": at}))
+    for label, kw in kws:
         m = copy.deepcopy(model)
         opt = make_optimizer(m.parameters(), TrainCfg(lr=1e-4), device)
 
-        def epoch(m: torch.nn.Module = m, opt: torch.optim.Optimizer = opt, kw: dict = kw) -> None:
+        def epoch(m: torch.nn.Module = m, opt: torch.optim.Optimizer = opt, kw: dict[str, Any] = kw) -> None:
             train_one_epoch(m, train, opt, batch_size=128, device=device, generator=torch.Generator().manual_seed(0),
                             aug_generator=make_generator(1, device), autocast=autocast, **kw)
             if device.type == "cuda":
@@ -262,13 +266,16 @@ def bench_cost(model: torch.nn.Module, data: DataBundle, device: torch.device, n
     }]
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", help="undefended F-MNIST cnn3 checkpoint (default: train one, ~1 min)")
     parser.add_argument("--n", type=int, default=0, help="test images for the PGD rows (default 1000 CPU, 10000 GPU)")
     parser.add_argument("--train-n", type=int, default=0, help="training images for the cost row (default 4000 CPU, all on GPU)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data-root", help="directory searched first for the F-MNIST files")
+    parser.add_argument("--limit-train", type=int, help="training images loaded (default all 54k; the suite's smoke "
+                                                        "run uses a few hundred)")
+    parser.add_argument("--curve-n", type=int, default=300, help="validation images of the trial-scoring row")
     parser.add_argument("--no-tune", action="store_true",
                         help="skip the rows that need Ray: Tune overhead (~3 min) and the quick study (~7 min)")
     parser.add_argument("--no-before-after", action="store_true",
@@ -277,10 +284,16 @@ def main() -> None:
     parser.add_argument("--gpu-rows-on-cpu", action="store_true", help=argparse.SUPPRESS)  # smoke test, tiny sizes
     parser.add_argument("--gpu-only", metavar="SECTIONS",
                         help="only these GPU sections, comma-separated (fraction,graphs,vgg,switches,compile,packing)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    for name in ("n", "train_n", "repeats", "limit_train", "curve_n"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name in ("n", "train_n") else 1):
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.base and not Path(args.base).is_file():
+        parser.error(f"--base {args.base!r}: no such file")
 
     device = pick_device(os.environ.get("TORCH_DEVICE", "auto"))
-    data = load_data(DataCfg(root=args.data_root))
+    data = load_data(DataCfg(root=args.data_root, limit_train=args.limit_train))
     started = time.perf_counter()
     models = get_models(data, device, args.base)
     rows = []
@@ -289,7 +302,7 @@ def main() -> None:
         rows += bench_augment(data, args.repeats)
         train_n = args.train_n or (len(data.train) if device.type == "cuda" else 4000)
         rows += bench_cost(models["undefended"], data, device, train_n, args.repeats)
-        rows += bench_curve(models, data, device, args.repeats)
+        rows += bench_curve(models, data, device, args.repeats, n=args.curve_n)
     if device.type == "cuda" or args.gpu_rows_on_cpu:
         from benchmarks.bench_gpu import SECTIONS, gpu_rows
 

@@ -51,7 +51,8 @@ def device_time(fn: Callable[[], object], device: torch.device, repeats: int = 5
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+            end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             start.record()
             fn()
             end.record()
@@ -61,7 +62,7 @@ def device_time(fn: Callable[[], object], device: torch.device, repeats: int = 5
             t0 = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return float(statistics.median(times))
 
 
 def pgd_limit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, k: int, autocast: Autocast) -> Callable[[], None]:
@@ -85,7 +86,7 @@ def finetune_limit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, opt
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
     return run
 
@@ -147,7 +148,7 @@ def finetune_fraction(model: torch.nn.Module, train: Split, device: torch.device
     return row, n / t_ours
 
 
-def switches_on_off(device: torch.device, repeats: int, n: int = 10000) -> list[dict[str, Any]]:
+def switches_on_off(device: torch.device, repeats: int, n: int = 10000, batch: int = 128) -> list[dict[str, Any]]:
     """VGG-16 fine-tuning at CIFAR size (3x32x32; random images: throughput does not depend on content)."""
     spec = InputSpec(3, 32, 32, 10, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
     g = torch.Generator().manual_seed(0)
@@ -158,7 +159,7 @@ def switches_on_off(device: torch.device, repeats: int, n: int = 10000) -> list[
     rows = []
     for mode in ("off", "on"):
         os.environ["PATCHTUNE_PERF"] = "" if mode == "on" else "off"
-        row, rate = finetune_fraction(vgg, split, device, repeats, 128, "VGG-16 at 3x32x32", AugCfg(patch_size=10))
+        row, rate = finetune_fraction(vgg, split, device, repeats, batch, "VGG-16 at 3x32x32", AugCfg(patch_size=10))
         row["row"] += f", switches {mode}"
         rows.append(row)
         rates[mode] = rate
@@ -241,7 +242,7 @@ def flops_per_image(model: torch.nn.Module, shape: tuple[int, ...], device: torc
         xa = x.clone().requires_grad_(True)
         loss = F.cross_entropy(model(xa).float(), torch.zeros(4, dtype=torch.long, device=device))
         with FlopCounterMode(display=False) as counter:
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
         input_backward = counter.get_total_flops() / 4
     finally:
         for p in frozen:
@@ -270,13 +271,13 @@ def graphs_on_off(model: torch.nn.Module, data: DataBundle, device: torch.device
     os.environ["PATCHTUNE_GRAPHS"] = ""
     today = rates[("0", batches[0])][0]
     rows = []
-    for (graphs, batch), (rate, acc) in rates.items():
+    for (graphs, batch), (rate, robust) in rates.items():
         if (graphs, batch) == ("0", batches[0]):
             continue
         label = "CUDA graphs" if graphs == "1" else "eager"
         rows.append(_row(f"cnn3 PGD-10 eval (eps 0.3, alpha 0.01), {label}, batch {batch}, vs today's eager loop at batch "
                          f"{batches[0]}, {n} F-MNIST test images [{_card(device)}]",
-                         f"{rate:.0f} img/s (robust acc {100 * acc:.2f} %; {rate * flops / 1e12:.2f} TFLOP/s = "
+                         f"{rate:.0f} img/s (robust acc {100 * robust:.2f} %; {rate * flops / 1e12:.2f} TFLOP/s = "
                          f"{rate * flops / peak:.2%} of the card's bf16 rate)",
                          f"{today:.0f} img/s (robust acc {100 * rates[('0', batches[0])][1]:.2f} %)", rate / today,
                          "speed-up", ">= 2x", rate / today >= 2))
@@ -310,7 +311,8 @@ def vgg_pgd(device: torch.device, repeats: int, peak: float, batch: int = 512) -
     return rows
 
 
-def compile_modes(model: torch.nn.Module, train: Split, device: torch.device, repeats: int) -> list[dict[str, Any]]:
+def compile_modes(model: torch.nn.Module, train: Split, device: torch.device, repeats: int,
+                  batch: int = 256) -> list[dict[str, Any]]:
     """cnn3 fine-tuning, batch 256+256, eager vs each torch.compile mode (compile time outside the timing)."""
     rates, notes = {}, {}
     for mode in ("", "default", "reduce-overhead"):
@@ -325,7 +327,7 @@ def compile_modes(model: torch.nn.Module, train: Split, device: torch.device, re
             data = place(train, device)
 
             def epoch(m: torch.nn.Module = m, opt: torch.optim.Optimizer = opt, step: torch.nn.Module = step) -> None:
-                train_one_epoch(m, data, opt, batch_size=256, device=device, generator=torch.Generator().manual_seed(0),
+                train_one_epoch(m, data, opt, batch_size=batch, device=device, generator=torch.Generator().manual_seed(0),
                                 augment=AugCfg(patch_size=8), aug_generator=make_generator(1, device),
                                 autocast=autocast, step_model=step, drop_last=True)
 
@@ -338,7 +340,7 @@ def compile_modes(model: torch.nn.Module, train: Split, device: torch.device, re
             notes[mode] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
     os.environ["PATCHTUNE_COMPILE"] = ""
     eager = rates.get("", float("nan"))
-    return [_row(f"cnn3 fine-tuning, torch.compile mode={mode} vs eager, batch 256+256 [{_card(device)}]",
+    return [_row(f"cnn3 fine-tuning, torch.compile mode={mode} vs eager, batch {batch}+{batch} [{_card(device)}]",
                  f"{rates.get(mode, float('nan')):.0f} clean img/s ({notes[mode]}, outside the timing)",
                  f"{eager:.0f} clean img/s (eager)", rates.get(mode, float("nan")) / eager, "speed-up",
                  "> 1x to be worth turning on", rates.get(mode, 0.0) > eager) for mode in ("default", "reduce-overhead")]
@@ -353,8 +355,8 @@ def gpu_rows(models: dict[str, torch.nn.Module], data: DataBundle, device: torch
     """The GPU rows of `sections`; `small` shrinks the sizes (a CPU smoke test of this code). Each row is
     printed as it is measured, and a section that fails is recorded as a row, so a run cut short by a lease
     keeps what it measured."""
-    n_eval, batch = (200, 100) if small else (10000, 2000)
-    train = data.train.take(slice(0, 512 if small else len(data.train)))
+    n_eval, batch = (48, 16) if small else (10000, 2000)
+    train = data.train.take(slice(0, 128 if small else len(data.train)))
     undefended = models["undefended"]
     peak = bf16_peak(device)
     print(f"bf16 matrix rate: {peak / 1e12:.1f} TFLOP/s [{_card(device)}]", flush=True)
@@ -366,12 +368,12 @@ def gpu_rows(models: dict[str, torch.nn.Module], data: DataBundle, device: torch
                                           AugCfg(patch_size=8))[0])
         return rows
 
-    run = {
+    run: dict[str, Callable[[], list[dict[str, Any]]]] = {
         "fraction": fraction,
         "graphs": lambda: graphs_on_off(undefended, data, device, repeats, n_eval, (batch, 5 * batch // 2, 5 * batch), peak),
-        "vgg": lambda: vgg_pgd(device, repeats, peak, batch=8 if small else 512),
-        "switches": lambda: switches_on_off(device, repeats, n=256 if small else 10000),
-        "compile": lambda: compile_modes(undefended, train, device, repeats),
+        "vgg": lambda: vgg_pgd(device, repeats, peak, batch=2 if small else 512),
+        "switches": lambda: switches_on_off(device, repeats, *((8, 4) if small else (10000, 128))),
+        "compile": lambda: compile_modes(undefended, train, device, repeats, batch=32 if small else 256),
         "packing": lambda: packing(device, root, n=2000 if small else 20000) if device.type == "cuda" else [],
     }
     rows: list[dict[str, Any]] = []

@@ -1,6 +1,6 @@
 """Where a user's minutes go: the `quick` study (`make run`'s job) timed phase by phase.
 
-    .venv/bin/python -m benchmarks.bench_study        (also a row of `make bench`; ~7 min on 2 CPU cores)
+    .venv/bin/python -m benchmarks.bench_study [--spec quick] [--no-record]   (also a row of `make bench`; ~7 min)
 
 Runs `patchtune run quick` into a fresh temporary storage (so the base is pretrained too, as on a fresh clone)
 and reads back what the study recorded: `timings.json` (wall seconds per phase: preflight and data, Ray start,
@@ -13,23 +13,29 @@ epoch's training and validation-scoring seconds). Rows:
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from benchmarks.bench_common import publish
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_quick(storage: Path, name: str = "bench-quick") -> tuple[Path, float]:
-    cmd = [str(Path(sys.executable).with_name("patchtune")), "run", "quick", "--storage", str(storage), "--name", name]
+def run_quick(storage: Path, name: str = "bench-quick", spec: str = "quick") -> tuple[Path, float]:
+    cmd = [sys.executable, "-m", "study.cli", "run", spec, "--storage", str(storage), "--name", name]
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode:
+        raise SystemExit(f"patchtune run {spec} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return storage / name, time.perf_counter() - t0
 
 
@@ -52,13 +58,26 @@ def study_rows(study_dir: Path, wall: float) -> list[dict[str, Any]]:
     ]
 
 
-def measure() -> list[dict[str, Any]]:
+def measure(spec: str = "quick") -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="patchtune-bench-study-") as tmp:
-        study_dir, wall = run_quick(Path(tmp))
+        study_dir, wall = run_quick(Path(tmp), spec=spec)
         return study_rows(study_dir, wall)
 
 
-if __name__ == "__main__":
-    from benchmarks.bench_common import machine, render
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spec", default="quick", help="the preset or spec file timed (default: quick, make run's)")
+    parser.add_argument("--no-record", action="store_true", help="print only; do not append to benchmarks/README.md")
+    args = parser.parse_args(argv)
+    from study.spec import load_spec
+    from trainables.vocab import ConfigError
 
-    print(render(measure(), f"### `benchmarks/bench_study.py`\n\nMachine: {machine()}."))
+    try:
+        load_spec(args.spec)
+    except (ConfigError, OSError) as exc:
+        parser.error(f"--spec {args.spec!r}: {exc}")
+    publish(measure(args.spec), "bench_study.py", record=not args.no_record)
+
+
+if __name__ == "__main__":
+    main()

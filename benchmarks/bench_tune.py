@@ -12,11 +12,13 @@ outside both timings. Target: ratio <= 1.10.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing as mp
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +32,28 @@ from study.spec import parse_spec
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def bench_spec(storage: Path, name: str, trials: int, concurrency: int) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class Size:
+    """What the benchmark runs: the row's sizes by default; the suite's smoke run shrinks them."""
+
+    trials: int = 8
+    concurrency: int = 2
+    limit_train: int = 3000
+    limit_val: int = 500
+    epochs: int = 2
+    base: Path | None = None  # a base checkpoint; None: pretrain the spec's (cached by a warm-up study first)
+
+
+def bench_spec(storage: Path, name: str, trials: int, concurrency: int, size: Size = Size()) -> dict[str, Any]:
+    base: dict[str, Any] = ({"checkpoint": str(size.base.resolve())} if size.base
+                            else {"pretrain": {"epochs": 2, "limit_train": 10000}})
     return {
         "name": name, "storage": str(storage),
-        "data": {"dataset": "fmnist", "limit_train": 3000, "limit_val": 500, "limit_test": 500},
-        "base": {"pretrain": {"epochs": 2, "limit_train": 10000}},
+        "data": {"dataset": "fmnist", "limit_train": size.limit_train, "limit_val": size.limit_val,
+                 "limit_test": size.limit_val},
+        "base": base,
         "search": {"lr": {"adam": [1e-4, 1e-2], "rmsprop": [1e-4, 1e-2]}, "batch_size": [64, 128], "patch_size": [4, 12]},
-        "epochs": 2,
+        "epochs": size.epochs,
         "objective": {"metric": "robust_auc", "eps_grid": [0.02, 0.05, 0.1]},
         "num_samples": trials, "max_concurrent": concurrency,
         "scheduler": {"type": "fifo"}, "sampler": {"type": "random", "seed": 0},
@@ -125,27 +142,37 @@ def breakdown(study_dir: Path, t_command: float, concurrency: int, long_trials: 
     return rows
 
 
-def measure(trials: int = 8, concurrency: int = 2) -> dict[str, Any]:
+def _run(args: list[str]) -> None:
+    proc = subprocess.run([sys.executable, "-m", "study.cli", *args], cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"patchtune {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+def measure(trials: int = 8, concurrency: int = 2, size: Size = Size()) -> dict[str, Any]:
     """Time `patchtune run` and the bare loop on the same trial configs; one row for bench_core's table."""
+    size = dataclasses.replace(size, trials=trials, concurrency=concurrency)
     storage = Path(tempfile.mkdtemp(prefix="patchtune-bench-"))
-    patchtune = [sys.executable, "-m", "study.cli"]
 
-    # Warm-up study (1 trial): pretrains and caches the base, so neither timing includes it.
-    warm = storage / "warm.yaml"
-    warm.write_text(yaml.safe_dump(bench_spec(storage, "warm", 1, 1)))
-    subprocess.run([*patchtune, "run", str(warm)], cwd=ROOT, check=True, capture_output=True)
+    if size.base is None:  # a warm-up study (1 trial) pretrains and caches the base, so neither timing includes it
+        warm = storage / "warm.yaml"
+        warm.write_text(yaml.safe_dump(bench_spec(storage, "warm", 1, 1, size)))
+        _run(["run", str(warm)])
 
-    raw = bench_spec(storage, "timed", trials, concurrency)
+    raw = bench_spec(storage, "timed", trials, concurrency, size)
     spec_file = storage / "timed.yaml"
     spec_file.write_text(yaml.safe_dump(raw))
     t0 = time.perf_counter()
-    subprocess.run([*patchtune, "run", str(spec_file)], cwd=ROOT, check=True, capture_output=True)
+    _run(["run", str(spec_file)])
     t_tune = time.perf_counter() - t0
 
     results = pd.read_parquet(storage / "timed" / "results.parquet")
     spec = parse_spec(raw).resolved()
-    assert spec.model.arch is not None and spec.base.pretrain is not None
-    base = str(base_cache_path(spec.storage, spec.model.arch, spec.data, spec.base.pretrain))
+    assert spec.model.arch is not None
+    if size.base is not None:
+        base = str(size.base.resolve())
+    else:
+        assert spec.base.pretrain is not None
+        base = str(base_cache_path(spec.storage, spec.model.arch, spec.data, spec.base.pretrain))
     configs = [{k: r[k] for k in ("optimizer", "lr", "batch_size", "patch_size", "num_patches", "pool", "epochs", "seed")}
                for r in results.to_dict("records")]
     t0 = time.perf_counter()
@@ -155,7 +182,8 @@ def measure(trials: int = 8, concurrency: int = 2) -> dict[str, Any]:
     t_bare = time.perf_counter() - t0
     return {
         "breakdown": breakdown(storage / "timed", t_tune, concurrency),
-        "row": f"Tune overhead: {trials} trials (2 epochs, 3k images, 500 val images scored), concurrency {concurrency}",
+        "row": f"Tune overhead: {trials} trials ({size.epochs} epochs, {size.limit_train} images, {size.limit_val} val "
+               f"images scored), concurrency {concurrency}",
         "ours": f"`patchtune run` {t_tune:.1f} s",
         "peer": f"bare process-pool loop {t_bare:.1f} s",
         "ratio": t_tune / t_bare,
@@ -165,13 +193,24 @@ def measure(trials: int = 8, concurrency: int = 2) -> dict[str, Any]:
     }
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--concurrency", type=int, default=2)
+    default = Size()
+    parser.add_argument("--trials", type=int, default=default.trials)
+    parser.add_argument("--concurrency", type=int, default=default.concurrency)
+    parser.add_argument("--limit-train", type=int, default=default.limit_train)
+    parser.add_argument("--limit-val", type=int, default=default.limit_val)
+    parser.add_argument("--epochs", type=int, default=default.epochs)
+    parser.add_argument("--base", type=Path, help="a base checkpoint (default: pretrain one, outside the timings)")
     parser.add_argument("--no-record", action="store_true")
-    args = parser.parse_args()
-    row = measure(args.trials, args.concurrency)
+    args = parser.parse_args(argv)
+    for name in ("trials", "concurrency", "limit_train", "limit_val", "epochs"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.base is not None and not args.base.is_file():
+        parser.error(f"--base {str(args.base)!r}: no such file")
+    row = measure(args.trials, args.concurrency, Size(limit_train=args.limit_train, limit_val=args.limit_val,
+                                                        epochs=args.epochs, base=args.base))
     publish([row, *row.pop("breakdown")], "bench_tune.py", record=not args.no_record)
 
 

@@ -9,9 +9,24 @@
 # Expects F-MNIST under $PATCHTUNE_CACHE/data/fashion-mnist; prepare it where the data is (it is not committed):
 #   mkdir -p .devcache/data/fashion-mnist && cp /usr/share/datasets/fashion-mnist/*.gz .devcache/data/fashion-mnist/
 #   printf '/.devcache/\n' >> .git/info/exclude       # then carry [".devcache"]
+# BENCH_ARGS and PRETRAIN_ARGS go to those commands as they are (the suite's smoke run shrinks them so).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
 STAGES=${STAGES:-tests pretrain bench control}
+GPU_SECTIONS=${GPU_SECTIONS:-graphs,vgg,switches,compile}
+# Bad settings are refused before anything runs: a lease is too short to find them out a stage later.
+die() { echo "gpu_check.sh: $*" >&2; exit 2; }
+for stage in $STAGES; do
+  case $stage in tests|pretrain|bench|control) ;; *) die "unknown stage '$stage' in STAGES (tests pretrain bench control)" ;; esac
+done
+for section in ${GPU_SECTIONS//,/ }; do
+  case $section in fraction|graphs|vgg|switches|compile|packing) ;;
+    *) die "unknown section '$section' in GPU_SECTIONS (fraction graphs vgg switches compile packing)" ;; esac
+done
+for var in TEST_TIMEOUT PRETRAIN_TIMEOUT BENCH_TIMEOUT FINETUNE_TIMEOUT AUDIT_TIMEOUT CONTROL_EPOCHS CONTROL_TRAIN CONTROL_STEPS AUDIT_LIMIT; do
+  value=${!var:-1}
+  [[ $value =~ ^[1-9][0-9]*$ ]] || die "$var must be a positive integer, got '$value'"
+done
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PATCHTUNE_CACHE=${PATCHTUNE_CACHE:-$PWD/.devcache} PYTHONUNBUFFERED=1
 LOG=$OUT/log.txt  # everything, in order (at most 8 files come back from a lease: keep them few)
@@ -37,8 +52,10 @@ for stage in $STAGES; do
       timeout "${PRETRAIN_TIMEOUT:-60}" patchtune pretrain --out "$OUT/base.pt" --batch-size 256 ${PRETRAIN_ARGS:-} --quiet 2>&1 | tee -a "$LOG" ;;
     bench)
       base=(); [ -f "${BENCH_BASE:-$OUT/base.pt}" ] && base=(--base "${BENCH_BASE:-$OUT/base.pt}")
-      (timeout "${BENCH_TIMEOUT:-170}" python3 -m benchmarks.bench_core --no-tune --no-record --repeats 3 "${base[@]}" \
-        --gpu-only "${GPU_SECTIONS:-graphs,vgg,switches,compile}") 2>&1 | grep -v "^\s*$" | tee "$OUT/bench.txt" | grep -E "^(ROW|bf16)" | tee -a "$LOG" ;;
+      (timeout "${BENCH_TIMEOUT:-170}" python3 -m benchmarks.bench_core --no-tune --no-before-after --no-record \
+        --repeats 3 "${base[@]}" --gpu-only "$GPU_SECTIONS" ${BENCH_ARGS:-}) 2>&1 | grep -v "^\s*$" | tee "$OUT/bench.txt" \
+        | grep -E "^(ROW|bf16)" | tee -a "$LOG"
+      echo "bench exit ${PIPESTATUS[0]} (124: timed out)" | tee -a "$LOG" ;;
     control)
       mkdir -p "$C"
       SECONDS=0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 import json
 import typing
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -13,6 +14,8 @@ from pydantic_core import PydanticUndefined
 
 SPEC_MARKER = "<!-- generated: spec reference -->"
 SETTINGS_MARKER = "<!-- generated: settings reference -->"
+SEARCH_MARKER = "<!-- generated: search benchmark -->"
+SEARCH_REPORT = Path(__file__).resolve().parents[1] / "benchmarks" / "search_replay.md"
 
 
 def _type_text(annotation: Any) -> str:
@@ -128,6 +131,8 @@ def on_page_markdown(markdown: str, **_: Any) -> str:
         markdown = markdown.replace(SPEC_MARKER, spec_reference())
     if SETTINGS_MARKER in markdown:
         markdown = markdown.replace(SETTINGS_MARKER, settings_reference())
+    if SEARCH_MARKER in markdown:  # the replay's own report, as `python -m benchmarks.search_replay` last wrote it
+        markdown = markdown.replace(SEARCH_MARKER, SEARCH_REPORT.read_text())
     return markdown
 
 

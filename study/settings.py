@@ -182,10 +182,12 @@ class SchedulerCfg(Settings):
 class SamplerCfg(Settings):
     """How Optuna proposes trials."""
 
-    type: SamplerType = Field(SamplerType.TPE, description="tpe (multivariate, grouped), random, or nsga2 "
+    type: SamplerType = Field(SamplerType.TPE, description="tpe, random, gp (a Gaussian process), or nsga2 "
                                                            "(multi-objective)")
     n_startup_trials: Annotated[int, Field(ge=0, strict=True)] = Field(
-        10, description="tpe: random trials before the model proposes")
+        10, description="tpe, gp: random trials before the model proposes")
+    multivariate: Flag = Field(True, description="tpe: model the parameters jointly (grouped by the conditional "
+                                                 "space's branches), not one at a time")
     seed: StrictInt | None = Field(None, description="the sampler's seed (null: the study's seed)")
 
 

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import functools
 import os
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-import optuna
 
 from analysis.load import open_optuna_storage
 from study import tracking
@@ -18,7 +15,7 @@ from study.settings import ResourcesCfg
 from study.spec import StudySpec
 from trainables.checkpoint import load_checkpoint
 from trainables.data import DataBundle
-from trainables.vocab import EXTRA_OBJECTIVE_METRICS, SamplerType, SchedulerType
+from trainables.vocab import EXTRA_OBJECTIVE_METRICS, SchedulerType
 
 OBJECTIVE = "objective"
 
@@ -70,20 +67,11 @@ def study_trainable(spec: StudySpec, data: DataBundle, base_path: Path) -> Any:
 
 
 def build_searcher(spec: StudySpec) -> Any:
+    from study.samplers import make_sampler
     from study.searcher import StudySearch
     from study.spaces import define_space
 
-    seed = spec.sampler_seed
-    if spec.sampler.type is SamplerType.TPE:
-        # group=True is what makes multivariate TPE handle a conditional space; Optuna flags it experimental.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
-                seed=seed, multivariate=True, group=True, n_startup_trials=spec.sampler.n_startup_trials)
-    elif spec.sampler.type is SamplerType.RANDOM:
-        sampler = optuna.samplers.RandomSampler(seed=seed)
-    else:
-        sampler = optuna.samplers.NSGAIISampler(seed=seed)
+    sampler = make_sampler(spec.sampler, spec.sampler_seed)
     extra = [EXTRA_OBJECTIVE_METRICS[e] for e in spec.objective.extra_objectives]
     space = functools.partial(define_space, search=spec.search, constants={"epochs": spec.epochs, "seed": spec.seed})
     return StudySearch(

@@ -209,6 +209,34 @@ def test_study_end_to_end_with_pretrained_base_asha_and_best_on_test(tiny_study_
     assert (study_dir / "spec.yaml").is_file()
 
 
+def test_the_search_replays_asha_stops_the_trials_tune_stopped(tiny_study_dir: Path) -> None:
+    """The search benchmark's ASHA (benchmarks/replay.py), fed this real study's epochs.parquet in the order Tune
+    received the results (one trial at a time: Optuna's trial order), stops exactly the trials Tune's
+    ASHAScheduler stopped, each at the epoch where Tune stopped it."""
+    from benchmarks.replay import Asha
+    from study.spec import load_spec
+
+    spec = load_spec(str(tiny_study_dir / "spec.yaml"))
+    assert spec.scheduler.type.value == "asha" and spec.max_concurrent == 1
+    order = [t.user_attrs["ray_trial_id"] for t in sorted(optuna_states(tiny_study_dir, "e2e").values(),
+                                                           key=lambda t: t.number)]
+    epochs = pd.read_parquet(tiny_study_dir / "epochs.parquet")
+    asha = Asha(spec.epochs, spec.scheduler.grace_period, spec.scheduler.reduction_factor)
+    stopped_early = set()
+    for trial_id in order:
+        rows = epochs[epochs["trial_id"] == trial_id].sort_values("training_iteration")
+        for i, row in enumerate(rows.itertuples()):
+            stop = asha.on_result(trial_id, int(row.training_iteration), float(row.objective))
+            last = i == len(rows) - 1
+            assert stop == last, f"{trial_id} epoch {row.training_iteration}: ours {'stops' if stop else 'goes on'}"
+            if stop:
+                asha.on_complete(trial_id, int(row.training_iteration), float(row.objective))
+                if row.training_iteration < spec.epochs:
+                    stopped_early.add(trial_id)
+    results = pd.read_parquet(tiny_study_dir / "results.parquet").set_index("trial_id")
+    assert stopped_early == set(results.index[results["status"] == "PRUNED"]) != set()
+
+
 def test_reproduce_end_to_end_tiny(tiny_repro_dir: Path) -> None:
     out = tiny_repro_dir
     results = pd.read_parquet(out / "results.parquet")

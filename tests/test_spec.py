@@ -118,7 +118,7 @@ BAD = [
     ({"objective": {"multi_objective": ["cost"]}}, "scheduler.type: asha cannot be combined with objective.multi_objective"),
     ({"objective": {"multi_objective": True}}, "scheduler.type: asha cannot be combined with objective.multi_objective"),
     ({"sampler": {"type": "nsga2"}}, "sampler.type: nsga2 is a multi-objective sampler"),
-    ({"sampler": {"type": "cmaes"}}, "sampler.type: must be one of tpe, random, nsga2, got 'cmaes'"),
+    ({"sampler": {"type": "cmaes"}}, "sampler.type: must be one of tpe, random, gp, nsga2, got 'cmaes'"),
     ({"scheduler": {"grace_period": 5}}, "scheduler.grace_period: must be <= epochs (2), got 5"),
     ({"resources": {"gpus_per_trial": -1}}, "resources.gpus_per_trial: must be >= 0, got -1"),
     ({"name": "a b/c"}, "name: must be 1-80 letters"),

@@ -208,6 +208,7 @@ class SchedulerType(Name):
 class SamplerType(Name):
     TPE = "tpe"
     RANDOM = "random"
+    GP = "gp"
     NSGA2 = "nsga2"
 
 
