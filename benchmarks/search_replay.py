@@ -44,7 +44,6 @@ WITHIN = 0.01  # "found it": within 1 point of the table's best
 SAMPLERS = ("random", "tpe:2", "tpe:4", "tpe:8", "tpe:16", "tpe-uni:4", "gp:4")
 SCHEDULERS = ("fifo", "asha:1:2", "asha:1:3", "asha:2:2")
 GP_SCHEDULERS = ("fifo", "asha:1:2")  # the GP's asks are slow: only beside the default scheduler
-DEFAULT = ("tpe:4", "asha:1:2")  # the quick preset's before this benchmark
 
 
 def sampler_of(text: str) -> SamplerCfg:
@@ -65,6 +64,18 @@ def scheduler_of(text: str) -> SchedulerCfg:
         return SchedulerCfg.model_validate({"type": "asha", "grace_period": int(parts[1]),
                                             "reduction_factor": int(parts[2])})
     raise ValueError(f"{text!r} is not a scheduler (fifo, asha:GRACE:RF with RF >= 2)")
+
+
+def preset_combo(preset: str) -> tuple[str, str]:
+    """The preset's own sampler and scheduler, in this command's notation (`tpe:4`, `asha:1:2`)."""
+    from study.spec import load_spec
+
+    spec = load_spec(preset).resolved()
+    s, sc = spec.sampler, spec.scheduler
+    sampler = ("random" if s.type.value == "random" else
+               f"{'tpe' if s.multivariate else 'tpe-uni'}:{s.n_startup_trials}" if s.type.value == "tpe" else
+               f"{s.type.value}:{s.n_startup_trials}")
+    return sampler, "fifo" if sc.type.value == "fifo" else f"asha:{sc.grace_period}:{sc.reduction_factor}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,7 +232,8 @@ def cheap_vs_strong(frame: pd.DataFrame, images: int, n_boot: int = 2000) -> dic
 # ----------------------------------------------------------------------------------------------------- output
 
 
-def figure(results: dict[Task, list[Finished]], table: Table, summary: pd.DataFrame, path: Path, label: str) -> None:
+def figure(results: dict[Task, list[Finished]], table: Table, summary: pd.DataFrame, path: Path, label: str,
+           preset: tuple[str, str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -229,10 +241,11 @@ def figure(results: dict[Task, list[Finished]], table: Table, summary: pd.DataFr
 
     concs = sorted({t.concurrency for t in results})
     top = max((sum(c.seconds) for c in table.configs), default=1.0) * len(table.configs)
-    grid = np.linspace(0, max(max(r[-1].compute_s for r in results.values()), 1.0), 300)
+    first = min(r[0].compute_s for r in results.values() if r)
+    grid = np.geomspace(max(first, 1.0), max(max(r[-1].compute_s for r in results.values()), 2.0), 400)
     fig, axes = plt.subplots(1, len(concs), figsize=(6.2 * len(concs), 4.6), sharey=True, squeeze=False)
     for ax, conc in zip(axes[0], concs, strict=True):
-        shown = _shown(summary, conc)
+        shown = _shown(summary, conc, preset)
         for (sampler, scheduler), style in shown.items():
             runs = [v for k, v in results.items() if (k.sampler, k.scheduler, k.concurrency, k.trials)
                     == (sampler, scheduler, conc, None)]
@@ -248,8 +261,9 @@ def figure(results: dict[Task, list[Finished]], table: Table, summary: pd.DataFr
         ax.axhline(100 * table.best, color="black", lw=0.8, ls="--")
         ax.axhline(100 * (table.best - WITHIN), color="grey", lw=0.8, ls=":")
         ax.set_title(f"max_concurrent {conc}: IQM of {len(runs)} seeds, bootstrap 95 % band")
-        ax.set_xlabel("simulated compute, core-hours (training + per-epoch scoring)")
-        ax.set_xlim(0, min(grid[-1], top) / 3600)
+        ax.set_xlabel("simulated compute, core-hours (training + per-epoch scoring; log scale)")
+        ax.set_xscale("log")
+        ax.set_xlim(grid[0] / 3600, min(grid[-1], top) / 3600)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     axes[0][0].set_ylabel("the study's best trial so far (%)")
@@ -263,10 +277,11 @@ def figure(results: dict[Task, list[Finished]], table: Table, summary: pd.DataFr
     plt.close(fig)
 
 
-def _shown(summary: pd.DataFrame, conc: int) -> dict[tuple[str, str], tuple[str, str]]:
-    """The issue's four lines, and the best combination at this concurrency."""
+def _shown(summary: pd.DataFrame, conc: int, preset: tuple[str, str]) -> dict[tuple[str, str], tuple[str, str]]:
+    """Random search with FIFO (the peer), TPE with FIFO, random search with ASHA, the preset's own combination,
+    and the best combination at this concurrency."""
     lines = {("random", "fifo"): ("tab:gray", " (peer)"), ("tpe:4", "fifo"): ("tab:blue", ""),
-             ("random", "asha:1:2"): ("tab:orange", ""), DEFAULT: ("tab:red", " (the old default)")}
+             ("random", "asha:1:2"): ("tab:orange", ""), preset: ("tab:red", " (the quick preset's)")}
     best = _best(summary, conc)
     if best is not None and best not in lines:
         lines[best] = ("tab:green", " (best)")
@@ -287,8 +302,36 @@ def _fmt_ci(v: float, lo: float, hi: float, scale: float = 100) -> str:
     return f"{scale * v:.1f} [{scale * lo:.1f}, {scale * hi:.1f}]"
 
 
+def _verdicts(summary: pd.DataFrame, preset: tuple[str, str]) -> list[str]:
+    """Per concurrency, in words: the preset's combination against random search with FIFO and against the
+    combination that reaches the table's best for the least compute."""
+    out = []
+    for conc in sorted(summary["concurrency"].unique()):
+        rows = summary[summary["concurrency"] == conc].set_index(["sampler", "scheduler"])
+        if preset not in rows.index or ("random", "fifo") not in rows.index:
+            continue
+        p, peer = rows.loc[preset], rows.loc[("random", "fifo")]
+        best_key = _best(summary, int(conc)) or preset
+        b = rows.loc[best_key]
+        same = best_key == preset
+        overlap = same or (p["ratio_lo"] <= b["ratio_hi"] and b["ratio_lo"] <= p["ratio_hi"])
+        out.append(
+            f"- **max_concurrent {conc}.** The quick preset's {p['name']} reaches within 1 point of the table's best "
+            f"for {p['ratio']:.2f}x the compute random search with FIFO needs [{p['ratio_lo']:.2f}, "
+            f"{p['ratio_hi']:.2f}]. After 8 trials its regret is {100 * p['regret8']:.1f} points "
+            f"[{100 * p['regret8_lo']:.1f}, {100 * p['regret8_hi']:.1f}] for {p['compute8_s'] / 3600:.2f} core-hours; "
+            f"random search with FIFO's is {100 * peer['regret8']:.1f} [{100 * peer['regret8_lo']:.1f}, "
+            f"{100 * peer['regret8_hi']:.1f}] for {peer['compute8_s'] / 3600:.2f}. "
+            + ("It is also the combination that gets there for the least compute." if same else
+               f"The combination that gets there for the least compute is {b['name']} ({b['ratio']:.2f}x "
+               f"[{b['ratio_lo']:.2f}, {b['ratio_hi']:.2f}], regret after 8 trials {100 * b['regret8']:.1f} points): "
+               + ("its interval overlaps the preset's, so the two are not told apart by these seeds."
+                  if overlap else "its interval does not overlap the preset's.")))
+    return out
+
+
 def markdown(summary: pd.DataFrame, table: Table, meta: dict[str, Any], strong: dict[str, Any], label: str,
-             seeds: int, figure_rel: str) -> str:
+             seeds: int, figure_rel: str, preset: tuple[str, str]) -> str:
     lines = [
         "<!-- written by `python -m benchmarks.search_replay`; do not edit by hand -->",
         f"**The table** (`benchmarks/search_table.parquet`, built by `python -m benchmarks.search_table` at "
@@ -298,6 +341,10 @@ def markdown(summary: pd.DataFrame, table: Table, meta: dict[str, Any], strong: 
         f"Objective: {label}. Its best configuration scores {100 * table.best:.1f} %.",
         "",
         f"![anytime curves]({figure_rel})",
+        "",
+        "**The quick preset's search against the alternatives:**",
+        "",
+        *_verdicts(summary, preset),
         "",
         f"**Compute to reach within 1 point of the table's best, and regret**, {seeds} seeds per row. *Ratio*: the "
         "median compute to get there over random search with FIFO's at the same concurrency, with a bootstrap 95 % "
@@ -339,6 +386,30 @@ def markdown(summary: pd.DataFrame, table: Table, meta: dict[str, Any], strong: 
     return "\n".join(lines) + "\n"
 
 
+TRACE_KEYS = ("sampler", "scheduler", "concurrency", "seed", "trials")
+
+
+def save_traces(results: dict[Task, list[Finished]], path: Path) -> None:
+    rows = [{**{k: getattr(task, k) for k in TRACE_KEYS}, **dataclasses.asdict(t)}
+            for task, trials in results.items() for t in trials]
+    frame = pd.DataFrame(rows)
+    frame["trials"] = frame["trials"].fillna(-1).astype(int)  # -1: until the table was used up
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path) as f:
+        frame.to_parquet(f, index=False)
+
+
+def load_traces(path: Path) -> dict[Task, list[Finished]]:
+    frame = pd.read_parquet(path)
+    fields = [f.name for f in dataclasses.fields(Finished)]
+    out: dict[Task, list[Finished]] = {}
+    for key, g in frame.groupby(list(TRACE_KEYS), sort=False):
+        sampler, scheduler, conc, seed, trials = key
+        task = Task(str(sampler), str(scheduler), int(conc), int(seed), None if int(trials) < 0 else int(trials))
+        out[task] = [Finished(**{k: r[k] for k in fields}) for r in g.to_dict("records")]
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", type=Path, default=TABLE)
@@ -353,6 +424,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--out", type=Path, default=REPORT, help="the markdown report")
     parser.add_argument("--figure", type=Path, default=FIGURE)
+    parser.add_argument("--traces", type=Path, default=ROOT / "runs" / "search_replay" / "traces.parquet",
+                        help="every replayed study's trials, kept so that --report-only can redraw the report")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report from --traces, replaying nothing")
     args = parser.parse_args(argv)
     try:
         samplers = [s for s in args.samplers.split(",") if s and sampler_of(s)]
@@ -387,17 +461,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         combos.insert(0, ("random", "fifo"))  # the peer every ratio is against
     tasks = [Task(s, sc, c, seed, n) for s, sc in combos for c in concs for seed in range(args.seeds)
              for n in (QUICK_TRIALS, 4 * QUICK_TRIALS, None)]
-    print(f"replaying {len(tasks)} studies ({len(combos)} combinations x {len(concs)} concurrencies x {args.seeds} "
-          f"seeds x 3 lengths) on {len(table.configs)} configurations", flush=True)
     t0 = time.perf_counter()
-    results = run_grid(tasks, args.table, args.preset, args.workers, args.gp_trials)
+    if args.report_only:
+        if not args.traces.is_file():
+            parser.error(f"--report-only: no traces at {str(args.traces)!r} (run without --report-only first)")
+        results = load_traces(args.traces)
+    else:
+        print(f"replaying {len(tasks)} studies ({len(combos)} combinations x {len(concs)} concurrencies x {args.seeds} "
+              f"seeds x 3 lengths) on {len(table.configs)} configurations", flush=True)
+        results = run_grid(tasks, args.table, args.preset, args.workers, args.gp_trials)
+        save_traces(results, args.traces)
     summary = summarise(results, table)
     with warnings.catch_warnings():  # a bootstrap resample of a tiny table can be constant: rho is NaN there
         warnings.simplefilter("ignore")
         strong = cheap_vs_strong(frame, spec.data.limit_val or 0)
-    figure(results, table, summary, args.figure, label)
+    preset = preset_combo(args.preset)
+    figure(results, table, summary, args.figure, label, preset)
     rel = os.path.relpath(args.figure, (ROOT / "docs" / "guide"))
-    text = markdown(summary, table, meta, strong, label, args.seeds, rel)
+    seeds = len({t.seed for t in results})
+    text = markdown(summary, table, meta, strong, label, seeds, rel, preset)
     with atomic_open(args.out, "w") as f:
         f.write(text)
     atomic_write_text(args.out.with_suffix(".json"), json.dumps(

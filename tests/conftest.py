@@ -31,8 +31,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # `make test` runs the files on two pytest-xdist workers (`--dist loadfile`): each file runs whole on one
 # worker, a process with its own session fixtures and its own local Ray. The longest files go first.
-_LONGEST_FIRST = ("test_end_to_end.py", "test_own_model_data.py", "test_study.py", "test_reliability.py", "test_cli.py", "test_methods.py",
-                  "test_audit.py", "test_attacks.py")
+_LONGEST_FIRST = ("test_end_to_end.py", "test_own_model_data.py", "test_study.py", "test_benchmarks.py", "test_reliability.py",
+                  "test_cli.py", "test_methods.py", "test_audit.py", "test_replay.py", "test_attacks.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -213,6 +213,9 @@ def test_the_search_replays_asha_stops_the_trials_tune_stopped(tiny_study_dir: P
     """The search benchmark's ASHA (benchmarks/replay.py), fed this real study's epochs.parquet in the order Tune
     received the results (one trial at a time: Optuna's trial order), stops exactly the trials Tune's
     ASHAScheduler stopped, each at the epoch where Tune stopped it."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
     from benchmarks.replay import Asha
     from study.spec import load_spec
 
@@ -222,15 +225,22 @@ def test_the_search_replays_asha_stops_the_trials_tune_stopped(tiny_study_dir: P
                                                            key=lambda t: t.number)]
     epochs = pd.read_parquet(tiny_study_dir / "epochs.parquet")
     asha = Asha(spec.epochs, spec.scheduler.grace_period, spec.scheduler.reduction_factor)
+    tunes = ASHAScheduler(metric="objective", mode="max", max_t=spec.epochs, grace_period=spec.scheduler.grace_period,
+                          reduction_factor=spec.scheduler.reduction_factor)  # Tune's class, fed the same stream
     stopped_early = set()
     for trial_id in order:
+        trial = Trial("finetune_trial", trial_id=trial_id, stub=True)
+        tunes.on_trial_add(None, trial)
         rows = epochs[epochs["trial_id"] == trial_id].sort_values("training_iteration")
         for i, row in enumerate(rows.itertuples()):
-            stop = asha.on_result(trial_id, int(row.training_iteration), float(row.objective))
+            result = {"training_iteration": int(row.training_iteration), "objective": float(row.objective)}
+            stop = asha.on_result(trial_id, result["training_iteration"], result["objective"])
+            assert stop == (tunes.on_trial_result(None, trial, result) == TrialScheduler.STOP)
             last = i == len(rows) - 1
             assert stop == last, f"{trial_id} epoch {row.training_iteration}: ours {'stops' if stop else 'goes on'}"
             if stop:
-                asha.on_complete(trial_id, int(row.training_iteration), float(row.objective))
+                asha.on_complete(trial_id, result["training_iteration"], result["objective"])
+                tunes.on_trial_complete(None, trial, result)
                 if row.training_iteration < spec.epochs:
                     stopped_early.add(trial_id)
     results = pd.read_parquet(tiny_study_dir / "results.parquet").set_index("trial_id")

@@ -182,13 +182,19 @@ def test_asha_saves_compute_and_concurrency_makes_proposals_blind(search: Search
 
 def test_the_report_command_end_to_end(tiny_table: tuple[Path, Path, dict[str, float]], tmp_path: Path) -> None:
     out = tmp_path / "report.md"
-    search_replay.main(["--table", str(tiny_table[0]), "--seeds", "3", "--workers", "1", "--samplers",
-                        "random,tpe:2", "--schedulers", "fifo,asha:1:2", "--concurrency", "1,2",
-                        "--out", str(out), "--figure", str(tmp_path / "anytime.png")])
+    args = ["--table", str(tiny_table[0]), "--seeds", "3", "--workers", "1", "--samplers", "random,tpe:4",
+            "--schedulers", "fifo,asha:1:2", "--concurrency", "1,2", "--out", str(out),
+            "--figure", str(tmp_path / "anytime.png"), "--traces", str(tmp_path / "traces.parquet")]
+    search_replay.main(args)
     text = out.read_text()
-    for combo in ("random + fifo", "tpe(startup 2) + fifo", "random + asha(g1, rf2)", "tpe(startup 2) + asha(g1, rf2)"):
+    out.unlink()
+    search_replay.main([*args, "--report-only"])  # the same report, redrawn from the kept traces
+    assert out.read_text() == text
+    for combo in ("random + fifo", "tpe(startup 4) + fifo", "random + asha(g1, rf2)", "tpe(startup 4) + asha(g1, rf2)"):
         assert text.count(f"| {combo} |") == 2, combo  # one row per concurrency
     assert "Spearman" in text and (tmp_path / "anytime.png").stat().st_size > 10_000
+    # the preset's own combination (quick.yaml's sampler and scheduler) judged in words at each concurrency
+    assert text.count("- **max_concurrent") == 2 and "The quick preset's tpe(startup 4) + asha(g1, rf2)" in text
     summary = json.loads(out.with_suffix(".json").read_text())["summary"]
     peer = [r for r in summary if r["sampler"] == "random" and r["scheduler"] == "fifo"]
     assert all(r["ratio"] == 1.0 for r in peer)
