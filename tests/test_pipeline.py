@@ -12,6 +12,7 @@ import torch
 from conftest import spec_of
 from trainables.config import AugCfg, MethodCfg, ObjectiveCfg, TrainCfg
 from trainables.data import DataBundle
+from trainables.models import build_model
 from trainables.pipeline import finetune
 from trainables.trial import TrialSetup, TrialState, run_trial
 
@@ -100,3 +101,20 @@ def test_finetune_starts_from_the_base_or_from_a_seeded_fresh_init(from_scratch:
     assert all(torch.allclose(got[k], v, atol=1e-6) for k, v in expected.items())
     assert not any(torch.allclose(got[k], v, atol=1e-3) for k, v in other.items() if k.endswith("weight"))
     assert meta["init"] == ("scratch" if from_scratch else "base")
+
+
+def test_a_trial_that_diverges_reports_the_epoch_it_diverged_in(fmnist_small: DataBundle) -> None:
+    """SGD at lr 2 survives its first epoch here and diverges later: the failure is reported as that epoch, so
+    results, Tune and the trainable's done.json (keyed by epoch) never overwrite an epoch that finished."""
+    data = _small(fmnist_small)
+    torch.manual_seed(0)
+    model = build_model("cnn3", spec_of(data))
+    setup = TrialSetup(arch="cnn3", info=data.info, train=data.train, val=data.val,
+                       base_state={k: v.clone() for k, v in model.state_dict().items()},
+                       objective=ObjectiveCfg(metric="robust_auc", eps_grid=(0.05,), steps=2).resolved(data.info.name))
+    config = {"optimizer": "sgd", "lr": 2.0, "batch_size": 64, "epochs": 4, "seed": 0, "patch_size": 6, "pool": "noise"}
+    reports = _trial(setup, config)
+    assert reports[-1][0]["error"].startswith("training loss became"), [m["error"] for m, _ in reports]
+    assert len(reports) >= 2, "diverged in the first epoch: this config no longer tests a later one"
+    assert [m["epoch"] for m, _ in reports] == list(range(1, len(reports) + 1))
+    assert reports[-1][1] is None and all(state is not None for _, state in reports[:-1])

@@ -66,9 +66,12 @@ def run_trial(config: Mapping[str, Any], setup: TrialSetup, *, report: ReportFn,
     val = place(setup.val, device)
     extra = {**dict(where or {}), "method": method.method.value}
 
+    done = start  # epochs finished: a divergence is reported as the epoch after them
+
     def on_epoch(stats: EpochStats) -> None:
-        nonlocal device_s
+        nonlocal device_s, done
         device_s += stats.train_seconds
+        done = stats.epoch
         t0 = time.perf_counter()
         scores = score_objective(model, val, setup.objective, device=device, seed=train_cfg.seed, autocast=autocast)
         score_s = time.perf_counter() - t0
@@ -83,7 +86,7 @@ def run_trial(config: Mapping[str, Any], setup: TrialSetup, *, report: ReportFn,
         fit(model, setup.train, val, train_cfg, device=device, augment=aug, adversarial=adversary, autocast=autocast,
             progress=False, on_epoch=on_epoch, start_epoch=start, optimizer=optimizer)
     except DivergedError as exc:
-        report(failure_metrics(str(exc), start, extra), None)
+        report(failure_metrics(str(exc), done, extra), None)
 
 
 def failure_metrics(reason: str, epoch: int, extra: Mapping[str, str]) -> dict[str, Any]:
